@@ -1,0 +1,144 @@
+"""Cost of the optimizer update itself on a ResNet-18-shaped pytree.
+
+Times the jitted update-and-apply of rda, prox_sgd, optax.sgd(momentum=0.9)
+and optax.adam, many steps inside one compiled ``lax.scan`` so that Python
+dispatch is not measured, and prints microseconds per step, the ratio to
+SGD-momentum (target for rda: <= 1.25x), and the optimizer-state memory.
+
+On a GPU it also measures the device copy bandwidth and prints each
+optimizer's floor: bytes it must move per step / bandwidth.
+
+  python benchmarks/update_overhead.py [--steps 50] [--repeats 5] [--json F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import models
+import rda_optax
+
+
+def resnet18_params(key):
+  shapes = jax.eval_shape(
+      lambda k: models.get("resnet18").init(k, jnp.zeros((1, 32, 32, 3))),
+      key)["params"]
+  leaves, treedef = jax.tree.flatten(shapes)
+  keys = jax.random.split(key, len(leaves))
+  return jax.tree.unflatten(treedef, [
+      0.05 * jax.random.normal(k, s.shape, s.dtype)
+      for k, s in zip(keys, leaves)])
+
+
+def optimizers():
+  return {
+      "sgd_momentum": optax.sgd(0.1, momentum=0.9),
+      "adam": optax.adam(1e-3),
+      "prox_sgd": rda_optax.prox_sgd(0.1, 1e-4),
+      "rda": rda_optax.rda(1.0, 1e-4),
+      "rda+asr": optax.chain(rda_optax.rda(1.0, 1e-4),
+                             rda_optax.freeze_zeros(0)),
+  }
+
+
+# Bytes each update must touch per parameter element (float32): reads and
+# writes of params, gradient and state when fully fused.
+_MOVES = {"sgd_momentum": 5, "adam": 7, "prox_sgd": 3, "rda": 5, "rda+asr": 5}
+
+
+def tree_bytes(tree):
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def time_optimizer(tx, params, grads, steps, repeats):
+  state = tx.init(params)
+
+  @jax.jit
+  def run(params, state):
+    def body(carry, _):
+      p, s = carry
+      u, s = tx.update(grads, s, p)
+      return (optax.apply_updates(p, u), s), None
+    return jax.lax.scan(body, (params, state), None, length=steps)[0]
+
+  jax.block_until_ready(run(params, state))  # compile + warm up
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(run(params, state))
+    times.append((time.perf_counter() - t0) / steps)
+  return statistics.median(times), tree_bytes(state)
+
+
+def copy_bandwidth(nbytes):
+  x = jnp.ones(nbytes // 4, jnp.float32)
+  f = jax.jit(lambda x: x * 1.0001)
+  jax.block_until_ready(f(x))
+  t0 = time.perf_counter()
+  for _ in range(20):
+    y = f(x)
+  jax.block_until_ready(y)
+  return 2 * nbytes * 20 / (time.perf_counter() - t0)  # read + write
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--steps", type=int, default=50)
+  ap.add_argument("--repeats", type=int, default=5)
+  ap.add_argument("--json", help="also write the results to this file")
+  args = ap.parse_args(argv)
+
+  key = jax.random.key(0)
+  params = resnet18_params(key)
+  grads = jax.tree.map(lambda p: 1e-3 * jnp.sign(p) + 1e-4, params)
+  n = sum(p.size for p in jax.tree.leaves(params))
+  pbytes = tree_bytes(params)
+  dev = jax.devices()[0]
+  print(f"device: {dev.device_kind} ({dev.platform}), jax {jax.__version__}")
+  print(f"pytree: {len(jax.tree.leaves(params))} leaves, {n:,} float32 "
+        f"parameters ({pbytes / 2**20:.1f} MiB)")
+  gpu = dev.platform != "cpu"
+  bw = copy_bandwidth(pbytes * 4) if gpu else None
+  if bw:
+    print(f"measured copy bandwidth: {bw / 1e9:.0f} GB/s")
+
+  rows = {}
+  for name, tx in optimizers().items():
+    sec, state_bytes = time_optimizer(tx, params, grads, args.steps,
+                                      args.repeats)
+    rows[name] = dict(us_per_step=sec * 1e6, state_bytes=state_bytes,
+                      state_over_params=state_bytes / pbytes)
+    if bw:
+      rows[name]["floor_us"] = _MOVES[name] * pbytes / bw * 1e6
+  base = rows["sgd_momentum"]["us_per_step"]
+  hdr = f"{'optimizer':<14}{'us/step':>10}{'x sgd-m':>9}{'state MiB':>11}{'x params':>9}"
+  print(hdr + (f"{'floor us':>10}{'x floor':>9}" if bw else ""))
+  for name, r in rows.items():
+    r["ratio_to_sgd_momentum"] = r["us_per_step"] / base
+    line = (f"{name:<14}{r['us_per_step']:>10.0f}{r['ratio_to_sgd_momentum']:>9.2f}"
+            f"{r['state_bytes'] / 2**20:>11.1f}{r['state_over_params']:>9.2f}")
+    if bw:
+      line += f"{r['floor_us']:>10.0f}{r['us_per_step'] / r['floor_us']:>9.2f}"
+    print(line)
+  ratio = rows["rda"]["ratio_to_sgd_momentum"]
+  print(f"rda / sgd-momentum = {ratio:.2f} (target <= 1.25): "
+        f"{'OK' if ratio <= 1.25 else 'OVER TARGET'}")
+  if args.json:
+    Path(args.json).write_text(json.dumps(
+        dict(device=dev.device_kind, platform=dev.platform, params=n,
+             copy_bandwidth=bw, rows=rows), indent=2))
+
+
+if __name__ == "__main__":
+  main()

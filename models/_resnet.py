@@ -1,0 +1,98 @@
+"""ResNet-18 (He et al., 2016) in its CIFAR and ImageNet forms."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from models._layers import as_nhwc, batch_norm, default_kernel_init
+
+# (blocks, width) per stage of ResNet-18.
+_STAGES = ((2, 64), (2, 128), (2, 256), (2, 512))
+_STEMS = ("cifar", "imagenet")
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convs plus a shortcut.
+
+  The shortcut is the identity unless the block changes the resolution or the
+  width, in which case it is a strided 1x1 conv + BatchNorm ("option B").
+
+  Attributes:
+    features: output channels.
+    strides: stride of the first conv and of the projection.
+    dtype: compute dtype.
+    kernel_init: initializer of both conv kernels and the projection kernel.
+  """
+  features: int
+  strides: int = 1
+  dtype: Any = jnp.float32
+  kernel_init: Callable = default_kernel_init
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    conv = functools.partial(
+        nn.Conv, self.features, use_bias=False, dtype=self.dtype,
+        param_dtype=jnp.float32, kernel_init=self.kernel_init)
+    # Explicit padding 1 (not "SAME") so strided convs sample the same pixels
+    # as the PyTorch reference models the paper's numbers come from.
+    y = conv((3, 3), strides=self.strides, padding=1, name="conv1")(x)
+    y = nn.relu(batch_norm(train, self.dtype, "bn1")(y))
+    y = conv((3, 3), padding=1, name="conv2")(y)
+    y = batch_norm(train, self.dtype, "bn2")(y)
+    if self.strides != 1 or x.shape[-1] != self.features:
+      x = conv((1, 1), strides=self.strides, padding=0,
+               name="shortcut_conv")(x)
+      x = batch_norm(train, self.dtype, "shortcut_bn")(x)
+    return nn.relu(y + x)
+
+
+class ResNet18(nn.Module):
+  """ResNet-18: BasicBlocks [2, 2, 2, 2] with widths 64/128/256/512.
+
+  ``stem="cifar"`` is the usual small-image form (3x3 stride-1 stem, no
+  max-pool; 11,173,962 parameters for 10 classes); ``stem="imagenet"`` is the
+  original (7x7 stride-2 stem and 3x3 stride-2 max-pool; 11,689,512 for 1000
+  classes). Both end in global average pooling, so any input size works.
+
+  Attributes:
+    num_classes: width of the classifier ("classifier" Dense, with bias).
+    stem: "cifar" or "imagenet".
+    dtype: compute dtype; parameters are always float32.
+    kernel_init: initializer of every conv and dense kernel.
+  """
+  num_classes: int
+  stem: str = "cifar"
+  dtype: Any = jnp.float32
+  kernel_init: Callable = default_kernel_init
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Maps an NHWC batch to float32 logits of shape (N, num_classes)."""
+    if self.stem not in _STEMS:
+      raise ValueError(f"stem must be one of {_STEMS}, got {self.stem!r}")
+    x = as_nhwc(x, self.dtype)
+    conv = functools.partial(
+        nn.Conv, 64, use_bias=False, dtype=self.dtype,
+        param_dtype=jnp.float32, kernel_init=self.kernel_init,
+        name="stem_conv")
+    if self.stem == "cifar":
+      x = conv((3, 3), padding=1)(x)
+    else:
+      x = conv((7, 7), strides=2, padding=3)(x)
+    x = nn.relu(batch_norm(train, self.dtype, "stem_bn")(x))
+    if self.stem == "imagenet":
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for i, (blocks, width) in enumerate(_STAGES):
+      for j in range(blocks):
+        strides = 2 if i > 0 and j == 0 else 1
+        x = BasicBlock(width, strides, self.dtype, self.kernel_init,
+                       name=f"layer{i + 1}_{j}")(x, train)
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
+                 kernel_init=self.kernel_init, name="classifier")(x)
+    return x.astype(jnp.float32)

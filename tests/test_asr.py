@@ -1,0 +1,74 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import rda_optax
+
+
+def test_zeros_never_come_back_under_random_steps():
+  key = jax.random.key(0)
+  params = {"w": jax.random.normal(key, (20, 20)), "b": jnp.zeros(20)}
+  tx = optax.chain(rda_optax.rda(1.0, 0.8), rda_optax.freeze_zeros(0))
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  zero_before = np.zeros((20, 20), bool)
+  for i in range(200):
+    g = jax.tree.map(lambda p, k=jax.random.fold_in(key, i):
+                     2.0 * jax.random.normal(k, p.shape), params)
+    u, state = step(g, state, params)
+    params = optax.apply_updates(params, u)
+    zero_now = np.asarray(params["w"]) == 0
+    assert not np.any(zero_before & ~zero_now), f"revived at step {i}"
+    zero_before = zero_now
+  assert zero_before.mean() > 0.3
+  # The 1-D bias started at zero and must not have been frozen.
+  assert np.all(np.asarray(params["b"]) != 0)
+
+
+def test_switch_on_at_step_n_keeps_optimizer_state():
+  params = {"w": jnp.ones((4, 4))}
+  rng = np.random.default_rng(0)
+  gs = [{"w": jnp.asarray(rng.normal(size=(4, 4)), jnp.float32)} for _ in range(8)]
+  plain = rda_optax.rda(1.0, 0.5)
+  chained = optax.chain(rda_optax.rda(1.0, 0.5), rda_optax.freeze_zeros(4))
+  p_a, p_b = params, params
+  s_a, s_b = plain.init(params), chained.init(params)
+  for i, g in enumerate(gs):
+    u_a, s_a = plain.update(g, s_a, p_a)
+    u_b, s_b = chained.update(g, s_b, p_b)
+    p_a = optax.apply_updates(p_a, u_a)
+    p_b = optax.apply_updates(p_b, u_b)
+    if i < 4:  # before the switch: identical to plain RDA
+      np.testing.assert_array_equal(p_a["w"], p_b["w"])
+  # The running average is the same whether or not zeros were frozen.
+  np.testing.assert_array_equal(s_a.gbar["w"], s_b[0].gbar["w"])
+  assert int(s_b[0].count) == 8
+  # After the switch, what was zero at step 4 is still zero.
+  frozen = np.asarray(p_b["w"]) == 0
+  assert frozen.any()
+
+
+def test_inactive_before_start():
+  params = {"w": jnp.array([[0.0, 1.0]])}
+  tx = rda_optax.freeze_zeros(start_step=1)
+  state = tx.init(params)
+  u = {"w": jnp.ones((1, 2))}
+  out, state = tx.update(u, state, params)
+  np.testing.assert_array_equal(out["w"], [[1.0, 1.0]])
+  out, state = tx.update(u, state, params)
+  np.testing.assert_array_equal(out["w"], [[0.0, 1.0]])
+
+
+def test_after_prox_sgd():
+  params = {"w": jnp.array([[0.0, 0.5]])}
+  tx = optax.chain(rda_optax.prox_sgd(0.1, 0.0), rda_optax.freeze_zeros())
+  u, _ = tx.update({"w": jnp.ones((1, 2))}, tx.init(params), params)
+  np.testing.assert_allclose(optax.apply_updates(params, u)["w"], [[0.0, 0.4]])
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True])
+def test_bad_start_step(bad):
+  with pytest.raises(ValueError, match="start_step"):
+    rda_optax.freeze_zeros(bad)

@@ -1,0 +1,280 @@
+"""rda(): closed form, criterion (18), Lemma 1, options and bad input."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra import numpy as hnp
+
+import rda_optax
+
+
+def _params(key=0):
+  k1, k2 = jax.random.split(jax.random.key(key))
+  return {"kernel": jax.random.normal(k1, (4, 5)),
+          "bias": jax.random.normal(k2, (5,))}
+
+
+def _grads(key, params):
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(key), len(leaves))
+  return jax.tree.unflatten(
+      treedef, [jax.random.normal(k, p.shape) for k, p in zip(keys, leaves)])
+
+
+def _run(tx, params, steps, seed=1):
+  state = tx.init(params)
+  grads_seen = []
+  for i in range(steps):
+    g = _grads(seed + i, params)
+    grads_seen.append(g)
+    u, state = tx.update(g, state, params)
+    params = optax.apply_updates(params, u)
+  return params, state, grads_seen
+
+
+@pytest.mark.parametrize("center", ["zero", "init"])
+def test_closed_form_iterate(center):
+  gamma, lam = 2.0, 0.3
+  p0 = _params()
+  params, state, gs = _run(rda_optax.rda(gamma, lam, center=center), p0, 7)
+  t = 7
+  gbar = jax.tree.map(lambda *g: sum(g) / t, *gs)
+  k = gbar["kernel"]
+  if center == "zero":
+    want_k = -(np.sqrt(t) / gamma) * rda_optax.soft_threshold(k, lam)
+  else:
+    want_k = rda_optax.soft_threshold(
+        p0["kernel"] - (np.sqrt(t) / gamma) * k, lam * np.sqrt(t) / gamma)
+  want_b = p0["bias"] - (np.sqrt(t) / gamma) * gbar["bias"]
+  np.testing.assert_allclose(params["kernel"], want_k, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(params["bias"], want_b, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(state.gbar["kernel"], k, rtol=1e-5, atol=1e-6)
+  assert int(state.count) == t
+  # Thresholded entries are exactly zero, not rounding residues.
+  zero = np.asarray(want_k) == 0
+  assert zero.any()
+  assert np.all(np.asarray(params["kernel"])[zero] == 0.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(hnp.arrays(np.float32, (3, 4), elements=st.floats(-2, 2, width=32)),
+       hnp.arrays(np.float32, (3, 4), elements=st.floats(-2, 2, width=32)),
+       st.floats(0.0, 1.0, width=32), st.floats(0.125, 10, width=32))
+def test_criterion_18(g1, g2, lam, gamma):
+  """After a step, a penalized weight is zero exactly when |gbar| <= l1."""
+  params = {"w": jnp.ones((3, 4))}
+  tx = rda_optax.rda(float(gamma), float(lam))
+  state = tx.init(params)
+  for g in (g1, g2):
+    u, state = tx.update({"w": jnp.asarray(g)}, state, params)
+    params = optax.apply_updates(params, u)
+  gbar = np.asarray(state.gbar["w"])
+  w = np.asarray(params["w"])
+  np.testing.assert_array_equal(w == 0, np.abs(gbar) <= np.float32(lam))
+
+
+@pytest.mark.filterwarnings("ignore:rda. every penalized")
+def test_lemma_1_sda_is_perturbed_sgd():
+  """SDA (l1 = 0): w_{t+1} = (beta_{t-1}/beta_t) w_t - g_t / beta_t."""
+  gamma = 1.5
+  params = {"w": jnp.zeros((6, 3))}
+  tx = rda_optax.rda(gamma, 0.0)
+  state = tx.init(params)
+  beta = lambda t: gamma * np.sqrt(t)
+  for t in range(1, 30):
+    g = _grads(t, params)
+    u, state = tx.update(g, state, params)
+    new = optax.apply_updates(params, u)
+    if t >= 2:
+      want = (beta(t - 1) / beta(t)) * params["w"] - g["w"] / beta(t)
+      np.testing.assert_allclose(new["w"], want, rtol=1e-5, atol=1e-6)
+      # ... i.e. an SGD step with alpha_t = 1/beta_t plus a perturbation that
+      # vanishes as t grows.
+      perturb = -(1 - np.sqrt((t - 1) / t)) * params["w"]
+      np.testing.assert_allclose(
+          new["w"], params["w"] - g["w"] / beta(t) + perturb,
+          rtol=1e-5, atol=1e-6)
+    params = new
+
+
+def test_l2_closed_form():
+  gamma, lam, l2 = 1.0, 0.2, 0.5
+  params = {"w": jnp.ones((5, 5))}
+  tx = rda_optax.rda(gamma, lam, l2=l2)
+  params_out, state, gs = _run(tx, params, 4)
+  t = 4
+  gbar = sum(g["w"] for g in gs) / t
+  b = gamma / np.sqrt(t)
+  want = -rda_optax.soft_threshold(gbar, lam) / (b + l2)
+  np.testing.assert_allclose(params_out["w"], want, rtol=1e-5, atol=1e-6)
+
+
+def test_l1_mask_pytree_and_callable():
+  params = _params()
+  all_on = {"kernel": True, "bias": True}
+  a, _, _ = _run(rda_optax.rda(1.0, 5.0, l1_mask=all_on), params, 2)
+  b, _, _ = _run(rda_optax.rda(1.0, 5.0, l1_mask=lambda p: all_on), params, 2)
+  # l1 = 5 is far above any |gbar| here: every penalized entry is zero.
+  assert np.all(np.asarray(a["bias"]) == 0)
+  np.testing.assert_array_equal(a["bias"], b["bias"])
+  c, _, _ = _run(rda_optax.rda(1.0, 5.0), params, 2)
+  assert np.all(np.asarray(c["kernel"]) == 0)
+  assert np.all(np.asarray(c["bias"]) != 0)  # default mask leaves 1-D free
+
+
+def test_state_holds_average_and_initial_params():
+  params = _params()
+  tx = rda_optax.rda(1.0, 0.1)
+  state = tx.init(params)
+  assert isinstance(state, rda_optax.RDAState)
+  chex_equal = jax.tree.map(np.testing.assert_array_equal, state.init_params,
+                            params)
+  del chex_equal
+  _, state, gs = _run(tx, params, 3)
+  np.testing.assert_array_equal(state.init_params["kernel"], params["kernel"])
+
+
+def test_state_dtype_and_bf16_params():
+  params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), _params())
+  tx = rda_optax.rda(1.0, 0.5)
+  state = tx.init(params)
+  assert state.gbar["kernel"].dtype == jnp.float32
+  assert state.init_params["kernel"].dtype == jnp.float32
+  g = jax.tree.map(lambda p: jnp.ones_like(p), params)
+  u, state = jax.jit(tx.update)(g, state, params)
+  assert u["kernel"].dtype == jnp.float32  # not rounded before applying
+  new = optax.apply_updates(params, u)
+  assert new["kernel"].dtype == jnp.bfloat16
+  # |gbar| = 1 > 0.5: w = -(1/1) * (1 - 0.5) exactly representable.
+  np.testing.assert_array_equal(np.asarray(new["kernel"], np.float32), -0.5)
+  tx16 = rda_optax.rda(1.0, 0.5, state_dtype=jnp.bfloat16)
+  assert tx16.init(params).gbar["kernel"].dtype == jnp.bfloat16
+
+
+@pytest.mark.filterwarnings("ignore:rda. every penalized")
+def test_schedules_rebuild_from_average():
+  """A step change of gamma rescales the whole displacement at once."""
+  params = {"w": jnp.zeros((2, 2))}
+  gamma = optax.piecewise_constant_schedule(1.0, {3: 4.0})  # 1 -> 4 at step 3
+  tx = rda_optax.rda(gamma, 0.0)
+  state = tx.init(params)
+  g = {"w": jnp.ones((2, 2))}
+  ws = []
+  for _ in range(5):
+    u, state = tx.update(g, state, params)
+    params = optax.apply_updates(params, u)
+    ws.append(float(params["w"][0, 0]))
+  # gbar = 1 throughout; w_{t+1} = -sqrt(t)/gamma(t-1).
+  want = [-np.sqrt(1), -np.sqrt(2), -np.sqrt(3), -np.sqrt(4) / 4,
+          -np.sqrt(5) / 4]
+  np.testing.assert_allclose(ws, want, rtol=1e-6)
+
+
+def test_inject_hyperparams_changes_l1_without_recompiling():
+  params = {"w": jnp.full((3, 3), 0.1, jnp.float32)}
+  tx = optax.inject_hyperparams(rda_optax.rda)(gamma=1.0, l1=0.0)
+  state = tx.init(params)
+  g = {"w": jnp.full((3, 3), 0.3)}
+
+  @jax.jit
+  def step(params, state):
+    u, state = tx.update(g, state, params)
+    return optax.apply_updates(params, u), state
+
+  p1, s1 = step(params, state)
+  assert np.all(np.asarray(p1["w"]) != 0)
+  s1.hyperparams["l1"] = jnp.asarray(0.5, jnp.float32)
+  p2, _ = step(p1, s1)
+  assert np.all(np.asarray(p2["w"]) == 0)  # |gbar| = 0.3 <= 0.5
+  assert step._cache_size() == 1
+
+
+def test_jit_matches_eager():
+  params = _params()
+  tx = rda_optax.rda(1.0, 0.2)
+  state = tx.init(params)
+  g = _grads(3, params)
+  u1, s1 = tx.update(g, state, params)
+  u2, s2 = jax.jit(tx.update)(g, state, params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6,
+                                                       atol=1e-7), (u1, s1),
+               (u2, s2))
+
+
+def test_vmap_over_independent_problems():
+  params = {"w": jnp.stack([jnp.ones((3, 3)), 2 * jnp.ones((3, 3))])}
+  grads = {"w": jnp.stack([jnp.full((3, 3), 0.1), jnp.full((3, 3), 0.9)])}
+  tx = rda_optax.rda(1.0, 0.5)
+  state = jax.vmap(tx.init)(params)
+  u, state = jax.vmap(tx.update)(grads, state, params)
+  new = optax.apply_updates(params, u)
+  np.testing.assert_array_equal(new["w"][0], 0.0)
+  np.testing.assert_allclose(new["w"][1], -0.4, rtol=1e-6)
+
+
+def test_chain_and_masked_compose():
+  params = {"a": jnp.ones((2, 2)), "b": jnp.ones((2, 2))}
+  tx = optax.chain(
+      optax.masked(rda_optax.rda(1.0, 10.0), {"a": True, "b": False}),
+      optax.masked(optax.sgd(0.1), {"a": False, "b": True}))
+  state = tx.init(params)
+  g = {"a": jnp.ones((2, 2)), "b": jnp.ones((2, 2))}
+  u, _ = tx.update(g, state, params)
+  new = optax.apply_updates(params, u)
+  np.testing.assert_array_equal(new["a"], 0.0)
+  np.testing.assert_allclose(new["b"], 0.9)
+
+
+def test_nonfinite_gradient_poisons_state_unless_wrapped():
+  params = {"w": jnp.ones((2, 2))}
+  bad = {"w": jnp.array([[jnp.nan, 1.0], [1.0, 1.0]])}
+  tx = rda_optax.rda(1.0, 0.1)
+  state = tx.init(params)
+  _, state = tx.update(bad, state, params)
+  assert np.isnan(np.asarray(state.gbar["w"])).any()  # documented behaviour
+  safe = optax.apply_if_finite(rda_optax.rda(1.0, 0.1), 3)
+  s0 = safe.init(params)
+  u, s1 = safe.update(bad, s0, params)
+  np.testing.assert_array_equal(u["w"], 0.0)
+  np.testing.assert_array_equal(s1.inner_state.gbar["w"],
+                                s0.inner_state.gbar["w"])
+  assert int(s1.notfinite_count) == 1
+
+
+def test_warns_on_all_zero_penalized_params():
+  with pytest.warns(RuntimeWarning, match="Proposition 1"):
+    rda_optax.rda(1.0, 0.1).init({"w": jnp.zeros((3, 3)), "b": jnp.ones(3)})
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    rda_optax.rda(1.0, 0.1).init({"w": jnp.ones((3, 3))})
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(gamma=0.0, l1=0.1), "gamma"),
+    (dict(gamma=-1.0, l1=0.1), "gamma"),
+    (dict(gamma=1.0, l1=-0.1), "l1"),
+    (dict(gamma=float("nan"), l1=0.1), "gamma"),
+    (dict(gamma=1.0, l1=0.1, center="middle"), "center"),
+    (dict(gamma=1.0, l1=0.1, l2=-1.0), "l2"),
+])
+def test_bad_hyperparameters(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    rda_optax.rda(**kwargs)
+
+
+def test_mask_tree_mismatch():
+  tx = rda_optax.rda(1.0, 0.1, l1_mask={"w": True})
+  with pytest.raises(ValueError, match="l1_mask"):
+    tx.init({"w": jnp.ones((2, 2)), "b": jnp.ones(2)})
+
+
+def test_update_needs_params():
+  tx = rda_optax.rda(1.0, 0.1)
+  params = {"w": jnp.ones((2, 2))}
+  with pytest.raises(ValueError):
+    tx.update(params, tx.init(params))

@@ -1,0 +1,25 @@
+import jax.numpy as jnp
+import numpy as np
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra import numpy as hnp
+
+import rda_optax
+
+
+def test_known_values():
+  x = jnp.array([-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0])
+  out = rda_optax.soft_threshold(x, 1.0)
+  np.testing.assert_array_equal(out, [-2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0])
+  # Zeros are +0.0: a -0.0 would print oddly and differ bitwise in exports.
+  assert not np.any(np.signbit(np.asarray(out)[1:6]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(hnp.arrays(np.float32, st.integers(1, 50),
+                  elements=st.floats(-1e3, 1e3, width=32)),
+       st.floats(0, 100, width=32))
+def test_matches_definition(x, tau):
+  out = np.asarray(rda_optax.soft_threshold(jnp.asarray(x), tau))
+  ref = np.sign(x) * np.maximum(np.abs(x) - np.float32(tau), 0)
+  np.testing.assert_allclose(out, ref, rtol=0, atol=1e-4)
+  assert np.all((out == 0) == (np.abs(x) <= np.float32(tau)))

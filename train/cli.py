@@ -1,0 +1,168 @@
+"""``rda-train``: the command line of the trainer."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from train import config as config_lib
+from train import report
+from train import run as run_lib
+from train._errors import UsageError
+from train.presets import PRESETS
+
+_DESCRIPTION = """\
+Train sparse CNNs with l1-regularized dual averaging (RDA) and adaptive sparse
+retraining (ASR), He et al. 2020, or with the paper's baselines.
+
+With no arguments: the small CNN on scikit-learn's digits, RDA + ASR,
+prox-SGD + ASR, dense SGD and prune-finetune side by side (a few minutes on 2
+CPU cores), a table on stdout and a comparison plot under runs/.
+
+Precedence: built-in defaults < --preset < --config FILE.json < flags."""
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message: str):  # one line, exit code 2
+    self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def parser() -> argparse.ArgumentParser:
+  p = _Parser(prog="rda-train", description=_DESCRIPTION,
+              formatter_class=argparse.RawDescriptionHelpFormatter,
+              argument_default=None)
+  a = p.add_argument
+  g = p.add_argument_group("what to run")
+  g.add_argument("--preset", help="a named configuration (see --list-presets)")
+  g.add_argument("--list-presets", action="store_true",
+                 help="print the presets and exit")
+  g.add_argument("--config", help="JSON file of options (keys as the flags, "
+                 "with '_' for '-'), between the preset and the flags")
+  g.add_argument("--model", help="resnet18, resnet18_imagenet, vgg16bn, "
+                 "vgg19bn or small_cnn (default small_cnn)")
+  g.add_argument("--method", help="rda (RDA, then ASR), prox-sgd (prox-SGD, "
+                 "then ASR), sgd (dense, momentum, weight decay) or "
+                 "prune-finetune (dense, magnitude pruning, fine-tuning); "
+                 "default rda")
+  g.add_argument("--compare", help="comma-separated methods to run side by "
+                 "side with the same settings, e.g. rda,sgd")
+  g.add_argument("--resume", metavar="RUN_DIR",
+                 help="continue that run from its latest checkpoint")
+  g = p.add_argument_group("data")
+  g.add_argument("--dataset", help="digits (scikit-learn, offline), mnist, "
+                 "cifar10, cifar100, imagenet2012 (TensorFlow Datasets) or "
+                 "folder (--data-dir is an image folder or tarball laid out "
+                 "[split/]class/image); default digits")
+  g.add_argument("--data-dir", help="tfds data_dir (imagenet2012: its manual "
+                 "download directory) or the image folder / tarball")
+  g.add_argument("--test-dir", help="test images, same layout as a folder "
+                 "source; replaces the data set's own test split")
+  g.add_argument("--val-fraction", type=float, help="share of the training "
+                 "data held out for validation (default 0.1)")
+  g.add_argument("--image-size", type=int, help="centre-crop and resize "
+                 "images to this size (imagenet2012 default 64)")
+  g.add_argument("--augment", help="auto (crop-flip for 32x32+ RGB, else "
+                 "none), none, crop or crop-flip (pad-4 random crop, flip)")
+  g.add_argument("--skip-bad-images", action="store_true", default=None,
+                 help="skip unreadable images of a folder source and count "
+                 "them, instead of stopping")
+  g.add_argument("--cache-dir", help="where decoded image folders are cached "
+                 "(default $RDA_OPTAX_CACHE or ~/.cache/rda-optax)")
+  g = p.add_argument_group("phases and batch")
+  g.add_argument("--epochs", type=int, help="epochs of the first phase "
+                 "(RDA / prox-SGD / dense training); sgd runs epochs + "
+                 "asr-epochs in one phase so budgets match (default 30)")
+  g.add_argument("--asr-epochs", type=int, help="epochs of the second phase: "
+                 "adaptive sparse retraining, or fine-tuning (default 10)")
+  g.add_argument("--batch-size", type=int, help="training batch (default 128)")
+  g.add_argument("--eval-batch-size", type=int, help="evaluation batch "
+                 "(default 1000)")
+  g = p.add_argument_group("RDA")
+  g.add_argument("--gamma", type=float, help="gamma of beta_t = gamma "
+                 "sqrt(t), an inverse step size (default 1.0)")
+  g.add_argument("--l1", type=float, help="l1 strength lambda; also "
+                 "prox-SGD's (default 1e-4)")
+  g.add_argument("--l2", type=float, help="optional l2/2 ||w||^2 in RDA's "
+                 "subproblem (default 0)")
+  g.add_argument("--center", help="RDA's proximal centre of the kernels: "
+                 "zero (the paper's) or init")
+  g.add_argument("--gamma-schedule", help="piecewise-constant gamma, "
+                 "EPOCH:VALUE,... (section 5.2), e.g. 0:1,100:0.2")
+  g.add_argument("--l1-schedule", help="piecewise-constant l1, "
+                 "EPOCH:VALUE,..., e.g. 0:1e-4,150:5e-5")
+  g.add_argument("--init-scale", type=float, help="s of the scaled uniform "
+                 "init (29); default 2 for rda, the framework's own init "
+                 "for the other methods")
+  g = p.add_argument_group("SGD, prox-SGD, prune-finetune")
+  g.add_argument("--lr", type=float, help="peak learning rate (default 0.1)")
+  g.add_argument("--lr-schedule", help="constant, cosine, onecycle or "
+                 "EPOCH:VALUE,... (default cosine)")
+  g.add_argument("--momentum", type=float, help="momentum (default 0.9)")
+  g.add_argument("--weight-decay", type=float, help="l2 weight decay of the "
+                 "kernels for sgd and prune-finetune (default 5e-4)")
+  g.add_argument("--target-sparsity", type=float, help="prune-finetune: "
+                 "fraction of kernel weights to prune")
+  g.add_argument("--target-sparsity-from", metavar="RUN_DIR",
+                 help="prune-finetune: prune to the sparsity that run reached")
+  g.add_argument("--prune-scope", help="layer (each kernel to the target) "
+                 "or global (one magnitude threshold over all kernels, default)")
+  g.add_argument("--finetune-lr-scale", type=float, help="fine-tuning peak "
+                 "lr = lr x this (default 0.1)")
+  g = p.add_argument_group("everything else")
+  g.add_argument("--label-smoothing", type=float, help="default 0")
+  g.add_argument("--dtype", help="compute dtype: auto (bfloat16 on GPU/TPU, "
+                 "float32 on CPU), float32 or bfloat16; params stay float32")
+  g.add_argument("--seed", type=int, help="seed of init, shuffling, "
+                 "augmentation and the validation split (default 0)")
+  g.add_argument("--out", help="parent directory of run directories "
+                 "(default runs)")
+  g.add_argument("--run-name", help="run directory name (default: time, "
+                 "model, data set, method)")
+  g.add_argument("--checkpoint-every", type=int, help="save a checkpoint "
+                 "every N epochs, and at the end (default 10)")
+  g.add_argument("--max-bad-steps", type=int, help="stop after this many "
+                 "consecutive steps with non-finite gradients (default 10)")
+  g.add_argument("--progress", help="auto (a bar on a terminal, lines "
+                 "otherwise), bar, lines or none")
+  return p
+
+
+_NOT_CONFIG = ("list_presets", "config", "resume", "preset")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = parser().parse_args(argv)
+  try:
+    if args.list_presets:
+      w = max(map(len, PRESETS))
+      for name, p in PRESETS.items():
+        print(f"{name:<{w}}  {p['help']}")
+      return 0
+    if args.resume:
+      summaries = run_lib.resume(args.resume)
+    else:
+      flags = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
+      preset = args.preset
+      if argv is not None and len(argv) == 0 or (argv is None and len(sys.argv) == 1):
+        # The embedded default: a side-by-side comparison on digits.
+        preset = "digits-demo"
+        flags["compare"] = "rda,prox-sgd,sgd,prune-finetune"
+      cfg = config_lib.build(preset, args.config, flags)
+      summaries = run_lib.run(cfg)
+  except UsageError as e:
+    print(f"rda-train: error: {e}", file=sys.stderr)
+    return 2
+  except run_lib.Stopped as e:
+    print(f"rda-train: {e}", file=sys.stderr)
+    return e.code
+  cols = [("method", "method", "s"), ("test_top1", "test top-1 %", ".2f"),
+          ("test_top5", "top-5 %", ".2f"), ("val_top1", "val top-1 %", ".2f"),
+          ("sparsity", "sparsity", ".4f"), ("epochs", "epochs", "d"),
+          ("wall_s", "wall s", ".1f")]
+  print(report.format_table(summaries, cols))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,255 @@
+"""The run configuration: defaults < preset < --config file < flags.
+
+Every check on user input lives here (or in the data loaders) and raises
+:class:`UsageError` before a run directory exists, so bad input never leaves
+a half-written run behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import models
+from train._errors import UsageError
+from train.presets import PRESETS
+
+METHODS = ("rda", "prox-sgd", "sgd", "prune-finetune")
+DATASETS = ("digits", "mnist", "cifar10", "cifar100", "imagenet2012", "folder")
+LR_SCHEDULES = ("constant", "cosine", "onecycle")
+
+
+@dataclasses.dataclass
+class Config:
+  """All options of a run; ``rda-train --help`` documents each field."""
+  model: str = "small_cnn"
+  dataset: str = "digits"
+  data_dir: Optional[str] = None
+  test_dir: Optional[str] = None
+  val_fraction: float = 0.1
+  method: str = "rda"
+  compare: Optional[str] = None
+  epochs: int = 30
+  asr_epochs: int = 10
+  batch_size: int = 128
+  eval_batch_size: int = 1000
+  gamma: float = 1.0
+  l1: float = 1e-4
+  l2: float = 0.0
+  center: str = "zero"
+  gamma_schedule: str = ""
+  l1_schedule: str = ""
+  init_scale: Optional[float] = None
+  lr: float = 0.1
+  lr_schedule: str = "cosine"
+  momentum: float = 0.9
+  weight_decay: float = 5e-4
+  finetune_lr_scale: float = 0.1
+  label_smoothing: float = 0.0
+  augment: str = "auto"
+  dtype: str = "auto"
+  target_sparsity: Optional[float] = None
+  target_sparsity_from: Optional[str] = None
+  prune_scope: str = "global"
+  seed: int = 0
+  out: str = "runs"
+  run_name: Optional[str] = None
+  checkpoint_every: int = 10
+  max_bad_steps: int = 10
+  image_size: Optional[int] = None
+  skip_bad_images: bool = False
+  cache_dir: Optional[str] = None
+  progress: str = "auto"
+  preset: Optional[str] = None
+
+  @property
+  def total_epochs(self) -> int:
+    return self.epochs + self.asr_epochs
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def parse_piecewise(spec: str, name: str) -> list[tuple[int, float]]:
+  """``"0:1.0,100:0.2"`` -> ``[(0, 1.0), (100, 0.2)]``: value from epoch on."""
+  if not spec:
+    return []
+  out = []
+  for part in spec.split(","):
+    try:
+      e, v = part.split(":")
+      out.append((int(e), float(v)))
+    except ValueError:
+      raise UsageError(
+          f"--{name.replace('_', '-')}: expected EPOCH:VALUE[,EPOCH:VALUE...],"
+          f" got {spec!r}") from None
+  epochs = [e for e, _ in out]
+  if epochs != sorted(set(epochs)) or epochs[0] < 0:
+    raise UsageError(f"--{name.replace('_', '-')}: epochs must be increasing "
+                     f"and >= 0, got {spec!r}")
+  return out
+
+
+def build(preset: Optional[str], file: Optional[str],
+          flags: dict[str, Any]) -> Config:
+  """Merges the layers and validates the result."""
+  values: dict[str, Any] = {}
+  if preset is not None:
+    if preset not in PRESETS:
+      raise UsageError(f"unknown preset {preset!r}; valid: "
+                       f"{', '.join(PRESETS)} (see --list-presets)")
+    values.update({k: v for k, v in PRESETS[preset].items() if k != "help"})
+    values["preset"] = preset
+  if file is not None:
+    values.update(_read_config_file(file))
+  values.update({k: v for k, v in flags.items() if v is not None})
+  cfg = Config(**values)
+  validate(cfg)
+  return cfg
+
+
+def _read_config_file(file: str) -> dict[str, Any]:
+  path = Path(file)
+  try:
+    data = json.loads(path.read_text())
+  except FileNotFoundError:
+    raise UsageError(f"--config: {file} does not exist") from None
+  except (OSError, UnicodeDecodeError) as e:
+    raise UsageError(f"--config: cannot read {file}: {e}") from None
+  except json.JSONDecodeError as e:
+    raise UsageError(f"--config: {file} is not valid JSON: {e}") from None
+  if not isinstance(data, dict):
+    raise UsageError(f"--config: {file} must hold a JSON object")
+  unknown = sorted(set(data) - set(FIELDS))
+  if unknown:
+    raise UsageError(f"--config: {file}: unknown key(s) {', '.join(unknown)}")
+  for k, v in data.items():
+    data[k] = _coerce(k, v, f"--config {file}: {k}")
+  return data
+
+
+def _coerce(name: str, value: Any, where: str) -> Any:
+  """Checks a config-file value against the field's type."""
+  default = FIELDS[name].default
+  typ = type(default) if default is not None else None
+  if value is None:
+    return None
+  if name in ("init_scale", "target_sparsity"):
+    typ = float
+  if name == "image_size":
+    typ = int
+  if typ is bool:
+    if not isinstance(value, bool):
+      raise UsageError(f"{where}: expected true/false, got {value!r}")
+  elif typ is int:
+    if isinstance(value, bool) or not isinstance(value, int):
+      raise UsageError(f"{where}: expected an integer, got {value!r}")
+  elif typ is float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      raise UsageError(f"{where}: expected a number, got {value!r}")
+    value = float(value)
+  elif typ is str or typ is None:
+    if not isinstance(value, str):
+      raise UsageError(f"{where}: expected a string, got {value!r}")
+  return value
+
+
+def _check(cond: bool, msg: str) -> None:
+  if not cond:
+    raise UsageError(msg)
+
+
+def _finite(x: float) -> bool:
+  return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def validate(cfg: Config) -> None:
+  """Raises UsageError naming the first bad option."""
+  _check(cfg.model in models.names(),
+         f"--model: unknown model {cfg.model!r}; valid: {', '.join(models.names())}")
+  _check(cfg.dataset in DATASETS,
+         f"--dataset: unknown data set {cfg.dataset!r}; valid: {', '.join(DATASETS)}")
+  _check(cfg.method in METHODS,
+         f"--method: unknown method {cfg.method!r}; valid: {', '.join(METHODS)}")
+  if cfg.compare:
+    for m in cfg.compare.split(","):
+      _check(m in METHODS, f"--compare: unknown method {m!r}; valid: {', '.join(METHODS)}")
+  _check(cfg.epochs >= 0, f"--epochs must be >= 0, got {cfg.epochs}")
+  _check(cfg.asr_epochs >= 0, f"--asr-epochs must be >= 0, got {cfg.asr_epochs}")
+  _check(cfg.total_epochs >= 1, "--epochs + --asr-epochs must be >= 1")
+  _check(cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}")
+  _check(cfg.eval_batch_size >= 1,
+         f"--eval-batch-size must be >= 1, got {cfg.eval_batch_size}")
+  _check(_finite(cfg.gamma) and cfg.gamma > 0, f"--gamma must be > 0, got {cfg.gamma}")
+  _check(_finite(cfg.l1) and cfg.l1 >= 0, f"--l1 must be >= 0, got {cfg.l1}")
+  _check(_finite(cfg.l2) and cfg.l2 >= 0, f"--l2 must be >= 0, got {cfg.l2}")
+  _check(cfg.center in ("zero", "init"), f"--center must be zero or init, got {cfg.center!r}")
+  _check(_finite(cfg.lr) and cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}")
+  _check(_finite(cfg.momentum) and 0 <= cfg.momentum < 1,
+         f"--momentum must be in [0, 1), got {cfg.momentum}")
+  _check(_finite(cfg.weight_decay) and cfg.weight_decay >= 0,
+         f"--weight-decay must be >= 0, got {cfg.weight_decay}")
+  _check(_finite(cfg.finetune_lr_scale) and cfg.finetune_lr_scale > 0,
+         f"--finetune-lr-scale must be > 0, got {cfg.finetune_lr_scale}")
+  _check(_finite(cfg.label_smoothing) and 0 <= cfg.label_smoothing < 1,
+         f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
+  _check(_finite(cfg.val_fraction) and 0 <= cfg.val_fraction < 1,
+         f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
+  if cfg.init_scale is not None:
+    _check(_finite(cfg.init_scale) and cfg.init_scale > 0,
+           f"--init-scale must be > 0, got {cfg.init_scale}")
+  _check(cfg.lr_schedule in LR_SCHEDULES or ":" in cfg.lr_schedule,
+         f"--lr-schedule: expected one of {', '.join(LR_SCHEDULES)} or "
+         f"EPOCH:VALUE,..., got {cfg.lr_schedule!r}")
+  for name in ("gamma_schedule", "l1_schedule"):
+    for _, v in parse_piecewise(getattr(cfg, name), name):
+      _check(_finite(v) and (v > 0 if name == "gamma_schedule" else v >= 0),
+             f"--{name.replace('_', '-')}: bad value {v}")
+  if ":" in cfg.lr_schedule:
+    for _, v in parse_piecewise(cfg.lr_schedule, "lr_schedule"):
+      _check(_finite(v) and v > 0, f"--lr-schedule: bad value {v}")
+  _check(cfg.augment in ("auto", "none", "crop", "crop-flip"),
+         f"--augment must be auto, none, crop or crop-flip, got {cfg.augment!r}")
+  _check(cfg.dtype in ("auto", "float32", "bfloat16"),
+         f"--dtype must be auto, float32 or bfloat16, got {cfg.dtype!r}")
+  _check(cfg.prune_scope in ("layer", "global"),
+         f"--prune-scope must be layer or global, got {cfg.prune_scope!r}")
+  if cfg.target_sparsity is not None:
+    _check(_finite(cfg.target_sparsity) and 0 <= cfg.target_sparsity < 1,
+           f"--target-sparsity must be in [0, 1), got {cfg.target_sparsity}")
+  if cfg.method == "prune-finetune" and not cfg.compare:
+    _check(cfg.target_sparsity is not None or cfg.target_sparsity_from is not None,
+           "--method prune-finetune needs --target-sparsity or --target-sparsity-from")
+    if cfg.target_sparsity_from is not None:
+      target_from_run(cfg.target_sparsity_from)
+  _check(cfg.checkpoint_every >= 1,
+         f"--checkpoint-every must be >= 1, got {cfg.checkpoint_every}")
+  _check(cfg.max_bad_steps >= 1, f"--max-bad-steps must be >= 1, got {cfg.max_bad_steps}")
+  _check(cfg.progress in ("auto", "bar", "lines", "none"),
+         f"--progress must be auto, bar, lines or none, got {cfg.progress!r}")
+  if cfg.dataset == "folder":
+    _check(cfg.data_dir is not None, "--dataset folder needs --data-dir")
+  if cfg.image_size is not None:
+    _check(cfg.image_size >= 1, f"--image-size must be >= 1, got {cfg.image_size}")
+
+
+def target_from_run(run_dir: str) -> float:
+  """The sparsity another run reached, from its summary.json."""
+  path = Path(run_dir) / "summary.json"
+  try:
+    s = json.loads(path.read_text())["sparsity"]
+  except FileNotFoundError:
+    raise UsageError(f"--target-sparsity-from: {path} does not exist "
+                     "(has that run finished?)") from None
+  except (OSError, ValueError, KeyError, TypeError):
+    raise UsageError(f"--target-sparsity-from: {path} has no readable "
+                     "'sparsity'") from None
+  if not (_finite(s) and 0 <= s < 1):
+    raise UsageError(f"--target-sparsity-from: {path}: sparsity {s!r} not in [0, 1)")
+  return float(s)

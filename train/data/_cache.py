@@ -1,0 +1,111 @@
+"""An on-disk cache of decoded arrays, so each source is decoded only once.
+
+Each entry is one uncompressed `.npz` file (fast to load, no pickling) whose
+name carries a hash of what it was decoded from. Entries are written to a
+temporary file and renamed into place, so an interrupted run never leaves a
+half-written entry that a later run would trust.
+"""
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import warnings
+import zipfile
+
+import numpy as np
+
+# Bump when the decoded arrays for the same source would change (decode rules,
+# stored fields), so that old entries are no longer used.
+_FORMAT_VERSION = 1
+
+
+def default_cache_dir() -> str:
+  """`$RDA_OPTAX_CACHE` if set, else `~/.cache/rda-optax`."""
+  return os.environ.get("RDA_OPTAX_CACHE") or os.path.join(
+      os.path.expanduser("~"), ".cache", "rda-optax")
+
+
+def fingerprint(path: str) -> dict[str, object]:
+  """What identifies the contents of a source file or directory, cheaply.
+
+  A file is identified by its absolute path, size and modification time. A
+  directory's own mtime does not change when a file two levels down does,
+  so for a directory every file's relative path, size and mtime is hashed
+  (a walk of stat calls, far cheaper than decoding).
+
+  Args:
+    path: a file or directory.
+
+  Returns:
+    A JSON-serialisable description of the source.
+  """
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    stat = os.stat(path)
+    return {"path": path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+  digest = hashlib.sha256()
+  for root, dirs, files in os.walk(path, followlinks=True):
+    dirs.sort()
+    for name in sorted(files):
+      full = os.path.join(root, name)
+      try:
+        stat = os.stat(full)
+      except OSError:  # A dangling link: the decoder reports it, if it counts.
+        continue
+      digest.update(
+          f"{os.path.relpath(full, path)}\0{stat.st_size}\0"
+          f"{stat.st_mtime_ns}\n".encode())
+  return {"path": path, "tree": digest.hexdigest()}
+
+
+def entry_path(cache_dir: str, label: str, key: dict[str, object]) -> str:
+  """The cache file for `key`; `label` only makes the name readable."""
+  key = dict(key, format=_FORMAT_VERSION)
+  digest = hashlib.sha256(
+      json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+  label = re.sub(r"[^A-Za-z0-9._-]+", "_", label)[:60]
+  return os.path.join(cache_dir, f"{label}-{digest}.npz")
+
+
+def load(path: str) -> dict[str, np.ndarray] | None:
+  """Returns the arrays stored at `path`, or None if absent or unreadable.
+
+  An unreadable entry (e.g. from a disk that filled up, or edited by hand) is
+  treated as a miss: the caller decodes again and overwrites it.
+  """
+  if not os.path.exists(path):
+    return None
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      return {name: npz[name] for name in npz.files}
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    warnings.warn(f"ignoring unreadable cache file {path}: {e}",
+                  stacklevel=2)
+    return None
+
+
+def save(path: str, arrays: dict[str, np.ndarray]) -> None:
+  """Stores `arrays` at `path` atomically; warns (does not fail) on error.
+
+  A cache that cannot be written only costs time on the next run, so it
+  must not abort a run whose data was decoded fine.
+  """
+  directory = os.path.dirname(path)
+  tmp = None
+  try:
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
+    with os.fdopen(fd, "wb") as f:
+      # A file object, not a name: np.savez would append ".npz" to the name.
+      np.savez(f, **arrays)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+    tmp = None
+  except OSError as e:
+    warnings.warn(f"could not write cache file {path}: {e}", stacklevel=2)
+  finally:
+    if tmp is not None and os.path.exists(tmp):
+      os.remove(tmp)

@@ -1,0 +1,697 @@
+"""Reports for training runs: metric files, plots, tables and live progress.
+
+A run directory written by the trainer holds ``config.json``, one JSON object
+per epoch in ``metrics.jsonl`` and, once the run has finished,
+``summary.json``. This module reads those files back and turns them into
+
+* PNG figures (:func:`plot_run`, :func:`plot_compare`, :func:`plot_frontier`),
+* plain-text and markdown tables (:func:`format_table`,
+  :func:`markdown_table`),
+* a per-epoch progress display for the trainer (:class:`Progress`).
+
+Figures are drawn on :class:`matplotlib.figure.Figure` objects directly rather
+than through ``pyplot``: that needs no GUI backend, keeps no global figure
+registry that could leak memory over many plots, and is safe to call from a
+training process that never opens a window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+import datetime
+import json
+import math
+import numbers
+import os
+from pathlib import Path
+import re
+import sys
+import time
+from typing import Any, TextIO
+
+from matplotlib import ticker
+from matplotlib.figure import Figure
+
+PathLike = str | os.PathLike
+
+# Figures are meant to be read on a screen and in a markdown report; 120 dpi
+# keeps text crisp without making the PNGs large.
+_DPI = 120
+# Light fills so that the curves drawn on top stay readable.
+_PHASE_COLORS = ("#dbe9f6", "#fde3c8", "#dcefd8", "#f3d9e8", "#e8e1f2",
+                 "#f6f1c7", "#d9f0ef", "#eadbd3")
+# Beyond this many epochs, point markers only clutter the lines.
+_MAX_MARKED_EPOCHS = 40
+
+
+# ---------------------------------------------------------------------------
+# Reading run directories.
+# ---------------------------------------------------------------------------
+
+
+def read_metrics(run_dir: PathLike) -> list[dict[str, Any]]:
+  """Reads the per-epoch records of a run.
+
+  Args:
+    run_dir: a run directory holding ``metrics.jsonl``.
+
+  Returns:
+    One dict per epoch, in file order. A last line that is not valid JSON is
+    dropped: a run killed while writing leaves such a line behind, and the
+    epochs before it are still worth plotting.
+
+  Raises:
+    FileNotFoundError: ``metrics.jsonl`` is missing.
+    ValueError: a line other than the last is not a JSON object, since that
+      means the file is corrupt rather than cut short.
+  """
+  path = Path(run_dir) / "metrics.jsonl"
+  lines = [(n, line) for n, line in
+           enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+           if line.strip()]
+  records = []
+  for i, (lineno, line) in enumerate(lines):
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      if i == len(lines) - 1:
+        break
+      raise ValueError(f"{path}:{lineno}: not valid JSON: {e}") from e
+    if not isinstance(record, dict):
+      raise ValueError(f"{path}:{lineno}: expected a JSON object, got "
+                       f"{type(record).__name__}")
+    records.append(record)
+  return records
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+  """A JSON object file, or None when it is absent or unreadable."""
+  try:
+    data = json.loads(path.read_text(encoding="utf-8"))
+  except (OSError, ValueError):
+    # Plots are diagnostics: a missing or half-written summary should cost a
+    # nicer label, not the whole figure.
+    return None
+  return data if isinstance(data, dict) else None
+
+
+def _read_summary(run_dir: Path) -> dict[str, Any] | None:
+  return _read_json(run_dir / "summary.json")
+
+
+def _run_label(run_dir: Path) -> str:
+  summary = _read_summary(run_dir)
+  if summary and summary.get("method"):
+    return str(summary["method"])
+  return run_dir.name
+
+
+_KEY_RE = re.compile(
+    r"\['((?:[^'\\]|\\.)*)'\]"   # ['name']
+    r'|\["((?:[^"\\]|\\.)*)"\]'  # ["name"]
+    r"|\[(-?\d+)\]"              # [0]
+    r"|\.(\w+)")                 # .attribute
+
+
+def short_layer_name(path: str) -> str:
+  """A readable name for a parameter path written by ``jax.tree_util.keystr``.
+
+  ``"['params']['layer1_0']['conv1']['kernel']"`` becomes
+  ``"layer1_0/conv1/kernel"``: the ``params`` collection is the same for every
+  layer, so it only costs space on the axis.
+
+  Args:
+    path: the path string; one that is not in keystr form is returned with
+      just a leading ``params/`` removed.
+
+  Returns:
+    The path components joined with ``/``.
+  """
+  parts = [next(g for g in m.groups() if g is not None)
+           for m in _KEY_RE.finditer(path)]
+  if not parts:
+    parts = [p for p in path.split("/") if p]
+  if len(parts) > 1 and parts[0] == "params":
+    parts = parts[1:]
+  return "/".join(parts) if parts else path
+
+
+# ---------------------------------------------------------------------------
+# Plots.
+# ---------------------------------------------------------------------------
+
+
+def _series(records: Sequence[Mapping[str, Any]],
+            key: str) -> tuple[list[float], list[float]]:
+  """(epochs, values) for the records where ``key`` is a number.
+
+  Missing values are left out rather than plotted as gaps, so that a metric
+  measured only every few epochs still draws a connected line.
+  """
+  xs, ys = [], []
+  for i, r in enumerate(records, start=1):
+    value = r.get(key)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+      xs.append(r.get("epoch", i))
+      ys.append(float(value))
+  return xs, ys
+
+
+def _phase_segments(
+    records: Sequence[Mapping[str, Any]]) -> list[tuple[str, float, float]]:
+  """(phase, first epoch, last epoch) for each run of consecutive epochs."""
+  segments: list[tuple[str, float, float]] = []
+  for i, r in enumerate(records, start=1):
+    phase = str(r.get("phase") or "")
+    epoch = r.get("epoch", i)
+    if segments and segments[-1][0] == phase:
+      segments[-1] = (phase, segments[-1][1], epoch)
+    else:
+      segments.append((phase, epoch, epoch))
+  return segments
+
+
+def _mark_phases(axes: Sequence[Any],
+                 segments: Sequence[tuple[str, float, float]]) -> None:
+  """Shades each phase and labels it in the first axes.
+
+  Epoch ``e`` is drawn as covering ``[e - 0.5, e + 0.5]``, so a boundary sits
+  halfway between the last epoch of one phase and the first of the next.
+  """
+  shade = len(segments) > 1  # A single phase would just tint the panels.
+  colors: dict[str, str] = {}
+  for phase, _, _ in segments:
+    colors.setdefault(phase, _PHASE_COLORS[len(colors) % len(_PHASE_COLORS)])
+  for k, (phase, start, end) in enumerate(segments):
+    for ax in axes if shade else ():
+      ax.axvspan(start - 0.5, end + 0.5, color=colors[phase], lw=0, zorder=0)
+      if k:
+        ax.axvline(start - 0.5, color="0.45", lw=0.9, ls="--", zorder=1)
+    if phase:
+      # x in data units, y in axes units: the label stays at the top of the
+      # panel whatever the accuracy range is.
+      axes[0].text(start - 0.5, 0.97, f" {phase}",
+                   transform=axes[0].get_xaxis_transform(), ha="left",
+                   va="top", fontsize=8, color="0.25", zorder=3)
+
+
+def _epoch_axis(ax: Any, lo: int, hi: int) -> None:
+  ax.set_xlim(lo - 0.5, hi + 0.5)
+  if hi - lo < 10:
+    # MaxNLocator falls back to fractional epochs on a short range.
+    ax.set_xticks(range(int(lo), int(hi) + 1))
+  else:
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+
+
+def _sparsity_axis(ax: Any) -> None:
+  ax.set_ylim(-0.02, 1.02)
+  ax.yaxis.set_major_formatter(ticker.PercentFormatter(xmax=1.0))
+
+
+def _save(fig: Figure, path: Path) -> Path:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=_DPI)
+  return path
+
+
+def _run_title(run_dir: Path, records: Sequence[Mapping[str, Any]]) -> str:
+  """'method · model · dataset' plus the final results, where known."""
+  info = _read_summary(run_dir) or _read_json(run_dir / "config.json") or {}
+  names = [str(info[k]) for k in ("method", "model", "dataset")
+           if isinstance(info.get(k), (str, int, float))]
+  title = " · ".join(names) or run_dir.name
+  results = []
+  test_top1 = info.get("test_top1")
+  if isinstance(test_top1, numbers.Real):
+    results.append(f"test top-1 {test_top1:.2f}%")
+  sparsity = info.get("sparsity", records[-1].get("sparsity"))
+  if isinstance(sparsity, numbers.Real):
+    results.append(f"sparsity {sparsity:.1%}")
+  return f"{title}\n{', '.join(results)}" if results else title
+
+
+def plot_run(run_dir: PathLike) -> list[Path]:
+  """Draws the curves and the final per-layer sparsity of one run.
+
+  Writes ``run_dir/curves.png`` (top-1 accuracies above, sparsity below, phases
+  shaded and named) and ``run_dir/layers.png`` (per-layer sparsity of the last
+  recorded epoch, one horizontal bar per layer in network order).
+
+  Args:
+    run_dir: a run directory holding ``metrics.jsonl``, and optionally
+      ``summary.json`` or ``config.json`` for the title.
+
+  Returns:
+    The paths written: ``[curves.png, layers.png]``, or just ``[curves.png]``
+    when the last epoch has no per-layer sparsity.
+
+  Raises:
+    ValueError: the run has no complete epoch yet.
+  """
+  run_dir = Path(run_dir)
+  records = read_metrics(run_dir)
+  if not records:
+    raise ValueError(f"{run_dir}: metrics.jsonl holds no complete epoch")
+  return [p for p in (_plot_curves(run_dir, records),
+                      _plot_layers(run_dir, records)) if p is not None]
+
+
+def _plot_curves(run_dir: Path, records: Sequence[Mapping[str, Any]]) -> Path:
+  fig = Figure(figsize=(8, 6), layout="constrained")
+  acc_ax, sp_ax = fig.subplots(2, 1, sharex=True, height_ratios=(3, 2))
+  marker = "o" if len(records) <= _MAX_MARKED_EPOCHS else None
+  ys_all = []
+  for key, label, color in (("train_top1", "train top-1", "C0"),
+                            ("val_top1", "val top-1", "C1")):
+    xs, ys = _series(records, key)
+    if xs:
+      acc_ax.plot(xs, ys, label=label, color=color, marker=marker, ms=3)
+      ys_all += ys
+  xs, ys = _series(records, "sparsity")
+  if xs:
+    sp_ax.plot(xs, ys, color="C2", marker=marker, ms=3, label="sparsity")
+
+  epochs = [r.get("epoch", i) for i, r in enumerate(records, start=1)]
+  _epoch_axis(sp_ax, min(epochs), max(epochs))
+  _mark_phases((acc_ax, sp_ax), _phase_segments(records))
+  if ys_all:
+    # Headroom above the curves for the phase names.
+    lo, hi = min(ys_all), max(ys_all)
+    # A minimum span keeps a flat or single-epoch curve from being drawn on
+    # a magnified axis that makes noise look like a trend.
+    pad = max(hi - lo, 10.0) * 0.08
+    acc_ax.set_ylim(max(lo - pad, 0.0), hi + 2.5 * pad)
+    acc_ax.legend(loc="lower right", fontsize=9)
+  acc_ax.set_ylabel("top-1 accuracy (%)")
+  acc_ax.grid(alpha=0.3)
+  _sparsity_axis(sp_ax)
+  sp_ax.set_ylabel("sparsity (zero weights)")
+  sp_ax.set_xlabel("epoch")
+  sp_ax.grid(alpha=0.3)
+  fig.suptitle(_run_title(run_dir, records), fontsize=11)
+  return _save(fig, run_dir / "curves.png")
+
+
+def _plot_layers(run_dir: Path,
+                 records: Sequence[Mapping[str, Any]]) -> Path | None:
+  last = records[-1]
+  per_layer = last.get("sparsity_per_layer") or {}
+  layers = [(short_layer_name(k), float(v)) for k, v in per_layer.items()
+            if isinstance(v, numbers.Real)]
+  if not layers:
+    return None
+  names, values = zip(*layers)
+  # Grow with the layer count so that the names of deep networks do not
+  # overlap.
+  height = max(2.5, 0.26 * len(layers) + 1.3)
+  fig = Figure(figsize=(7, height), layout="constrained")
+  ax = fig.subplots()
+  ys = range(len(layers))
+  ax.barh(ys, values, color="C2", height=0.7)
+  for y, v in zip(ys, values):
+    ax.text(min(v, 1.0) + 0.01, y, f"{v:.1%}", va="center", fontsize=7)
+  ax.set_yticks(list(ys), names, fontsize=8)
+  ax.invert_yaxis()  # Network order, top to bottom.
+  ax.set_xlim(0, 1.14)  # Room for the value labels past 100%.
+  ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
+  ax.xaxis.set_major_formatter(ticker.PercentFormatter(xmax=1.0))
+  ax.set_xlabel("sparsity (zero weights)")
+  ax.grid(axis="x", alpha=0.3)
+  epoch = last.get("epoch", len(records))
+  overall = last.get("sparsity")
+  title = f"{_run_label(run_dir)}: per-layer sparsity, epoch {epoch}"
+  if isinstance(overall, numbers.Real):
+    title += f" (overall {overall:.1%})"
+  ax.set_title(title, fontsize=10)
+  return _save(fig, run_dir / "layers.png")
+
+
+def plot_compare(run_dirs: Iterable[PathLike],
+                 out_path: PathLike,
+                 title: str | None = None) -> Path:
+  """Draws several runs on shared axes.
+
+  Left panel: validation top-1 against epoch (training top-1, marked
+  "(train)", for a run without a validation split). Right panel: sparsity
+  against epoch. Each run is labelled by the ``method`` of its
+  ``summary.json``, or its directory name; labels that would collide get the
+  directory name appended.
+
+  Args:
+    run_dirs: run directories holding ``metrics.jsonl``.
+    out_path: the PNG file to write.
+    title: an optional figure title.
+
+  Returns:
+    ``out_path`` as a Path.
+
+  Raises:
+    ValueError: no run directories were given.
+  """
+  run_dirs = [Path(d) for d in run_dirs]
+  if not run_dirs:
+    raise ValueError("plot_compare needs at least one run directory")
+  labels = [_run_label(d) for d in run_dirs]
+  labels = [f"{label} ({d.name})" if labels.count(label) > 1 and
+            label != d.name else label for label, d in zip(labels, run_dirs)]
+
+  fig = Figure(figsize=(11, 4.6), layout="constrained")
+  acc_ax, sp_ax = fig.subplots(1, 2)
+  max_epoch = 1
+  all_val = True
+  for i, (run_dir, label) in enumerate(zip(run_dirs, labels)):
+    records = read_metrics(run_dir)
+    marker = "o" if len(records) <= _MAX_MARKED_EPOCHS else None
+    color = f"C{i % 10}"
+    xs, ys = _series(records, "val_top1")
+    if not xs:
+      xs, ys = _series(records, "train_top1")
+      label += " (train)"
+      all_val = False
+    acc_ax.plot(xs, ys, color=color, marker=marker, ms=3, label=label)
+    xs, ys = _series(records, "sparsity")
+    sp_ax.plot(xs, ys, color=color, marker=marker, ms=3, label=label)
+    max_epoch = max([max_epoch] + [r.get("epoch", 0) for r in records])
+  for ax in (acc_ax, sp_ax):
+    _epoch_axis(ax, 1, max_epoch)
+    ax.set_xlabel("epoch")
+    ax.grid(alpha=0.3)
+  acc_ax.set_ylabel("top-1 accuracy (%)")
+  acc_ax.set_title("validation top-1" if all_val else
+                   "validation top-1 (train where no validation split)",
+                   fontsize=10)
+  _sparsity_axis(sp_ax)
+  sp_ax.set_ylabel("sparsity (zero weights)")
+  sp_ax.set_title("sparsity", fontsize=10)
+  # One legend for both panels, outside them, so that it hides no curve.
+  handles, names = acc_ax.get_legend_handles_labels()
+  fig.legend(handles, names, loc="outside lower center",
+             ncols=min(len(names), 4), fontsize=9, frameon=False)
+  if title:
+    fig.suptitle(title, fontsize=11)
+  return _save(fig, Path(out_path))
+
+
+def plot_frontier(points: Iterable[Mapping[str, Any]],
+                  out_path: PathLike,
+                  title: str | None = None) -> Path:
+  """Draws accuracy against sparsity, one line per method.
+
+  Args:
+    points: dicts with ``method``, ``sparsity`` (fraction 0-1) and ``top1``
+      (percent), and optionally ``top1_std`` and ``sparsity_std``, drawn as
+      error bars. Points of a method are joined in order of sparsity.
+    out_path: the PNG file to write.
+    title: an optional figure title.
+
+  Returns:
+    ``out_path`` as a Path.
+  """
+  by_method: dict[str, list[Mapping[str, Any]]] = {}
+  for p in points:
+    by_method.setdefault(str(p["method"]), []).append(p)
+
+  def std(p: Mapping[str, Any], key: str) -> float:
+    value = p.get(key)
+    return float(value) if isinstance(value, numbers.Real) else 0.0
+
+  fig = Figure(figsize=(7, 5), layout="constrained")
+  ax = fig.subplots()
+  for i, (method, pts) in enumerate(by_method.items()):
+    pts = sorted(pts, key=lambda p: p["sparsity"])
+    xs = [float(p["sparsity"]) for p in pts]
+    ys = [float(p["top1"]) for p in pts]
+    xerr = [std(p, "sparsity_std") for p in pts]
+    yerr = [std(p, "top1_std") for p in pts]
+    ax.errorbar(xs, ys, xerr=xerr if any(xerr) else None,
+                yerr=yerr if any(yerr) else None, color=f"C{i % 10}",
+                marker="o", ms=5, capsize=3, label=method)
+  ax.xaxis.set_major_formatter(ticker.PercentFormatter(xmax=1.0))
+  ax.set_xlabel("sparsity (zero weights)")
+  ax.set_ylabel("top-1 accuracy (%)")
+  ax.grid(alpha=0.3)
+  if by_method:
+    ax.legend(loc="best", fontsize=9)
+  if title:
+    ax.set_title(title, fontsize=11)
+  return _save(fig, Path(out_path))
+
+
+# ---------------------------------------------------------------------------
+# Tables.
+# ---------------------------------------------------------------------------
+
+Column = tuple[str, str, str]
+
+
+def _is_number(value: Any) -> bool:
+  return isinstance(value, numbers.Number) and not isinstance(value, bool)
+
+
+def _cell(value: Any, spec: str) -> str:
+  if value is None:
+    return "-"
+  if spec:
+    try:
+      return format(value, spec)
+    except (TypeError, ValueError):
+      # A text value in a numeric column, say an error marker: show it as is.
+      pass
+  return str(value)
+
+
+def _cells(rows: Sequence[Mapping[str, Any]],
+           columns: Sequence[Column]) -> tuple[list[list[str]], list[bool]]:
+  """Formatted cells, and whether each column is right-aligned.
+
+  Numbers are right-aligned so that their digits line up; a column is numeric
+  when every value in it that is present is a number.
+  """
+  cells = [[_cell(row.get(key), spec) for key, _, spec in columns]
+           for row in rows]
+  right = []
+  for key, _, _ in columns:
+    present = [row.get(key) for row in rows if row.get(key) is not None]
+    right.append(bool(present) and all(_is_number(v) for v in present))
+  return cells, right
+
+
+def _pad(text: str, width: int, right: bool) -> str:
+  return text.rjust(width) if right else text.ljust(width)
+
+
+def format_table(rows: Sequence[Mapping[str, Any]],
+                 columns: Sequence[Column]) -> str:
+  """A plain-text table for a terminal.
+
+  Args:
+    rows: one mapping per row; a missing key reads as None.
+    columns: ``(key, header, format spec)`` per column, e.g.
+      ``("test_top1", "test top-1", ".2f")``; an empty spec means ``str``.
+
+  Returns:
+    The header, a rule of dashes and one line per row, columns separated by
+    two spaces, numeric columns right-aligned and None shown as ``-``. Lines
+    carry no trailing spaces.
+  """
+  cells, right = _cells(rows, columns)
+  headers = [header for _, header, _ in columns]
+  widths = [max([len(h)] + [len(r[j]) for r in cells])
+            for j, h in enumerate(headers)]
+
+  def line(texts: Sequence[str]) -> str:
+    return "  ".join(_pad(t, w, r)
+                     for t, w, r in zip(texts, widths, right)).rstrip()
+
+  out = [line(headers), line(["-" * w for w in widths])]
+  out += [line(r) for r in cells]
+  return "\n".join(out)
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]],
+                   columns: Sequence[Column]) -> str:
+  """A GitHub-flavoured markdown table; same inputs as :func:`format_table`.
+
+  Numeric columns are marked right-aligned in the separator row. Cells are
+  padded too, so that the markdown source reads as a table as well.
+  """
+  cells, right = _cells(rows, columns)
+  # A bare '|' would end the cell early.
+  cells = [[c.replace("|", r"\|") for c in r] for r in cells]
+  headers = [header.replace("|", r"\|") for _, header, _ in columns]
+  # Separators need at least three dashes.
+  widths = [max([len(h), 3] + [len(r[j]) for r in cells])
+            for j, h in enumerate(headers)]
+
+  def line(texts: Sequence[str]) -> str:
+    return "| " + " | ".join(_pad(t, w, r) for t, w, r in
+                             zip(texts, widths, right)) + " |"
+
+  rule = "| " + " | ".join(("-" * (w - 1) + ":") if r else "-" * w
+                           for w, r in zip(widths, right)) + " |"
+  return "\n".join([line(headers), rule] + [line(r) for r in cells])
+
+
+# ---------------------------------------------------------------------------
+# Progress.
+# ---------------------------------------------------------------------------
+
+# Tests replace this to make the ETA deterministic.
+_now = time.monotonic
+
+
+def _duration(seconds: float) -> str:
+  return str(datetime.timedelta(seconds=max(0, round(seconds))))
+
+
+def _number(metrics: Mapping[str, Any], key: str) -> float | None:
+  value = metrics.get(key)
+  if _is_number(value):
+    return float(value)
+  return None
+
+
+def _postfix(metrics: Mapping[str, Any]) -> str:
+  """'[rda] loss 0.512 train 88.1 val 86.0 sparsity 0.731 4,210 img/s'."""
+  parts = []
+  if metrics.get("phase"):
+    parts.append(f"[{metrics['phase']}]")
+  for key, name, spec in (("loss", "loss", ".3f"),
+                          ("train_top1", "train", ".1f"),
+                          ("val_top1", "val", ".1f"),
+                          ("sparsity", "sparsity", ".3f")):
+    value = _number(metrics, key)
+    if value is not None:
+      parts.append(f"{name} {value:{spec}}")
+  speed = _number(metrics, "images_per_sec")
+  if speed is not None and math.isfinite(speed):
+    parts.append(f"{speed:,.0f} img/s")
+  skipped = _number(metrics, "skipped_steps")
+  if skipped:
+    # Non-finite steps being skipped is the first sign of a diverging run.
+    parts.append(f"skipped {skipped:.0f}")
+  return " ".join(parts)
+
+
+class Progress:
+  """Per-epoch progress of a training run.
+
+  Three modes, chosen by ``enabled``:
+
+  * ``None`` (the default): a tqdm bar with an ETA when ``stream`` is a
+    terminal, else one plain line per epoch, which reads well in log files
+    and CI output where a redrawn bar would leave carriage-return debris::
+
+      epoch 3/10 [rda] loss 0.512 train 88.1 val 86.0 sparsity 0.731 \
+4,210 img/s eta 0:00:21
+
+  * ``True``: the tqdm bar even when ``stream`` is not a terminal.
+  * ``False``: nothing is printed at all, :meth:`write` included.
+
+  Use it as a context manager so that the bar is closed on errors too::
+
+    with Progress(epochs, desc="resnet18") as progress:
+      for epoch in ...:
+        progress.update(metrics)
+  """
+
+  def __init__(self,
+               total: int,
+               desc: str = "",
+               enabled: bool | None = None,
+               stream: TextIO | None = None,
+               *,
+               initial: int = 0):
+    """Creates and shows the display.
+
+    Args:
+      total: the number of epochs of the whole run.
+      desc: a short prefix for each line, such as the model name.
+      enabled: see the class docstring.
+      stream: where to print; ``sys.stderr`` (looked up at call time, so that
+        redirections made after import apply) when None.
+      initial: epochs already done, for a resumed run: the counter starts
+        there and the ETA is computed from the epochs run in this process.
+    """
+    self.total = total
+    self.desc = desc
+    self.n = initial
+    self._initial = initial
+    self._stream = sys.stderr if stream is None else stream
+    self._start = _now()
+    self._closed = False
+    self._bar = None
+    if enabled is False:
+      self.mode = "off"
+    elif enabled or _isatty(self._stream):
+      self.mode = "bar"
+    else:
+      self.mode = "lines"
+    if self.mode == "bar":
+      # Imported here: the plain-line and silent modes do not need tqdm. Not
+      # tqdm.auto: its notebook widget would ignore `stream`.
+      from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+      self._bar = tqdm(total=total, initial=initial, desc=desc or None,
+                       unit="epoch", file=self._stream, dynamic_ncols=True,
+                       leave=True)
+
+  def __enter__(self) -> Progress:
+    return self
+
+  def __exit__(self, *exc_info: Any) -> None:
+    self.close()
+
+  def update(self, metrics: Mapping[str, Any]) -> None:
+    """Advances one epoch and shows its metrics.
+
+    Args:
+      metrics: the epoch's record, as written to ``metrics.jsonl``; missing
+        or null values are left out of the display. Ignored after
+        :meth:`close`.
+    """
+    if self._closed:
+      return
+    self.n += 1
+    postfix = _postfix(metrics)
+    if self._bar is not None:
+      self._bar.set_postfix_str(postfix, refresh=False)
+      self._bar.update(1)
+    elif self.mode == "lines":
+      print(self._line(postfix), file=self._stream, flush=True)
+
+  def _line(self, postfix: str) -> str:
+    elapsed = _now() - self._start
+    done = self.n - self._initial
+    if self.n >= self.total:
+      timing = f"elapsed {_duration(elapsed)}"
+    else:
+      eta = elapsed / max(done, 1) * (self.total - self.n)
+      timing = f"eta {_duration(eta)}"
+    prefix = f"{self.desc} " if self.desc else ""
+    width = len(str(self.total))
+    counter = f"epoch {self.n:>{width}}/{self.total}"
+    return " ".join(p for p in (prefix + counter, postfix, timing) if p)
+
+  def write(self, msg: str) -> None:
+    """Prints a message on its own line without breaking the bar."""
+    if self._bar is not None:
+      self._bar.write(msg, file=self._stream)
+    elif self.mode == "lines":
+      print(msg, file=self._stream, flush=True)
+
+  def close(self) -> None:
+    """Finishes the display; later calls do nothing."""
+    if self._closed:
+      return
+    self._closed = True
+    if self._bar is not None:
+      self._bar.close()
+
+
+def _isatty(stream: Any) -> bool:
+  try:
+    return bool(stream.isatty())
+  except (AttributeError, ValueError):
+    # No isatty, or a closed stream: not a terminal either way.
+    return False

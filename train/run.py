@@ -1,0 +1,300 @@
+"""One training run, end to end: data, model, phases, logs, checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import models
+import rda_optax
+from train import data as data_lib
+from train import engine
+from train import optim
+from train import prune
+from train import report
+from train._errors import UsageError
+from train.checkpoint import Checkpoints
+from train.config import Config, target_from_run, validate
+
+
+class Stopped(Exception):
+  """A run that ended early with its last good checkpoint on disk."""
+
+  def __init__(self, msg: str, code: int):
+    super().__init__(msg)
+    self.code = code
+
+
+def load_data(cfg: Config) -> data_lib.Splits:
+  return data_lib.load(
+      cfg.dataset, data_dir=cfg.data_dir, test_dir=cfg.test_dir,
+      val_fraction=cfg.val_fraction, seed=cfg.seed, cache_dir=cfg.cache_dir,
+      skip_bad_images=cfg.skip_bad_images, image_size=cfg.image_size,
+      progress=cfg.progress != "none")
+
+
+def _phase(method: str, epoch: int, cfg: Config) -> str:
+  """Name of the phase that 0-based ``epoch`` belongs to."""
+  first = epoch < cfg.epochs
+  return {"rda": ("rda", "asr"), "prox-sgd": ("prox-sgd", "asr"),
+          "sgd": ("dense", "dense"),
+          "prune-finetune": ("dense", "finetune")}[method][0 if first else 1]
+
+
+def _dtype(cfg: Config):
+  if cfg.dtype == "auto":
+    return jnp.bfloat16 if jax.default_backend() != "cpu" else jnp.float32
+  return jnp.dtype(cfg.dtype)
+
+
+def _augment(cfg: Config, image_shape) -> str:
+  if cfg.augment != "auto":
+    return cfg.augment
+  # Crop + flip is the CIFAR recipe; digits are neither flip-invariant nor
+  # big enough for a 4-pixel crop.
+  h, _, c = image_shape
+  return "crop-flip" if (c == 3 and h >= 32) else "none"
+
+
+def _run_dir(cfg: Config, method: str, stamp: str) -> Path:
+  name = cfg.run_name or f"{stamp}-{cfg.model}-{cfg.dataset}-{method}"
+  if cfg.compare and cfg.run_name:
+    name = f"{cfg.run_name}-{method}"
+  return Path(cfg.out) / name
+
+
+def _write_atomic(path: Path, text: str) -> None:
+  tmp = path.with_suffix(path.suffix + ".tmp")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+def check_data(cfg: Config, splits: data_lib.Splits) -> None:
+  n = splits.train.images.shape[0]
+  if cfg.batch_size > n:
+    raise UsageError(f"--batch-size {cfg.batch_size} is larger than the "
+                     f"training set ({n} images)")
+  if splits.num_classes < 2:
+    raise UsageError(f"data set {splits.name} has {splits.num_classes} class")
+
+
+def train_one(cfg: Config, method: str, splits: data_lib.Splits,
+              run_dir: Path, *, resume: bool = False,
+              target: Optional[float] = None) -> dict[str, Any]:
+  """Trains ``method`` into ``run_dir`` and returns its summary."""
+  t_start = time.time()
+  dtype = _dtype(cfg)
+  train = splits.train
+  n, image_shape = train.images.shape[0], train.images.shape[1:]
+  spe = n // cfg.batch_size
+  scale = cfg.init_scale
+  if scale is None and method == "rda":
+    scale = 2.0  # plain He scale is too small for RDA's first step (s. 4.1)
+  kinit = {} if scale is None else {"kernel_init": rda_optax.scaled_uniform(scale)}
+  model = models.get(cfg.model, num_classes=splits.num_classes, dtype=dtype,
+                     **kinit)
+  opt = optim.build(cfg, method, spe)
+  tx = engine.wrap_finite(opt.tx)
+
+  key = jax.random.key(cfg.seed)
+  variables = jax.jit(lambda k: model.init(
+      k, jnp.zeros((1,) + image_shape, jnp.float32)))(jax.random.fold_in(key, 0))
+  params = variables["params"]
+  state = engine.TrainState(params, variables.get("batch_stats", {}),
+                            tx.init(params), jnp.zeros([], jnp.int32))
+
+  imgs = train.images.astype(np.float32) / 255.0
+  mean = imgs.mean(axis=(0, 1, 2))
+  std = imgs.std(axis=(0, 1, 2)) + 1e-3
+  del imgs
+  augment = _augment(cfg, image_shape)
+  train_epoch = engine.make_train_epoch(
+      model, tx, spe, cfg.batch_size, mean, std, augment, cfg.label_smoothing,
+      splits.num_classes, dtype, n)
+  evaluate = engine.make_evaluate(model, mean, std, dtype)
+  d_images, d_labels = jax.device_put(train.images), jax.device_put(train.labels)
+  evals = {}
+  for name, arr in (("val", splits.val), ("test", splits.test)):
+    if arr is not None and arr.images.shape[0]:
+      xi, yi, b = engine.pad_for_eval(arr.images, arr.labels,
+                                      cfg.eval_batch_size)
+      evals[name] = (jax.device_put(xi), jax.device_put(yi),
+                     arr.images.shape[0], b)
+
+  ckpts = Checkpoints(run_dir)
+  metrics_path = run_dir / "metrics.jsonl"
+  start_epoch = 0
+  if resume:
+    last = ckpts.latest()
+    if last is not None:
+      state = ckpts.restore(last, state)
+      start_epoch = last
+    kept = [l for l in report.read_metrics(run_dir) if l["epoch"] <= start_epoch]
+    _write_atomic(metrics_path, "".join(json.dumps(l) + "\n" for l in kept))
+  else:
+    metrics_path.write_text("")
+
+  progress = report.Progress(
+      cfg.total_epochs, desc=method, initial=start_epoch,
+      enabled={"auto": None, "bar": True, "lines": None, "none": False}[cfg.progress],
+      )
+  interrupted = []
+
+  def _on_signal(signum, frame):
+    interrupted.append(signum)
+
+  old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    for epoch in range(start_epoch, cfg.total_epochs):
+      if method == "prune-finetune" and epoch == cfg.epochs and target is not None:
+        pruned = prune.magnitude_prune(state.params, target, cfg.prune_scope)
+        state = state._replace(params=pruned)
+        progress.write(f"pruned to {float(rda_optax.sparsity(pruned)):.4f} "
+                       f"sparsity ({cfg.prune_scope}-wise magnitude)")
+      t0 = time.time()
+      state, m = train_epoch(state, d_images, d_labels,
+                             jax.random.fold_in(key, epoch + 1))
+      m = jax.device_get(m)
+      dt = time.time() - t0
+      row = dict(epoch=epoch + 1, phase=_phase(method, epoch, cfg),
+                 loss=float(m["loss"]), train_top1=float(m["train_top1"]))
+      if "val" in evals:
+        row["val_top1"], row["val_top5"] = evaluate(state, *evals["val"])
+      else:
+        row["val_top1"] = row["val_top5"] = None
+      layer = rda_optax.sparsity_report(state.params)
+      row["sparsity"] = float(rda_optax.sparsity(state.params))
+      row["sparsity_per_layer"] = {r.path: r.sparsity for r in layer}
+      step = int(state.step) - 1
+      for k in ("gamma", "l1", "lr"):
+        f = getattr(opt, k)
+        row[k] = f(step) if f is not None else None
+      row["images_per_sec"] = spe * cfg.batch_size / dt
+      row["skipped_steps"] = int(m["skipped_steps"])
+      with metrics_path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+      progress.update(row)
+      last_epoch = epoch + 1 == cfg.total_epochs
+      bad = int(m["consecutive_bad"])
+      if bad >= cfg.max_bad_steps:
+        raise Stopped(
+            f"stopped: {bad} consecutive steps with non-finite gradients at "
+            f"epoch {epoch + 1}; the last good checkpoint in {run_dir} is "
+            f"intact (lower --gamma's inverse, --lr or --init-scale)", 1)
+      if interrupted:
+        ckpts.save(epoch + 1, state)
+        raise Stopped(
+            f"interrupted after epoch {epoch + 1}: checkpoint saved; resume "
+            f"with: rda-train --resume {run_dir}", 130)
+      if last_epoch or (epoch + 1) % cfg.checkpoint_every == 0:
+        ckpts.save(epoch + 1, state)
+  finally:
+    for s, h in old.items():
+      signal.signal(s, h)
+    progress.close()
+    ckpts.close()
+
+  summary = dict(method=method, model=cfg.model, dataset=splits.name,
+                 epochs=cfg.total_epochs, sparsity=float(rda_optax.sparsity(state.params)),
+                 sparsity_all_params=float(rda_optax.sparsity(
+                     state.params, lambda p: jax.tree.map(lambda _: True, p))),
+                 target_sparsity=target)
+  lines = report.read_metrics(run_dir)
+  summary["val_top1"] = lines[-1]["val_top1"] if lines else None
+  summary["val_top5"] = lines[-1]["val_top5"] if lines else None
+  if "test" in evals:
+    summary["test_top1"], summary["test_top5"] = evaluate(state, *evals["test"])
+  else:
+    summary["test_top1"] = summary["test_top5"] = None
+  summary["wall_s"] = time.time() - t_start
+  summary["device"] = jax.devices()[0].device_kind
+  _write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
+  report.plot_run(run_dir)
+  return summary
+
+
+def start_run_dir(cfg: Config, method: str, stamp: str,
+                  target: Optional[float] = None) -> Path:
+  run_dir = _run_dir(cfg, method, stamp)
+  if run_dir.exists():
+    raise UsageError(f"--out: run directory {run_dir} already exists "
+                     "(choose another --run-name, or --resume it)")
+  try:
+    run_dir.mkdir(parents=True)
+    _write_atomic(run_dir / "config.json",
+                  json.dumps(dict(dataclasses.asdict(cfg), method=method,
+                                  compare=None, target_sparsity=target),
+                             indent=2, sort_keys=True))
+  except OSError as e:
+    raise UsageError(f"--out: cannot write run directory {run_dir}: "
+                     f"{e.strerror or e}") from None
+  return run_dir
+
+
+def run(cfg: Config) -> list[dict[str, Any]]:
+  """Runs ``cfg`` (several methods with ``--compare``), returns summaries."""
+  splits = load_data(cfg)
+  check_data(cfg, splits)
+  methods = cfg.compare.split(",") if cfg.compare else [cfg.method]
+  target = cfg.target_sparsity
+  if target is None and cfg.target_sparsity_from:
+    target = target_from_run(cfg.target_sparsity_from)
+  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+  # Methods that others compare against run first: prune-finetune prunes to
+  # the sparsity the RDA run reached, at the same total epochs.
+  order = sorted(methods, key=lambda m: m == "prune-finetune")
+  summaries, dirs = [], []
+  for method in order:
+    t = target
+    if method == "prune-finetune" and t is None:
+      rda_runs = [s for s in summaries if s["method"] == "rda"]
+      if not rda_runs:
+        raise UsageError("prune-finetune needs --target-sparsity, "
+                         "--target-sparsity-from, or rda in --compare")
+      t = rda_runs[0]["sparsity"]
+    run_dir = start_run_dir(cfg, method, stamp, t)
+    print(f"[{method}] {cfg.model} on {splits.name}: "
+          f"{splits.train.images.shape[0]} train / "
+          f"{0 if splits.val is None else splits.val.images.shape[0]} val / "
+          f"{0 if splits.test is None else splits.test.images.shape[0]} test "
+          f"images, {cfg.epochs} + {cfg.asr_epochs} epochs -> {run_dir}",
+          file=sys.stderr)
+    summaries.append(train_one(cfg, method, splits, run_dir, target=t))
+    dirs.append(run_dir)
+  if len(dirs) > 1:
+    out = Path(cfg.out) / f"{cfg.run_name or stamp}-compare.png"
+    report.plot_compare(dirs, out, title=f"{cfg.model} on {splits.name}")
+    print(f"comparison plot: {out}", file=sys.stderr)
+  return summaries
+
+
+def resume(run_dir: str) -> list[dict[str, Any]]:
+  """Continues the run in ``run_dir`` from its latest complete checkpoint."""
+  path = Path(run_dir)
+  cfg_path = path / "config.json"
+  if not cfg_path.is_file():
+    raise UsageError(f"--resume: {cfg_path} does not exist (not a run directory)")
+  try:
+    raw = json.loads(cfg_path.read_text())
+  except (OSError, ValueError) as e:
+    raise UsageError(f"--resume: cannot read {cfg_path}: {e}") from None
+  try:
+    cfg = Config(**raw)
+    validate(cfg)
+  except TypeError as e:
+    raise UsageError(f"--resume: {cfg_path} is not a config of this version: {e}") from None
+  splits = load_data(cfg)
+  check_data(cfg, splits)
+  return [train_one(cfg, cfg.method, splits, path, resume=True,
+                    target=cfg.target_sparsity)]
