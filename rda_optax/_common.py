@@ -38,5 +38,11 @@ NO_PARAMS_MSG = (
     "update(updates, state, params)")
 
 
+try:
+  _Tracer = jax.core.Tracer
+except AttributeError:  # moved in some JAX releases
+  from jax._src.core import Tracer as _Tracer
+
+
 def is_tracer(x: Any) -> bool:
-  return isinstance(x, jax.core.Tracer)
+  return isinstance(x, _Tracer)

@@ -161,7 +161,7 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
         pruned = prune.magnitude_prune(state.params, target, cfg.prune_scope)
         state = state._replace(params=pruned)
         progress.write(f"pruned to {float(rda_optax.sparsity(pruned)):.4f} "
-                       f"sparsity ({cfg.prune_scope}-wise magnitude)")
+                       f"sparsity ({cfg.prune_scope} magnitude pruning)")
       t0 = time.time()
       state, m = train_epoch(state, d_images, d_labels,
                              jax.random.fold_in(key, epoch + 1))

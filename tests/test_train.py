@@ -1,0 +1,244 @@
+"""The trainer: CLI, presets, methods end to end, ASR, resume, errors."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import models
+import rda_optax
+from train import cli, engine, optim, prune, report
+from train.checkpoint import Checkpoints
+from train.config import Config
+from train.presets import PRESETS
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--epochs", "4", "--asr-epochs", "2", "--batch-size", "64",
+        "--progress", "none", "--checkpoint-every", "2"]
+
+
+def _run(tmp_path, *args):
+  code = cli.main(["--out", str(tmp_path / "runs"), *FAST, *args])
+  runs = sorted((tmp_path / "runs").glob("*")) if (tmp_path / "runs").exists() else []
+  return code, runs
+
+
+def test_help_and_presets(capsys):
+  with pytest.raises(SystemExit) as e:
+    cli.main(["--help"])
+  assert e.value.code == 0
+  out = capsys.readouterr().out
+  for flag in ("--preset", "--model", "--dataset", "--data-dir", "--test-dir",
+               "--method", "--epochs", "--asr-epochs", "--batch-size",
+               "--gamma", "--l1", "--init-scale", "--lr", "--seed", "--out",
+               "--resume", "--list-presets"):
+    assert flag in out
+  assert cli.main(["--list-presets"]) == 0
+  listed = capsys.readouterr().out
+  assert "paper-resnet18-cifar10" in listed and "fast-resnet18-cifar10" in listed
+  p = PRESETS["paper-resnet18-cifar10"]
+  assert (p["epochs"], p["asr_epochs"], p["batch_size"], p["init_scale"]) == (
+      2400, 1200, 128, 10.0)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--model", "resnet99"], "resnet99"),
+    (["--preset", "nope"], "nope"),
+    (["--method", "adamw"], "adamw"),
+    (["--dataset", "svhn"], "svhn"),
+    (["--epochs", "-1"], "--epochs"),
+    (["--gamma", "0"], "--gamma"),
+    (["--batch-size", "100000"], "--batch-size"),
+    (["--dataset", "folder", "--data-dir", "/nonexistent/x.tar.xz"], "/nonexistent"),
+    (["--dataset", "folder"], "--data-dir"),
+    (["--method", "prune-finetune"], "target-sparsity"),
+    (["--target-sparsity-from", "/nonexistent", "--method", "prune-finetune"], "/nonexistent"),
+    (["--gamma-schedule", "10:1,5:2"], "--gamma-schedule"),
+    (["--config", "/nonexistent.json"], "/nonexistent.json"),
+])
+def test_bad_input_one_line_exit_2_no_run_dir(tmp_path, capsys, args, needle):
+  code, runs = _run(tmp_path, *args)
+  err = capsys.readouterr().err.strip()
+  assert code == 2
+  assert len(err.splitlines()) == 1 and needle in err, err
+  assert "Traceback" not in err
+  assert runs == []
+
+
+def test_argparse_errors_are_one_line(capsys):
+  with pytest.raises(SystemExit) as e:
+    cli.main(["--epochs", "many"])
+  assert e.value.code == 2
+  assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_config_file_and_precedence(tmp_path):
+  f = tmp_path / "c.json"
+  f.write_text(json.dumps({"l1": 0.5, "epochs": 7}))
+  from train import config as config_lib
+  cfg = config_lib.build("digits-demo", str(f), {"epochs": 3})
+  assert (cfg.l1, cfg.epochs, cfg.model) == (0.5, 3, "small_cnn")
+  f.write_text(json.dumps({"lr": "fast"}))
+  with pytest.raises(ValueError, match="lr"):
+    config_lib.build(None, str(f), {})
+
+
+@pytest.fixture(scope="module")
+def method_runs(tmp_path_factory):
+  """One short run of each method on digits, shared by the tests below."""
+  tmp = tmp_path_factory.mktemp("methods")
+  code = cli.main(["--out", str(tmp), *FAST, "--l1", "1e-3",
+                   "--compare", "rda,prox-sgd,sgd,prune-finetune",
+                   "--run-name", "t"])
+  assert code == 0
+  return {json.loads((d / "summary.json").read_text())["method"]: d
+          for d in tmp.iterdir() if d.is_dir()}
+
+
+@pytest.mark.parametrize("method", ["rda", "prox-sgd", "sgd", "prune-finetune"])
+def test_each_method_learns(method_runs, method):
+  d = method_runs[method]
+  s = json.loads((d / "summary.json").read_text())
+  for key in ("method", "model", "dataset", "test_top1", "test_top5",
+              "sparsity", "epochs", "wall_s"):
+    assert key in s
+  assert s["epochs"] == 6
+  floor = 50.0 if method == "prune-finetune" else 80.0  # chance is 10%
+  assert s["test_top1"] > floor, s
+  lines = report.read_metrics(d)
+  assert [l["epoch"] for l in lines] == list(range(1, 7))
+  for key in ("epoch", "phase", "loss", "train_top1", "val_top1", "val_top5",
+              "sparsity", "sparsity_per_layer", "gamma", "l1", "lr",
+              "images_per_sec"):
+    assert key in lines[0]
+  assert (d / "curves.png").stat().st_size > 10_000
+  assert (d / "layers.png").exists()
+  assert (d / "config.json").exists()
+
+
+def test_rda_is_sparse_and_prune_matches_it(method_runs):
+  s = {m: json.loads((d / "summary.json").read_text())
+       for m, d in method_runs.items()}
+  assert s["rda"]["sparsity"] > 0.5
+  assert s["sgd"]["sparsity"] == 0.0
+  assert s["prune-finetune"]["sparsity"] == pytest.approx(
+      s["rda"]["sparsity"], abs=1e-3)
+  phases = [l["phase"] for l in report.read_metrics(method_runs["rda"])]
+  assert phases == ["rda"] * 4 + ["asr"] * 2
+
+
+def test_asr_never_revives_a_zero():
+  cfg = Config(epochs=2, asr_epochs=3, batch_size=64, l1=1e-3)
+  from train.data import load
+  splits = load("digits", progress=False)
+  x, y = splits.train
+  spe = x.shape[0] // 64
+  model = models.get("small_cnn", kernel_init=rda_optax.scaled_uniform(2.0))
+  v = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+  tx = engine.wrap_finite(optim.build(cfg, "rda", spe).tx)
+  state = engine.TrainState(v["params"], v["batch_stats"], tx.init(v["params"]),
+                            jnp.zeros([], jnp.int32))
+  epoch = engine.make_train_epoch(model, tx, spe, 64, np.zeros(1), np.ones(1),
+                                  "none", 0.0, 10, jnp.float32, x.shape[0])
+  dx, dy = jax.device_put(x), jax.device_put(y)
+  zeros = None
+  for e in range(5):
+    state, _ = epoch(state, dx, dy, jax.random.key(e))
+    z = jax.tree.map(lambda p: np.asarray(p) == 0, state.params)
+    if e >= 2:  # epochs 3..5 are ASR
+      for old, new in zip(jax.tree.leaves(zeros), jax.tree.leaves(z)):
+        assert not np.any(old & ~new)
+    zeros = z
+  assert float(rda_optax.sparsity(state.params)) > 0.3
+
+
+def test_scan_and_loop_epochs_agree():
+  """The accelerator path (one lax.scan per epoch) and the CPU path (a host
+  loop of jitted steps) compute the same thing."""
+  from train.data import load
+  x, y = load("digits", progress=False).train
+  cfg = Config(epochs=1, asr_epochs=1, batch_size=64)
+  model = models.get("small_cnn", kernel_init=rda_optax.scaled_uniform(2.0))
+  out = []
+  for scan in (True, False):
+    v = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+    tx = engine.wrap_finite(optim.build(cfg, "sgd", 4).tx)
+    st = engine.TrainState(v["params"], v["batch_stats"], tx.init(v["params"]),
+                           jnp.zeros([], jnp.int32))
+    ep = engine.make_train_epoch(model, tx, 4, 64, np.zeros(1), np.ones(1),
+                                 "crop", 0.0, 10, jnp.float32, x.shape[0],
+                                 scan=scan)
+    st, m = ep(st, jax.device_put(x), jax.device_put(y), jax.random.key(3))
+    out.append((st.params, float(m["loss"])))
+  assert out[0][1] == pytest.approx(out[1][1], rel=1e-4)
+  # SGD, not RDA: RDA's first steps (w_2 = -g_1/gamma ahead of BatchNorm)
+  # amplify the rounding differences of the two programs' fusions.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+               out[0][0], out[1][0])
+
+
+def test_resume_ends_with_identical_parameters(tmp_path):
+  args = ["--run-name", "full", "--l1", "1e-3"]
+  assert _run(tmp_path, *args)[0] == 0
+  full = tmp_path / "runs" / "full"
+  args = ["--run-name", "cut", "--l1", "1e-3"]
+  assert _run(tmp_path, *args)[0] == 0
+  cut = tmp_path / "runs" / "cut"
+  # Simulate a run killed after epoch 5, before its final save: only the
+  # epoch-4 checkpoint survives and metrics run one epoch past it.
+  shutil.rmtree(cut / "checkpoints" / "6")
+  (cut / "summary.json").unlink()
+  lines = (cut / "metrics.jsonl").read_text().splitlines()[:5]
+  (cut / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+  assert cli.main(["--resume", str(cut)]) == 0
+  assert [l["epoch"] for l in report.read_metrics(cut)] == list(range(1, 7))
+  a = json.loads((full / "summary.json").read_text())
+  b = json.loads((cut / "summary.json").read_text())
+  assert a["test_top1"] == b["test_top1"] and a["sparsity"] == b["sparsity"]
+
+  def params(d):
+    ck = Checkpoints(d)
+    import orbax.checkpoint as ocp
+    tree = ck._mngr.restore(6, args=ocp.args.StandardRestore())
+    ck.close()
+    return tree["params"] if isinstance(tree, dict) else tree[0]
+
+  jax.tree.map(np.testing.assert_array_equal, params(full), params(cut))
+
+
+def test_resume_errors(tmp_path, capsys):
+  assert cli.main(["--resume", str(tmp_path)]) == 2
+  assert "config.json" in capsys.readouterr().err
+
+
+def test_existing_run_dir_is_refused(tmp_path, capsys):
+  (tmp_path / "runs" / "x").mkdir(parents=True)
+  (tmp_path / "runs" / "x" / "keep.txt").write_text("mine")
+  assert _run(tmp_path, "--run-name", "x")[0] == 2
+  assert "already exists" in capsys.readouterr().err
+  assert (tmp_path / "runs" / "x" / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_magnitude_prune_hits_target(scope):
+  params = {"a": {"kernel": jax.random.normal(jax.random.key(0), (30, 40))},
+            "b": {"kernel": jax.random.normal(jax.random.key(1), (3, 3, 8, 8)),
+                  "bias": jnp.ones(8)}}
+  out = prune.magnitude_prune(params, 0.75, scope)
+  assert float(rda_optax.sparsity(out)) == pytest.approx(0.75, abs=1e-3)
+  np.testing.assert_array_equal(out["b"]["bias"], 1.0)
+  if scope == "layer":
+    for r in rda_optax.sparsity_report(out):
+      assert r.sparsity == pytest.approx(0.75, abs=1e-3)
+
+
+def test_python_dash_m_train_entry_point(tmp_path):
+  r = subprocess.run([sys.executable, "-m", "train", "--model", "nope"],
+                     cwd=ROOT, capture_output=True, text=True)
+  assert r.returncode == 2 and "nope" in r.stderr
