@@ -16,7 +16,9 @@ def test_known_values():
 
 @settings(max_examples=200, deadline=None)
 @given(hnp.arrays(np.float32, st.integers(1, 50),
-                  elements=st.floats(-1e3, 1e3, width=32)),
+                  # XLA flushes subnormals to zero, so S_0(1e-45) is 0.
+                  elements=st.floats(-1e3, 1e3, width=32,
+                                     allow_subnormal=False)),
        st.floats(0, 100, width=32))
 def test_matches_definition(x, tau):
   out = np.asarray(rda_optax.soft_threshold(jnp.asarray(x), tau))

@@ -61,6 +61,7 @@ def test_help_and_presets(capsys):
     (["--target-sparsity-from", "/nonexistent", "--method", "prune-finetune"], "/nonexistent"),
     (["--gamma-schedule", "10:1,5:2"], "--gamma-schedule"),
     (["--config", "/nonexistent.json"], "/nonexistent.json"),
+    (["--num-classes", "7"], "--num-classes 7"),
 ])
 def test_bad_input_one_line_exit_2_no_run_dir(tmp_path, capsys, args, needle):
   code, runs = _run(tmp_path, *args)

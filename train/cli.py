@@ -60,6 +60,9 @@ def parser() -> argparse.ArgumentParser:
                  "source; replaces the data set's own test split")
   g.add_argument("--val-fraction", type=float, help="share of the training "
                  "data held out for validation (default 0.1)")
+  g.add_argument("--num-classes", type=int, help="expected number of "
+                 "classes; a run stops if the data has another (default: "
+                 "whatever the data has)")
   g.add_argument("--image-size", type=int, help="centre-crop and resize "
                  "images to this size (imagenet2012 default 64)")
   g.add_argument("--augment", help="auto (crop-flip for 32x32+ RGB, else "

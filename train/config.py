@@ -60,6 +60,7 @@ class Config:
   checkpoint_every: int = 10
   max_bad_steps: int = 10
   image_size: Optional[int] = None
+  num_classes: Optional[int] = None
   skip_bad_images: bool = False
   cache_dir: Optional[str] = None
   progress: str = "auto"
@@ -142,7 +143,7 @@ def _coerce(name: str, value: Any, where: str) -> Any:
     return None
   if name in ("init_scale", "target_sparsity"):
     typ = float
-  if name == "image_size":
+  if name in ("image_size", "num_classes"):
     typ = int
   if typ is bool:
     if not isinstance(value, bool):
@@ -235,6 +236,8 @@ def validate(cfg: Config) -> None:
          f"--progress must be auto, bar, lines or none, got {cfg.progress!r}")
   if cfg.dataset == "folder":
     _check(cfg.data_dir is not None, "--dataset folder needs --data-dir")
+  if cfg.num_classes is not None:
+    _check(cfg.num_classes >= 2, f"--num-classes must be >= 2, got {cfg.num_classes}")
   if cfg.image_size is not None:
     _check(cfg.image_size >= 1, f"--image-size must be >= 1, got {cfg.image_size}")
 

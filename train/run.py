@@ -85,6 +85,9 @@ def check_data(cfg: Config, splits: data_lib.Splits) -> None:
   if cfg.batch_size > n:
     raise UsageError(f"--batch-size {cfg.batch_size} is larger than the "
                      f"training set ({n} images)")
+  if cfg.num_classes is not None and cfg.num_classes != splits.num_classes:
+    raise UsageError(f"--num-classes {cfg.num_classes} does not match the "
+                     f"data: {splits.name} has {splits.num_classes} classes")
   if splits.num_classes < 2:
     raise UsageError(f"data set {splits.name} has {splits.num_classes} class")
 
