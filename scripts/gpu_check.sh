@@ -16,7 +16,7 @@ log train_throughput; $PY benchmarks/train_throughput.py --batch-size 128 --step
 D="--dataset folder --data-dir .data/train.tar.xz --val-fraction 0.1 --progress lines --out $R --checkpoint-every 100"
 log reference-rda; $PY -m train --preset fast-resnet18-cifar10 $D --run-name ref-rda "$@"
 log dense-sgd; $PY -m train --method sgd --model resnet18 --epochs 30 --asr-epochs 10 --batch-size 512 --lr 0.4 --lr-schedule onecycle $D --run-name dense-sgd "$@"
-log prune-finetune; $PY -m train --method prune-finetune --model resnet18 --epochs 30 --asr-epochs 10 --batch-size 512 --lr 0.4 --lr-schedule onecycle --target-sparsity-from "$R/ref-rda" $D --run-name prune-ft "$@"
+log prune-finetune; $PY -m train --method prune-finetune --model resnet18 --epochs 30 --asr-epochs 10 --batch-size 512 --lr 0.4 --lr-schedule onecycle --target-sparsity-from "$R/ref-rda" --prune-scope global $D --run-name prune-ft "$@"
 log table
 for d in "$R"/*/; do $PY -c "import json,sys; s=json.load(open(sys.argv[1]+'summary.json')); print(f\"{s['method']:<15} val {s['val_top1']:.2f} sparsity {s['sparsity']:.4f} epochs {s['epochs']} wall {s['wall_s']:.0f}s {s['device']}\")" "$d"; done
 log done

@@ -53,7 +53,7 @@ class Config:
   dtype: str = "auto"
   target_sparsity: Optional[float] = None
   target_sparsity_from: Optional[str] = None
-  prune_scope: str = "global"
+  prune_scope: str = "layer"
   seed: int = 0
   out: str = "runs"
   run_name: Optional[str] = None
