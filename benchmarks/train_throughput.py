@@ -26,18 +26,23 @@ import numpy as np
 
 import models
 import rda_optax
-from train import engine, optim
+from train import engine, optim, parallel
 from train.config import Config
 
 
 def measure(method, model_name, batch, steps, repeats, dtype, shape, classes,
-            scan):
+            scan, devices=None):
+  """Images/s of the trainer's compiled epoch; ``devices``: data-parallel
+  over the first N devices (``train.parallel``), None for no mesh."""
   cfg = Config(method=method, epochs=1, asr_epochs=1, batch_size=batch,
                l1=1e-4, gamma=1.0)
   n = steps * batch
   rng = np.random.default_rng(0)
-  images = jax.device_put(rng.integers(0, 256, (n,) + shape, dtype=np.uint8))
-  labels = jax.device_put(rng.integers(0, classes, n).astype(np.int32))
+  topo = None if devices is None else parallel.topology(devices)
+  put = (jax.device_put if topo is None
+         else lambda x: parallel.put_global(x, topo.replicated()))
+  images = put(rng.integers(0, 256, (n,) + shape, dtype=np.uint8))
+  labels = put(rng.integers(0, classes, n).astype(np.int32))
   kinit = ({"kernel_init": rda_optax.scaled_uniform(10.0)}
            if method == "rda" else {})
   model = models.get(model_name, num_classes=classes, dtype=dtype, **kinit)
@@ -45,10 +50,15 @@ def measure(method, model_name, batch, steps, repeats, dtype, shape, classes,
   tx = engine.wrap_finite(optim.build(cfg, method, steps).tx)
   state = engine.TrainState(v["params"], v["batch_stats"], tx.init(v["params"]),
                             jnp.zeros([], jnp.int32))
+  shardings = None
+  if topo is not None:
+    shardings = jax.tree.map(lambda _: topo.replicated(), state)
+    state = jax.tree.map(lambda x, s: parallel.put_global(np.asarray(x), s),
+                         state, shardings)
   epoch = engine.make_train_epoch(
       model, tx, steps, batch, np.full(shape[-1], 0.5), np.full(shape[-1], 0.25),
       "crop-flip" if shape[-1] == 3 else "none", 0.0, classes, dtype, n,
-      scan=scan)
+      scan=scan, topo=topo, state_shardings=shardings)
   state, m = epoch(state, images, labels, jax.random.key(1))  # compile
   jax.block_until_ready(m)
   times = []

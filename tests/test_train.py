@@ -206,10 +206,9 @@ def test_resume_ends_with_identical_parameters(tmp_path):
 
   def params(d):
     ck = Checkpoints(d)
-    import orbax.checkpoint as ocp
-    tree = ck._mngr.restore(6, args=ocp.args.StandardRestore())
+    tree = ck.restore_local(6)
     ck.close()
-    return tree["params"] if isinstance(tree, dict) else tree[0]
+    return tree["params"]
 
   jax.tree.map(np.testing.assert_array_equal, params(full), params(cut))
 

@@ -6,7 +6,10 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+import jax
+
 from train import config as config_lib
+from train import parallel
 from train import report
 from train import run as run_lib
 from train._errors import UsageError
@@ -114,6 +117,18 @@ def parser() -> argparse.ArgumentParser:
                  "magnitude threshold over all kernels)")
   g.add_argument("--finetune-lr-scale", type=float, help="fine-tuning peak "
                  "lr = lr x this (default 0.1)")
+  g = p.add_argument_group("devices and hosts (docs/SCALING.md)")
+  g.add_argument("--devices", type=int, help="use the first N devices "
+                 "(default: every visible device, data-parallel)")
+  g.add_argument("--fsdp", type=int, help="split parameters and optimizer "
+                 "state over N devices (a second mesh axis; default 1: "
+                 "replicated)")
+  g.add_argument("--coordinator", help="HOST:PORT of process 0, for a "
+                 "multi-process run (or JAX_COORDINATOR_ADDRESS)")
+  g.add_argument("--num-processes", type=int, help="processes in the run "
+                 "(or JAX_NUM_PROCESSES)")
+  g.add_argument("--process-id", type=int, help="this process's index "
+                 "(or JAX_PROCESS_ID)")
   g = p.add_argument_group("everything else")
   g.add_argument("--label-smoothing", type=float, help="default 0")
   g.add_argument("--dtype", help="compute dtype: auto (bfloat16 on GPU/TPU, "
@@ -133,7 +148,10 @@ def parser() -> argparse.ArgumentParser:
   return p
 
 
-_NOT_CONFIG = ("list_presets", "config", "resume", "preset")
+# Flags that are not part of a run's configuration: the multi-process ones
+# differ from process to process and are never stored in config.json.
+_NOT_CONFIG = ("list_presets", "config", "resume", "preset", "coordinator",
+               "num_processes", "process_id")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -144,8 +162,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       for name, p in PRESETS.items():
         print(f"{name:<{w}}  {p['help']}")
       return 0
+    parallel.initialize(args.coordinator, args.num_processes, args.process_id)
     if args.resume:
-      summaries = run_lib.resume(args.resume)
+      # Where it runs may change on resume: a checkpoint written on 8
+      # devices continues on 1.
+      summaries = run_lib.resume(args.resume, devices=args.devices,
+                                 fsdp=args.fsdp, progress=args.progress)
     else:
       flags = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
       preset = args.preset
@@ -169,7 +191,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           ("test_top5", "top-5 %", ".2f"), ("val_top1", "val top-1 %", ".2f"),
           ("sparsity", "sparsity", ".4f"), ("epochs", "epochs", "d"),
           ("wall_s", "wall s", ".1f")]
-  print(report.format_table(summaries, cols))
+  if jax.process_index() == 0:
+    print(report.format_table(summaries, cols))
   return 0
 
 

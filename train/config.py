@@ -61,6 +61,8 @@ class Config:
   max_bad_steps: int = 10
   image_size: Optional[int] = None
   num_classes: Optional[int] = None
+  devices: Optional[int] = None
+  fsdp: int = 1
   skip_bad_images: bool = False
   cache_dir: Optional[str] = None
   progress: str = "auto"
@@ -143,7 +145,7 @@ def _coerce(name: str, value: Any, where: str) -> Any:
     return None
   if name in ("init_scale", "target_sparsity"):
     typ = float
-  if name in ("image_size", "num_classes"):
+  if name in ("image_size", "num_classes", "devices"):
     typ = int
   if typ is bool:
     if not isinstance(value, bool):
@@ -236,6 +238,9 @@ def validate(cfg: Config) -> None:
          f"--progress must be auto, bar, lines or none, got {cfg.progress!r}")
   if cfg.dataset == "folder":
     _check(cfg.data_dir is not None, "--dataset folder needs --data-dir")
+  if cfg.devices is not None:
+    _check(cfg.devices >= 1, f"--devices must be >= 1, got {cfg.devices}")
+  _check(cfg.fsdp >= 1, f"--fsdp must be >= 1, got {cfg.fsdp}")
   if cfg.num_classes is not None:
     _check(cfg.num_classes >= 2, f"--num-classes must be >= 2, got {cfg.num_classes}")
   if cfg.image_size is not None:

@@ -57,8 +57,14 @@ def normalize(x: jax.Array, mean: jax.Array, std: jax.Array,
 def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation,
                      steps: int, batch: int, mean: np.ndarray, std: np.ndarray,
                      augment: str, label_smoothing: float, num_classes: int,
-                     dtype: Any, n_images: int, scan: bool | None = None):
-  """Returns ``epoch(state, images, labels, key) -> (state, metrics)``."""
+                     dtype: Any, n_images: int, scan: bool | None = None,
+                     topo: Any = None, state_shardings: Any = None):
+  """Returns ``epoch(state, images, labels, key) -> (state, metrics)``.
+
+  With a ``train.parallel.Topology``, the batch is split over its mesh and
+  the new state is kept on ``state_shardings``; the epoch's sampling does
+  not depend on the device count, so 1 and 8 devices see the same batches.
+  """
   mean = jnp.asarray(mean, jnp.float32)
   std = jnp.asarray(std, jnp.float32)
 
@@ -73,8 +79,16 @@ def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation,
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
+  def constrain(tree, shardings):
+    if shardings is None:
+      return tree
+    return jax.lax.with_sharding_constraint(tree, shardings)
+
   def step(state: TrainState, images, labels, idx, key):
     x, y = images[idx], labels[idx]
+    if topo is not None:
+      x = constrain(x, topo.batch(x.ndim))
+      y = constrain(y, topo.batch(1))
     x = normalize(augment_batch(key, x, augment), mean, std, dtype)
     (loss, (logits, new_bs)), grads = grad_fn(
         state.params, state.batch_stats, x, y)
@@ -85,16 +99,21 @@ def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation,
     batch_stats = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_bs,
                                state.batch_stats)
     correct = jnp.sum(jnp.argmax(logits, -1) == y)
-    new = TrainState(params, batch_stats, opt_state, state.step + 1)
+    new = constrain(TrainState(params, batch_stats, opt_state, state.step + 1),
+                    state_shardings)
     return new, jnp.stack([jnp.where(ok, loss, 0.0),
                            jnp.where(ok, correct, 0).astype(jnp.float32),
                            (~ok).astype(jnp.float32)])
 
-  @jax.jit
-  def plan(key):
+  def plan_fn(key):
     kp, ka = jax.random.split(key)
     perm = jax.random.permutation(kp, n_images)[:steps * batch]
     return perm.reshape(steps, batch), jax.random.split(ka, steps)
+
+  # Every process draws the same global permutation, so the batches are
+  # those of a single device; each device then gathers its slice.
+  plan = jax.jit(plan_fn, out_shardings=(
+      None if topo is None else (topo.batch(2, axis=1), topo.replicated())))
 
   def summarize(state, per_step):
     loss, correct, bad = per_step[:, 0], per_step[:, 1], per_step[:, 2]
@@ -135,7 +154,7 @@ def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation,
 
 
 def make_evaluate(model: nn.Module, mean: np.ndarray, std: np.ndarray,
-                  dtype: Any):
+                  dtype: Any, topo: Any = None):
   """Returns ``evaluate(state, images, labels, count, batch) -> (top1 %,
   top5 %)``.
 
@@ -149,6 +168,9 @@ def make_evaluate(model: nn.Module, mean: np.ndarray, std: np.ndarray,
   def run(params, batch_stats, images, labels, batch):
     def body(carry, xy):
       x, y = xy
+      if topo is not None:
+        x = jax.lax.with_sharding_constraint(x, topo.batch(x.ndim))
+        y = jax.lax.with_sharding_constraint(y, topo.batch(1))
       logits = model.apply({"params": params, "batch_stats": batch_stats},
                            normalize(x, mean, std, dtype), train=False)
       k = min(5, logits.shape[-1])
@@ -170,9 +192,11 @@ def make_evaluate(model: nn.Module, mean: np.ndarray, std: np.ndarray,
   return evaluate
 
 
-def pad_for_eval(images: np.ndarray, labels: np.ndarray, batch: int):
+def pad_for_eval(images: np.ndarray, labels: np.ndarray, batch: int,
+                 multiple: int = 1):
   n = images.shape[0]
   b = min(batch, n)
+  b = -(-b // multiple) * multiple  # every device gets an equal slice
   m = -(-n // b) * b
   if m != n:
     images = np.concatenate(

@@ -21,6 +21,7 @@ import rda_optax
 from train import data as data_lib
 from train import engine
 from train import optim
+from train import parallel
 from train import prune
 from train import report
 from train._errors import UsageError
@@ -85,6 +86,10 @@ def check_data(cfg: Config, splits: data_lib.Splits) -> None:
   if cfg.batch_size > n:
     raise UsageError(f"--batch-size {cfg.batch_size} is larger than the "
                      f"training set ({n} images)")
+  ndev = cfg.devices or jax.device_count()
+  if cfg.batch_size % ndev:
+    raise UsageError(f"--batch-size {cfg.batch_size} must be a multiple of "
+                     f"the device count {ndev}")
   if cfg.num_classes is not None and cfg.num_classes != splits.num_classes:
     raise UsageError(f"--num-classes {cfg.num_classes} does not match the "
                      f"data: {splits.name} has {splits.num_classes} classes")
@@ -110,12 +115,21 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
   opt = optim.build(cfg, method, spe)
   tx = engine.wrap_finite(opt.tx)
 
+  topo = parallel.topology(cfg.devices, cfg.fsdp)
   key = jax.random.key(cfg.seed)
   variables = jax.jit(lambda k: model.init(
       k, jnp.zeros((1,) + image_shape, jnp.float32)))(jax.random.fold_in(key, 0))
   params = variables["params"]
   state = engine.TrainState(params, variables.get("batch_stats", {}),
                             tx.init(params), jnp.zeros([], jnp.int32))
+  # Every process builds the same initial state from the same seed, then
+  # places it on the mesh: replicated, or split over `fsdp`.
+  shardings = engine.TrainState(
+      topo.params(state.params),
+      jax.tree.map(lambda _: topo.replicated(), state.batch_stats),
+      topo.params(state.opt_state), topo.replicated())
+  state = jax.tree.map(lambda x, s: parallel.put_global(np.asarray(x), s),
+                       state, shardings)
 
   imgs = train.images.astype(np.float32) / 255.0
   mean = imgs.mean(axis=(0, 1, 2))
@@ -124,15 +138,19 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
   augment = _augment(cfg, image_shape)
   train_epoch = engine.make_train_epoch(
       model, tx, spe, cfg.batch_size, mean, std, augment, cfg.label_smoothing,
-      splits.num_classes, dtype, n)
-  evaluate = engine.make_evaluate(model, mean, std, dtype)
-  d_images, d_labels = jax.device_put(train.images), jax.device_put(train.labels)
+      splits.num_classes, dtype, n, topo=topo, state_shardings=shardings)
+  evaluate = engine.make_evaluate(model, mean, std, dtype, topo=topo)
+  # The (small, uint8) data set is replicated on every device; each device
+  # gathers its own slice of every batch from it.
+  rep = topo.replicated()
+  d_images = parallel.put_global(train.images, rep)
+  d_labels = parallel.put_global(train.labels, rep)
   evals = {}
   for name, arr in (("val", splits.val), ("test", splits.test)):
     if arr is not None and arr.images.shape[0]:
       xi, yi, b = engine.pad_for_eval(arr.images, arr.labels,
-                                      cfg.eval_batch_size)
-      evals[name] = (jax.device_put(xi), jax.device_put(yi),
+                                      cfg.eval_batch_size, topo.size)
+      evals[name] = (parallel.put_global(xi, rep), parallel.put_global(yi, rep),
                      arr.images.shape[0], b)
 
   ckpts = Checkpoints(run_dir)
@@ -143,15 +161,17 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
     if last is not None:
       state = ckpts.restore(last, state)
       start_epoch = last
-    kept = [l for l in report.read_metrics(run_dir) if l["epoch"] <= start_epoch]
-    _write_atomic(metrics_path, "".join(json.dumps(l) + "\n" for l in kept))
-  else:
+    if is_main():
+      kept = [l for l in report.read_metrics(run_dir)
+              if l["epoch"] <= start_epoch]
+      _write_atomic(metrics_path, "".join(json.dumps(l) + "\n" for l in kept))
+  elif is_main():
     metrics_path.write_text("")
 
   progress = report.Progress(
       cfg.total_epochs, desc=method, initial=start_epoch,
-      enabled={"auto": None, "bar": True, "lines": None, "none": False}[cfg.progress],
-      )
+      enabled=({"auto": None, "bar": True, "lines": None, "none": False}
+               [cfg.progress] if is_main() else False))
   interrupted = []
 
   def _on_signal(signum, frame):
@@ -185,8 +205,9 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
         row[k] = f(step) if f is not None else None
       row["images_per_sec"] = spe * cfg.batch_size / dt
       row["skipped_steps"] = int(m["skipped_steps"])
-      with metrics_path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
+      if is_main():
+        with metrics_path.open("a") as f:
+          f.write(json.dumps(row) + "\n")
       progress.update(row)
       last_epoch = epoch + 1 == cfg.total_epochs
       bad = int(m["consecutive_bad"])
@@ -213,7 +234,8 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
                  sparsity_all_params=float(rda_optax.sparsity(
                      state.params, lambda p: jax.tree.map(lambda _: True, p))),
                  target_sparsity=target)
-  lines = report.read_metrics(run_dir)
+  lines = [row] if start_epoch < cfg.total_epochs else (
+      report.read_metrics(run_dir) if is_main() else [])
   summary["val_top1"] = lines[-1]["val_top1"] if lines else None
   summary["val_top5"] = lines[-1]["val_top5"] if lines else None
   if "test" in evals:
@@ -222,14 +244,31 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
     summary["test_top1"] = summary["test_top5"] = None
   summary["wall_s"] = time.time() - t_start
   summary["device"] = jax.devices()[0].device_kind
-  _write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
-  report.plot_run(run_dir)
+  summary["devices"] = topo.size
+  summary["processes"] = jax.process_count()
+  if is_main():
+    _write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
+    report.plot_run(run_dir)
   return summary
+
+
+def is_main() -> bool:
+  """Process 0 writes the logs; every process takes part in checkpoints."""
+  return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
 
 
 def start_run_dir(cfg: Config, method: str, stamp: str,
                   target: Optional[float] = None) -> Path:
   run_dir = _run_dir(cfg, method, stamp)
+  if not is_main():
+    sync(f"run-dir-{method}")
+    return run_dir
   if run_dir.exists():
     raise UsageError(f"--out: run directory {run_dir} already exists "
                      "(choose another --run-name, or --resume it)")
@@ -242,6 +281,7 @@ def start_run_dir(cfg: Config, method: str, stamp: str,
   except OSError as e:
     raise UsageError(f"--out: cannot write run directory {run_dir}: "
                      f"{e.strerror or e}") from None
+  sync(f"run-dir-{method}")
   return run_dir
 
 
@@ -267,22 +307,23 @@ def run(cfg: Config) -> list[dict[str, Any]]:
                          "--target-sparsity-from, or rda in --compare")
       t = rda_runs[0]["sparsity"]
     run_dir = start_run_dir(cfg, method, stamp, t)
-    print(f"[{method}] {cfg.model} on {splits.name}: "
-          f"{splits.train.images.shape[0]} train / "
-          f"{0 if splits.val is None else splits.val.images.shape[0]} val / "
-          f"{0 if splits.test is None else splits.test.images.shape[0]} test "
-          f"images, {cfg.epochs} + {cfg.asr_epochs} epochs -> {run_dir}",
-          file=sys.stderr)
+    if is_main():
+      print(f"[{method}] {cfg.model} on {splits.name}: "
+            f"{splits.train.images.shape[0]} train / "
+            f"{0 if splits.val is None else splits.val.images.shape[0]} val / "
+            f"{0 if splits.test is None else splits.test.images.shape[0]} "
+            f"test images, {cfg.epochs} + {cfg.asr_epochs} epochs, "
+            f"{jax.device_count()} device(s) -> {run_dir}", file=sys.stderr)
     summaries.append(train_one(cfg, method, splits, run_dir, target=t))
     dirs.append(run_dir)
-  if len(dirs) > 1:
+  if len(dirs) > 1 and is_main():
     out = Path(cfg.out) / f"{cfg.run_name or stamp}-compare.png"
     report.plot_compare(dirs, out, title=f"{cfg.model} on {splits.name}")
     print(f"comparison plot: {out}", file=sys.stderr)
   return summaries
 
 
-def resume(run_dir: str) -> list[dict[str, Any]]:
+def resume(run_dir: str, **overrides: Any) -> list[dict[str, Any]]:
   """Continues the run in ``run_dir`` from its latest complete checkpoint."""
   path = Path(run_dir)
   cfg_path = path / "config.json"
@@ -292,6 +333,7 @@ def resume(run_dir: str) -> list[dict[str, Any]]:
     raw = json.loads(cfg_path.read_text())
   except (OSError, ValueError) as e:
     raise UsageError(f"--resume: cannot read {cfg_path}: {e}") from None
+  raw.update({k: v for k, v in overrides.items() if v is not None})
   try:
     cfg = Config(**raw)
     validate(cfg)

@@ -1,0 +1,62 @@
+"""Training images/s against device count: data parallelism on jax.sharding.
+
+For N = 1, 2, 4, ... up to the visible devices, times the trainer's compiled
+epoch (RDA + ASR) with the global batch split over N devices, and prints
+images/s and the scaling efficiency ``(ips_N / ips_1) / N`` at a fixed
+per-device batch (weak scaling: global batch = N x --per-device-batch).
+
+On CPU, simulate devices with
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python benchmarks/scaling.py
+(they share the machine's cores, so efficiency there measures overhead, not
+speed-up). A single-GPU machine shows only the 1-device point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks.train_throughput import measure
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--model", default="small_cnn")
+  ap.add_argument("--image-shape", default="8,8,1")
+  ap.add_argument("--per-device-batch", type=int, default=32)
+  ap.add_argument("--steps", type=int, default=20)
+  ap.add_argument("--repeats", type=int, default=3)
+  ap.add_argument("--method", default="rda")
+  ap.add_argument("--json")
+  args = ap.parse_args(argv)
+  gpu = jax.default_backend() != "cpu"
+  dtype = jnp.bfloat16 if gpu else jnp.float32
+  shape = tuple(int(s) for s in args.image_shape.split(","))
+  total = jax.device_count()
+  counts = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= total]
+  dev = jax.devices()[0]
+  print(f"{total} x {dev.device_kind} ({dev.platform}); {args.model} "
+        f"{args.image_shape}, {args.method}, {args.per_device_batch} images "
+        f"per device per step, {args.steps} steps")
+  rows = []
+  for n in counts:
+    ips = measure(args.method, args.model, n * args.per_device_batch,
+                  args.steps, args.repeats, dtype, shape, 10, None, devices=n)
+    base = rows[0]["images_per_sec"] if rows else ips
+    rows.append(dict(devices=n, images_per_sec=ips,
+                     efficiency=ips / base / n))
+    print(f"{n:>4} devices {ips:>12,.0f} images/s  efficiency "
+          f"{rows[-1]['efficiency']:.2f}")
+  if args.json:
+    Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+  main()

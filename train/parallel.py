@@ -1,0 +1,118 @@
+"""Data parallelism (and optional parameter sharding) on ``jax.sharding``.
+
+One ``Mesh`` over the devices with two axes: ``data`` and ``fsdp``. The
+global batch is split over both. Parameters and the whole optimizer state
+(RDA's running average and initial weights included) are replicated, or,
+with ``--fsdp N``, each leaf is split along its largest axis divisible by
+``N`` over the ``fsdp`` axis. The compiler inserts the gradient reduction
+(an all-reduce, or a reduce-scatter under FSDP); RDA's update is elementwise
+and adds no collective of its own (``tests/test_sharding.py``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, NamedTuple, Optional
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from train._errors import UsageError
+
+BATCH_AXES = ("data", "fsdp")
+
+
+class Topology(NamedTuple):
+  mesh: Mesh
+  fsdp: int
+
+  @property
+  def size(self) -> int:
+    return self.mesh.devices.size
+
+  def batch(self, ndim: int, axis: int = 0) -> NamedSharding:
+    """Sharding of an array whose ``axis`` is the batch."""
+    spec = [None] * ndim
+    spec[axis] = BATCH_AXES
+    return NamedSharding(self.mesh, P(*spec))
+
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P())
+
+  def params(self, tree: Any) -> Any:
+    """Per-leaf shardings: replicated, or split over ``fsdp``."""
+    def leaf(x):
+      shape = np.shape(x)
+      if self.fsdp > 1:
+        # The largest divisible axis spreads the bytes most evenly.
+        for ax in sorted(range(len(shape)), key=lambda a: -shape[a]):
+          if shape[ax] % self.fsdp == 0:
+            spec = [None] * len(shape)
+            spec[ax] = "fsdp"
+            return NamedSharding(self.mesh, P(*spec))
+      return self.replicated()
+    return jax.tree.map(leaf, tree)
+
+
+def initialize(coordinator: Optional[str], num_processes: Optional[int],
+               process_id: Optional[int]) -> None:
+  """Joins a multi-process run through ``jax.distributed``.
+
+  Flags win; otherwise ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``
+  and ``JAX_PROCESS_ID`` from the environment. With none of them set, a
+  single process runs, unless ``RDA_DISTRIBUTED=auto`` asks JAX to detect
+  the cluster itself (SLURM, Open MPI, Cloud TPU).
+  """
+  env = os.environ
+  coordinator = coordinator or env.get("JAX_COORDINATOR_ADDRESS")
+  if num_processes is None and env.get("JAX_NUM_PROCESSES"):
+    num_processes = int(env["JAX_NUM_PROCESSES"])
+  if process_id is None and env.get("JAX_PROCESS_ID"):
+    process_id = int(env["JAX_PROCESS_ID"])
+  if coordinator or num_processes or process_id is not None:
+    if not (coordinator and num_processes and process_id is not None):
+      raise UsageError("multi-process runs need --coordinator, "
+                       "--num-processes and --process-id (or the "
+                       "JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/"
+                       "JAX_PROCESS_ID variables) together")
+    if not 0 <= process_id < num_processes:
+      raise UsageError(f"--process-id {process_id} is not in "
+                       f"[0, {num_processes})")
+    _cpu_collectives()
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+  elif env.get("RDA_DISTRIBUTED") == "auto":
+    _cpu_collectives()
+    jax.distributed.initialize()
+
+
+def _cpu_collectives() -> None:
+  # Cross-process collectives on the CPU backend need gloo; GPU and TPU
+  # backends ignore this option.
+  try:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  except (AttributeError, ValueError):  # an option this JAX does not have
+    pass
+
+
+def topology(devices: Optional[int] = None, fsdp: int = 1) -> Topology:
+  """A mesh over the first ``devices`` devices (default: all of them)."""
+  all_devices = jax.devices()
+  n = len(all_devices) if devices is None else devices
+  if not 1 <= n <= len(all_devices):
+    raise UsageError(f"--devices {n}: {len(all_devices)} device(s) visible")
+  if jax.process_count() > 1 and n != len(all_devices):
+    raise UsageError("--devices cannot be used in a multi-process run")
+  if fsdp < 1 or n % fsdp:
+    raise UsageError(f"--fsdp {fsdp} must divide the device count {n}")
+  grid = np.array(all_devices[:n]).reshape(n // fsdp, fsdp)
+  return Topology(Mesh(grid, ("data", "fsdp")), fsdp)
+
+
+def put_global(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """Places a host array that every process holds in full."""
+  return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def put_tree(tree: Any, shardings: Any) -> Any:
+  return jax.tree.map(lambda x, s: jax.device_put(x, s), tree, shardings)
