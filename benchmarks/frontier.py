@@ -1,0 +1,130 @@
+"""The sparsity-accuracy frontier: RDA against its baselines, over seeds.
+
+Sweeps one option (``--vary``, default ``l1``) over ``--values`` for each
+method in ``--methods`` and each seed, running ``rda-train`` in-process with
+the remaining flags, and writes to ``--out``:
+
+- ``points.json``: one row per (method, value): mean and std over seeds of
+  test/val top-1 and sparsity, plus every run directory;
+- ``frontier.png``: top-1 against sparsity, one curve per method;
+- ``frontier.md``: the same as a markdown table, with the command.
+
+Methods: ``rda``, ``prox-sgd``, ``sgd``, ``prune-finetune`` (pruned to the
+sparsity that the RDA run of the same value and seed reached, at the same
+total epochs) and ``rda-noasr`` (RDA for all epochs, no ASR phase: the
+paper's Table 4 ablation).
+
+  python benchmarks/frontier.py --out runs/frontier-digits \\
+      --methods rda,prox-sgd,prune-finetune,sgd --values 1e-4,3e-4,1e-3,3e-3 \\
+      --seeds 0,1,2,3,4 -- --epochs 30 --asr-epochs 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from train import cli, report  # noqa: E402
+
+
+def _summary(run_dir: Path) -> dict:
+  return json.loads((run_dir / "summary.json").read_text())
+
+
+def _stats(xs):
+  xs = [x for x in xs if x is not None]
+  if not xs:
+    return None, None
+  return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                               formatter_class=argparse.RawDescriptionHelpFormatter,
+                               epilog="Flags after -- go to every rda-train run.")
+  ap.add_argument("--out", required=True)
+  ap.add_argument("--methods", default="rda,prox-sgd,prune-finetune,sgd")
+  ap.add_argument("--vary", default="l1", help="the rda-train option swept, "
+                  "e.g. l1 or init_scale")
+  ap.add_argument("--values", default="1e-4,3e-4,1e-3,3e-3")
+  ap.add_argument("--seeds", default="0,1,2,3,4")
+  args, extra = ap.parse_known_args(argv)
+  extra = [a for a in extra if a != "--"]
+  out = Path(args.out)
+  runs = out / "runs"
+  methods = args.methods.split(",")
+  values = args.values.split(",")
+  seeds = [int(s) for s in args.seeds.split(",")]
+  flag = "--" + args.vary.replace("_", "-")
+  results: dict[tuple[str, str], list[dict]] = {}
+  # RDA first: prune-finetune prunes to the sparsity RDA reached.
+  order = sorted(methods, key=lambda m: m == "prune-finetune")
+  for method in order:
+    # Dense SGD ignores l1: one point per seed, not one per value.
+    vals = values if not (method == "sgd" and args.vary == "l1") else ["-"]
+    for value in vals:
+      for seed in seeds:
+        name = f"{method}-{args.vary}{value}-seed{seed}"
+        run_dir = runs / name
+        if not (run_dir / "summary.json").exists():
+          m = "rda" if method == "rda-noasr" else method
+          a = ["--out", str(runs), "--run-name", name, "--method", m,
+               "--seed", str(seed), "--progress", "none", *extra]
+          if value != "-":
+            a += [flag, value]
+          if method == "rda-noasr":
+            a += _noasr(extra)
+          if method == "prune-finetune":
+            a += ["--target-sparsity-from",
+                  str(runs / f"rda-{args.vary}{value}-seed{seed}")]
+          print(f"frontier: {name}", file=sys.stderr, flush=True)
+          code = cli.main(a)
+          if code != 0:
+            print(f"frontier: {name} failed with exit code {code}",
+                  file=sys.stderr)
+            return code
+        results.setdefault((method, value), []).append(_summary(run_dir))
+
+  points = []
+  for (method, value), ss in results.items():
+    t1, t1s = _stats([s["test_top1"] for s in ss])
+    v1, v1s = _stats([s["val_top1"] for s in ss])
+    sp, sps = _stats([s["sparsity"] for s in ss])
+    points.append(dict(method=method, value=value, seeds=len(ss),
+                       top1=t1, top1_std=t1s, val_top1=v1, val_top1_std=v1s,
+                       sparsity=sp, sparsity_std=sps))
+  out.mkdir(parents=True, exist_ok=True)
+  command = "python benchmarks/frontier.py " + shlex.join(
+      sys.argv[1:] if argv is None else argv)
+  (out / "points.json").write_text(json.dumps(
+      dict(command=command, vary=args.vary, points=points), indent=2))
+  report.plot_frontier(points, out / "frontier.png",
+                       title=f"top-1 against sparsity ({len(seeds)} seeds)")
+  cols = [("method", "method", "s"), ("value", args.vary, "s"),
+          ("top1", "test top-1 %", ".2f"), ("top1_std", "+-", ".2f"),
+          ("val_top1", "val top-1 %", ".2f"), ("sparsity", "sparsity", ".4f"),
+          ("sparsity_std", "+-", ".4f"), ("seeds", "seeds", "d")]
+  md = f"`{command}`\n\n" + report.markdown_table(points, cols) + "\n"
+  (out / "frontier.md").write_text(md)
+  print(report.format_table(points, cols))
+  print(f"wrote {out / 'points.json'}, {out / 'frontier.png'}, "
+        f"{out / 'frontier.md'}", file=sys.stderr)
+  return 0
+
+
+def _noasr(extra: list[str]) -> list[str]:
+  """--epochs E+A --asr-epochs 0 from the passed-through flags."""
+  def get(name, default):
+    return int(extra[extra.index(name) + 1]) if name in extra else default
+  e, a = get("--epochs", 30), get("--asr-epochs", 10)
+  return ["--epochs", str(e + a), "--asr-epochs", "0"]
+
+
+if __name__ == "__main__":
+  sys.exit(main())
