@@ -49,6 +49,23 @@ def augment_batch(key: jax.Array, x: jax.Array, mode: str) -> jax.Array:
   return x
 
 
+def channel_stats(images: np.ndarray, chunk: int = 4096):
+  """Per-channel mean and std of uint8 NHWC images, in [0, 1] units.
+
+  Chunked, so ImageNet-size arrays are never copied to float whole.
+  """
+  total = np.zeros(images.shape[-1])
+  total_sq = np.zeros(images.shape[-1])
+  for i in range(0, images.shape[0], chunk):
+    x = images[i:i + chunk].astype(np.float64) / 255.0
+    total += x.sum(axis=(0, 1, 2))
+    total_sq += np.square(x).sum(axis=(0, 1, 2))
+  n = images.shape[0] * images.shape[1] * images.shape[2]
+  mean = total / n
+  std = np.sqrt(np.maximum(total_sq / n - mean ** 2, 0.0)) + 1e-3
+  return mean.astype(np.float32), std.astype(np.float32)
+
+
 def normalize(x: jax.Array, mean: jax.Array, std: jax.Array,
               dtype: Any) -> jax.Array:
   return ((x.astype(jnp.float32) / 255.0 - mean) / std).astype(dtype)

@@ -131,10 +131,7 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
   state = jax.tree.map(lambda x, s: parallel.put_global(np.asarray(x), s),
                        state, shardings)
 
-  imgs = train.images.astype(np.float32) / 255.0
-  mean = imgs.mean(axis=(0, 1, 2))
-  std = imgs.std(axis=(0, 1, 2)) + 1e-3
-  del imgs
+  mean, std = engine.channel_stats(train.images)
   augment = _augment(cfg, image_shape)
   train_epoch = engine.make_train_epoch(
       model, tx, spe, cfg.batch_size, mean, std, augment, cfg.label_smoothing,
