@@ -17,6 +17,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,6 +26,7 @@ import tarfile
 import time
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,6 +45,38 @@ ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
 SMALL = ["--batch-size", "64", "--progress", "none"]
+# Most runs below share this shape (1 RDA + N ASR epochs of the small CNN on
+# digits, seed 0), so they share one compiled training step (see
+# _compile_cache): only the first run of the module compiles it.
+RDA1 = ["--epochs", "1", "--asr-epochs"]
+
+_CACHE_FLAGS = {"jax_compilation_cache_dir": None,
+                "jax_persistent_cache_min_compile_time_secs": 0,
+                "jax_persistent_cache_min_entry_size_bytes": 0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compile_cache(tmp_path_factory):
+  """Most tests here train the same small CNN on digits, in this process and
+  in subprocesses; a persistent compilation cache (for this module only)
+  cuts each run after the first from ~7 s to ~2 s. It changes no result."""
+  try:
+    from jax._src import compilation_cache  # to apply the change mid-session
+    reset = compilation_cache.reset_cache
+  except (ImportError, AttributeError):
+    reset = lambda: None
+  path = str(tmp_path_factory.mktemp("jax-cache"))
+  old = {k: getattr(jax.config, k) for k in _CACHE_FLAGS}
+  for k, v in _CACHE_FLAGS.items():
+    jax.config.update(k, path if v is None else v)
+  reset()
+  ENV.update(JAX_COMPILATION_CACHE_DIR=path,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  yield
+  for k, v in old.items():
+    jax.config.update(k, v)
+  reset()
 
 
 def _main(argv) -> tuple[object, str]:
@@ -74,6 +108,14 @@ def _runs(out: Path) -> list[Path]:
   return sorted(out.iterdir()) if out.exists() else []
 
 
+def _latest(run_dir: Path):
+  ck = Checkpoints(run_dir)
+  try:
+    return ck.latest()
+  finally:
+    ck.close()
+
+
 def _np(tree):
   return jax.tree.map(np.asarray, tree)
 
@@ -90,8 +132,11 @@ def _tmpfs(path: Path, size: str, ro: bool = False):
   """Mounts a small tmpfs at ``path``, or skips the test saying why."""
   path.mkdir(parents=True, exist_ok=True)
   opts = f"size={size}" + (",ro" if ro else "")
-  r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)],
-                     capture_output=True, text=True)
+  try:
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs",
+                        str(path)], capture_output=True, text=True)
+  except FileNotFoundError:
+    pytest.skip("cannot mount a tmpfs here: no mount(8)")
   if r.returncode != 0:
     pytest.skip(f"cannot mount a tmpfs here (needs root/CAP_SYS_ADMIN): "
                 f"{r.stderr.strip()}")
@@ -109,51 +154,63 @@ def _remount(path: Path, opts: str) -> None:
 # --- Non-finite gradients ---------------------------------------------------
 
 
+class _NaNOnMarker(nn.Module):
+  """The small CNN, with NaN logits for a batch holding a marked image
+  (pixel (0, 0) at 255; in digits it is always 0). Multiplying, not
+  jnp.where, so the NaN reaches the gradients."""
+  inner: nn.Module
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    logits = self.inner(x, train=train)
+    return logits * jnp.where(jnp.any(x[:, 0, 0, 0] > 0.99), jnp.nan, 1.0)
+
+
 def test_nonfinite_steps_are_skipped_and_leave_no_trace():
-  """A NaN loss (label smoothing NaN) skips every step of an epoch: params,
+  """Epochs whose every batch has a NaN loss skip every step: params,
   BatchNorm statistics and the whole RDA state (count, average, w_1) stay
-  bit-identical, the skips are counted, and the next good epoch computes
-  exactly what it would have computed without the bad one."""
+  bit-identical, the skips are counted (consecutively, across epochs), and
+  the next good epoch computes exactly what it would have computed without
+  the bad ones. One compiled step serves both: the fault is in the data."""
   from train.data import load
   x, y = load("digits", progress=False).train
+  assert not x[:, 0, 0, 0].any()
+  x_bad = x.copy()
+  x_bad[:, 0, 0, 0] = 255
   batch = 64
   spe = x.shape[0] // batch
   cfg = Config(epochs=3, asr_epochs=0, batch_size=batch, l1=1e-3)
-  model = models.get("small_cnn", kernel_init=rda_optax.scaled_uniform(2.0))
-  v = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+  model = _NaNOnMarker(models.get(
+      "small_cnn", kernel_init=rda_optax.scaled_uniform(2.0)))
+  v = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
   tx = engine.wrap_finite(optim.build(cfg, "rda", spe).tx)
   state = engine.TrainState(v["params"], v["batch_stats"], tx.init(v["params"]),
                             jnp.zeros([], jnp.int32))
+  epoch = engine.make_train_epoch(model, tx, spe, batch, np.zeros(1),
+                                  np.ones(1), "none", 0.0, 10, jnp.float32,
+                                  x.shape[0])
+  dx, dy, dbad = jax.device_put(x), jax.device_put(y), jax.device_put(x_bad)
+  dev = lambda t: jax.tree.map(jnp.asarray, t)  # epochs donate their input
 
-  def epoch_fn(smoothing):
-    return engine.make_train_epoch(model, tx, spe, batch, np.zeros(1),
-                                   np.ones(1), "none", smoothing, 10,
-                                   jnp.float32, x.shape[0])
-
-  good, bad = epoch_fn(0.0), epoch_fn(float("nan"))
-  dx, dy = jax.device_put(x), jax.device_put(y)
-  state, m = good(state, dx, dy, jax.random.key(1))
+  state, m = epoch(state, dx, dy, jax.random.key(1))
   assert int(m["skipped_steps"]) == 0
-  before = _np(state)  # the epoch functions donate their input state
-
-  after_bad, m = bad(jax.tree.map(jnp.asarray, before), dx, dy,
-                     jax.random.key(2))
+  before = _np(state)
+  after_bad = state
+  for k in (1, 2):
+    after_bad, m = epoch(after_bad, dbad, dy, jax.random.key(10 + k))
+    assert int(m["skipped_steps"]) == spe
+    assert int(m["consecutive_bad"]) == k * spe  # what --max-bad-steps reads
   after_bad = _np(after_bad)
-  assert int(m["skipped_steps"]) == spe
-  assert int(m["consecutive_bad"]) == spe
   assert _tree_equal(after_bad.params, before.params)
   assert _tree_equal(after_bad.batch_stats, before.batch_stats)
   inner_before = before.opt_state.inner_state
   inner_after = after_bad.opt_state.inner_state
+  assert isinstance(inner_after[0], rda_optax.RDAState)
   assert _tree_equal(inner_after, inner_before)  # RDA count, gbar, w_1, ASR
-  rda_state = inner_after[0]
-  assert isinstance(rda_state, rda_optax.RDAState)
-  assert int(after_bad.opt_state.total_notfinite) == spe
+  assert int(after_bad.opt_state.total_notfinite) == 2 * spe
 
-  # The next good epoch: from the state after the skipped epoch and from the
-  # state before it, the same key gives bit-identical params.
-  s1, m1 = good(jax.tree.map(jnp.asarray, after_bad), dx, dy, jax.random.key(3))
-  s2, _ = good(jax.tree.map(jnp.asarray, before), dx, dy, jax.random.key(3))
+  s1, m1 = epoch(dev(after_bad), dx, dy, jax.random.key(3))
+  s2, _ = epoch(dev(before), dx, dy, jax.random.key(3))
   assert int(m1["skipped_steps"]) == 0 and int(m1["consecutive_bad"]) == 0
   assert _tree_equal(_np(s1.params), _np(s2.params))
   assert not _tree_equal(_np(s1.params), before.params)
@@ -167,9 +224,8 @@ def test_nonfinite_run_stops_with_exit_1_and_resumes_from_last_checkpoint(
   default --max-bad-steps 10) with exit 1 and one line; checkpoint 2 is
   intact, and --resume continues from it once the config is fixed."""
   out = tmp_path / "runs"
-  code, err = _main(["--out", out, "--run-name", "nan", *SMALL, "--epochs", 3,
-                     "--asr-epochs", 1, "--checkpoint-every", 1,
-                     "--gamma-schedule", "0:1,2:1e-30"])
+  code, err = _main(["--out", out, "--run-name", "nan", *SMALL, *RDA1, 3,
+                     "--checkpoint-every", 1, "--gamma-schedule", "0:1,2:1e-30"])
   run_dir = out / "nan"
   last = _lines(err)[-1]
   assert code == 1, err
@@ -204,18 +260,19 @@ def test_nonfinite_run_stops_with_exit_1_and_resumes_from_last_checkpoint(
   assert (run_dir / "summary.json").exists()
 
 
-def test_max_bad_steps_counts_consecutive_skips_across_epochs(tmp_path):
-  """--max-bad-steps 30 with 19 bad steps in epoch 2: the run goes on, and
-  stops at the end of epoch 3 with 39 consecutive skips. The stop is checked
-  once per epoch, so the count can exceed K by up to an epoch of steps."""
+@pytest.mark.xfail(strict=True, reason=(
+    "train/run.py train_one: the non-finite Stopped message says 'the last "
+    "good checkpoint in RUN is intact' even when no checkpoint was ever "
+    "written (stop within the first --checkpoint-every epochs)"))
+def test_nonfinite_stop_before_any_checkpoint_does_not_claim_one(tmp_path):
   out = tmp_path / "runs"
-  code, err = _main(["--out", out, "--run-name", "k", *SMALL, "--epochs", 3,
-                     "--asr-epochs", 0, "--checkpoint-every", 1,
-                     "--max-bad-steps", 30, "--gamma-schedule", "0:1,1:1e-30"])
+  code, err = _main(["--out", out, "--run-name", "z", *SMALL, *RDA1, 1,
+                     "--init-scale", "1e30"])
   assert code == 1, err
-  assert "stopped: 39 consecutive steps" in _lines(err)[-1], err
-  rows = report.read_metrics(out / "k")
-  assert [r["skipped_steps"] for r in rows] == [0, 19, 20]
+  assert _latest(out / "z") is None
+  last = _lines(err)[-1]
+  assert last.startswith("rda-train: stopped: 20 consecutive steps"), err
+  assert "intact" not in last, last
 
 
 # --- SIGKILL during checkpoint saves -----------------------------------------
@@ -232,98 +289,124 @@ def _fault_script(name: str):
 def test_sigkill_during_checkpoint_saves_never_loses_the_latest(tmp_path):
   """20 writers killed with SIGKILL at random moments, most of them mid-save:
   after every kill the next writer restores the latest checkpoint and finds
-  exactly the value saved at that step; no step reported saved is missing."""
-  ck = _fault_script("ckpt_kill")
-  tally = ck.loop(tmp_path / "ckpt", kills=20, seed=2026, max_delay=0.5)
-  assert tally["failures"] == [], tally
-  assert tally["kills"] == 20
+  exactly the value saved at that step; no step reported saved is missing.
+  The driver forks the writers, so it runs in its own process."""
+  script = ROOT / "scripts" / "faults" / "ckpt_kill.py"
+  run_dir = tmp_path / "ckpt"
+  r = subprocess.run([PY, str(script), "loop", str(run_dir), "--kills", "20",
+                      "--seed", "2026", "--max-delay", "0.5"],
+                     cwd=ROOT, env=ENV, capture_output=True, text=True,
+                     timeout=300)
+  assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+  tally = json.loads(r.stdout.splitlines()[-1])
+  assert tally["failures"] == [] and tally["kills"] == 20, tally
   assert tally["mid_save"] >= 3, tally  # the kills did land inside saves
   assert tally["resumes_ok"] >= 15, tally
   assert tally["final"]["ok"] and tally["final"]["latest"] is not None
+  # And once more from this process, as `--resume` would read it.
+  assert _fault_script("ckpt_kill").check(run_dir) == tally["final"]
 
 
 # --- SIGINT / SIGTERM ----------------------------------------------------------
 
 
-def _start_run(out: Path, name: str, epochs: int) -> subprocess.Popen:
-  return subprocess.Popen(
-      [PY, "-m", "train", "--out", str(out), "--run-name", name,
-       "--epochs", str(epochs), "--asr-epochs", "0", "--batch-size", "64",
-       "--checkpoint-every", "100", "--progress", "lines"],
-      cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True)
+def _start(args) -> subprocess.Popen:
+  return subprocess.Popen([PY, "-m", "train", *map(str, args)], cwd=ROOT,
+                          env=ENV, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for_epoch(p: subprocess.Popen, timeout: float = 120) -> list[str]:
-  seen = []
-  t0 = time.time()
+def _wait_for_epoch_line(p: subprocess.Popen, timeout: float = 120) -> None:
+  seen, t0 = [], time.time()
   while time.time() - t0 < timeout:
     line = p.stderr.readline()
     if not line:
       break
     seen.append(line)
-    if " epoch 1/" in line:
-      return seen
+    if re.search(r" epoch +\d+/\d+ ", line):
+      return
   p.kill()
   raise AssertionError(f"no epoch line from the run: {seen}")
 
 
-def test_sigterm_saves_checkpoint_exits_130_and_resume_completes(tmp_path):
-  """SIGTERM after the first epoch line: exit 130, a checkpoint of the last
-  finished epoch, a message naming --resume; --resume completes all epochs.
-  While the first run is alive, a second run with the same --run-name is
-  refused (the run directory exists)."""
-  out, total = tmp_path / "runs", 40
-  p = _start_run(out, "sig", total)
+def _signal_after_first_epoch(p: subprocess.Popen, sig, between=None):
   try:
-    _wait_for_epoch(p)
-    code, err = _main(["--out", out, "--run-name", "sig", *SMALL,
-                       "--epochs", 1, "--asr-epochs", 0])
-    assert code == 2, err
-    _one_error_line(err, "already exists")
-    p.send_signal(signal.SIGTERM)
+    _wait_for_epoch_line(p)
+    if between is not None:
+      between()
+    p.send_signal(sig)
     _, err = p.communicate(timeout=120)
   finally:
     if p.poll() is None:
       p.kill()
-  run_dir = out / "sig"
-  assert p.returncode == 130, err
+      p.wait()
+  return p.returncode, err
+
+
+def _interrupted_at(err: str, run_dir: Path) -> int:
   last = _lines(err)[-1]
   assert last.startswith("rda-train: interrupted after epoch "), err
-  assert f"--resume {run_dir}" in last and "Traceback" not in err
-  stopped_at = int(last.split("after epoch ")[1].split(":")[0])
-  assert 1 <= stopped_at < total
-  ck = Checkpoints(run_dir)
+  assert f"--resume {run_dir}" in last, err
+  assert "Traceback" not in err
+  return int(last.split("after epoch ")[1].split(":")[0])
+
+
+def test_sigterm_sigint_sigkill_then_resume_completes(tmp_path):
+  """SIGTERM after the first epoch line: exit 130, a checkpoint of the last
+  finished epoch, one line naming --resume. `--resume` (a subprocess) picks
+  up there and is stopped by SIGINT the same way; the next `--resume` is
+  SIGKILLed; a last --resume completes every epoch. While the first run is
+  alive, a second run with the same --run-name is refused because the run
+  directory exists."""
+  out, total = tmp_path / "runs", 15
+  run_dir = out / "sig"
+
+  def second_run_is_refused():
+    code, err = _main(["--out", out, "--run-name", "sig", *SMALL, *RDA1, 1])
+    assert code == 2, err
+    _one_error_line(err, "already exists")
+
+  p = _start(["--out", out, "--run-name", "sig", *RDA1, total - 1,
+              "--batch-size", 64, "--checkpoint-every", 100,
+              "--progress", "lines"])
+  code, err = _signal_after_first_epoch(p, signal.SIGTERM,
+                                        second_run_is_refused)
+  assert code == 130, err
+  first = _interrupted_at(err, run_dir)
+  assert 1 <= first < total, "the run ended before the signal: raise total"
+  assert _latest(run_dir) == first
+  assert len(report.read_metrics(run_dir)) == first
+
+  p = _start(["--resume", run_dir])
+  code, err = _signal_after_first_epoch(p, signal.SIGINT)
+  assert code == 130, err
+  second = _interrupted_at(err, run_dir)
+  assert first < second < total
+  assert _latest(run_dir) == second
+  assert [r["epoch"] for r in report.read_metrics(run_dir)] == list(
+      range(1, second + 1))
+
+  # SIGKILL: no handler runs. The run keeps checkpoint `second`; the next
+  # --resume drops the metrics lines past it and replays those epochs.
+  p = _start(["--resume", run_dir])
   try:
-    assert ck.latest() == stopped_at
+    _wait_for_epoch_line(p)
+    time.sleep(0.2)
+    p.send_signal(signal.SIGKILL)
+    p.communicate(timeout=60)
   finally:
-    ck.close()
-  assert len(report.read_metrics(run_dir)) == stopped_at
+    if p.poll() is None:
+      p.kill()
+      p.wait()
+  assert p.returncode == -signal.SIGKILL
+  assert _latest(run_dir) == second
+  assert len(report.read_metrics(run_dir)) > second
 
   code, err = _main(["--resume", run_dir])
   assert code == 0, err
   assert [r["epoch"] for r in report.read_metrics(run_dir)] == list(
       range(1, total + 1))
   assert json.loads((run_dir / "summary.json").read_text())["epochs"] == total
-
-
-def test_sigint_saves_checkpoint_and_exits_130(tmp_path):
-  out = tmp_path / "runs"
-  p = _start_run(out, "int", 40)
-  try:
-    _wait_for_epoch(p)
-    p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=120)
-  finally:
-    if p.poll() is None:
-      p.kill()
-  assert p.returncode == 130, err
-  assert "--resume" in _lines(err)[-1] and "Traceback" not in err
-  ck = Checkpoints(out / "int")
-  try:
-    assert ck.latest() is not None and ck.latest() >= 1
-  finally:
-    ck.close()
 
 
 # --- Unwritable output, full disk -----------------------------------------------
@@ -340,7 +423,7 @@ def test_unwritable_out_is_one_line_exit_2(tmp_path, kind):
     out = tmp_path / "ro"
     ctx = _tmpfs(out, "1m", ro=True)
   with ctx:
-    code, err = _main(["--out", out, *SMALL, "--epochs", 1, "--asr-epochs", 0])
+    code, err = _main(["--out", out, *SMALL, *RDA1, 1])
     assert code == 2, err
     _one_error_line(err, "--out: cannot write run directory")
     if kind == "read-only-fs":
@@ -349,22 +432,22 @@ def test_unwritable_out_is_one_line_exit_2(tmp_path, kind):
 
 @pytest.fixture(scope="module")
 def full_disk(tmp_path_factory):
-  """A run on a 6 MiB tmpfs: checkpoint 1 (about 4.2 MB: params, RDA's
-  average and w_1, BatchNorm) fits, checkpoint 2 does not. Then --resume on
-  the same file system remounted read-only, then remounted with room."""
+  """A 2-epoch run on a 6 MiB tmpfs: checkpoint 1 (about 4.2 MB: params,
+  RDA's average and w_1, BatchNorm) fits, checkpoint 2 does not. Then
+  --resume on the same file system remounted read-only, then remounted with
+  room."""
   mnt = tmp_path_factory.mktemp("full") / "mnt"
   with _tmpfs(mnt, "6m"):
     run_dir = mnt / "r"
     res = {}
-    res["full"] = _main(["--out", mnt, "--run-name", "r", *SMALL,
-                         "--epochs", 3, "--asr-epochs", 0,
-                         "--checkpoint-every", 1])
+    # A real process: what a user sees, orbax's own log lines included.
+    r = subprocess.run([PY, "-m", "train", "--out", str(mnt), "--run-name",
+                        "r", *SMALL, *RDA1, "1", "--checkpoint-every", "1"],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True,
+                       timeout=300)
+    res["full"] = (r.returncode, r.stderr)
     res["entries_after_full"] = sorted(os.listdir(run_dir / "checkpoints"))
-    ck = Checkpoints(run_dir)
-    try:
-      res["latest_after_full"] = ck.latest()
-    finally:
-      ck.close()
+    res["latest_after_full"] = _latest(run_dir)
     res["config_after_full"] = (run_dir / "config.json").read_text()
     _remount(mnt, "ro")
     res["resume_ro"] = _main(["--resume", run_dir])
@@ -385,7 +468,7 @@ def test_full_disk_keeps_the_last_checkpoint_and_resume_recovers(full_disk):
   assert r["entries_after_ro"] == r["entries_after_full"]  # untouched
   code, err = r["resume_room"]
   assert code == 0, err
-  assert [row["epoch"] for row in r["rows"]] == [1, 2, 3]
+  assert [row["epoch"] for row in r["rows"]] == [1, 2]
   assert r["summary"]
 
 
@@ -423,8 +506,7 @@ def test_full_disk_on_metrics_write_is_one_line_exit_2(tmp_path):
     st = os.statvfs(mnt)
     free = st.f_bavail * st.f_frsize
     (mnt / "filler").write_bytes(b"\0" * (free - 4096))
-    code, err = _main(["--out", mnt, "--run-name", "m", *SMALL,
-                       "--epochs", 1, "--asr-epochs", 0])
+    code, err = _main(["--out", mnt, "--run-name", "m", *SMALL, *RDA1, 1])
     assert code == 2, (code, err[-2000:])
     _one_error_line(err, "No space left on device")
 
@@ -492,16 +574,21 @@ def test_corrupt_input_is_named_exit_2_no_run_dir(tmp_path, kind):
 
 
 def test_skip_bad_images_skips_and_counts(tmp_path):
-  args, needle = _corrupt("truncated-image", tmp_path)
+  """--skip-bad-images: the run trains on the readable images; the count and
+  the first name come as a SkippedImagesWarning (on stderr from the CLI)."""
+  from train.data import SkippedImagesWarning
+  args, _ = _corrupt("truncated-image", tmp_path)
   (tmp_path / "data" / "b" / "x.png").write_text("junk")
   out = tmp_path / "runs"
-  code, err = _main(["--out", out, "--cache-dir", tmp_path / "cache",
-                     "--batch-size", 8, "--progress", "none", "--epochs", 1,
-                     "--asr-epochs", 0, "--val-fraction", 0, "--run-name", "s",
-                     "--skip-bad-images", *args])
+  with pytest.warns(SkippedImagesWarning,
+                    match=r"skipped 2 unreadable image file\(s\), the first "
+                    r"is a/005\.png"):
+    code, err = _main(["--out", out, "--cache-dir", tmp_path / "cache",
+                       "--batch-size", 8, "--progress", "none", "--epochs", 1,
+                       "--asr-epochs", 0, "--val-fraction", 0,
+                       "--run-name", "s", "--skip-bad-images", *args])
   assert code == 0, err
-  assert "skipped 2 unreadable image file(s), the first is a/005.png" in err
-  assert " 46 train " in err  # 48 files, 2 skipped
+  assert " 47 train " in err  # 49 files, 2 unreadable
   assert (out / "s" / "summary.json").exists()
 
 
@@ -511,8 +598,7 @@ def test_skip_bad_images_skips_and_counts(tmp_path):
 @pytest.fixture(scope="module")
 def twice(tmp_path_factory):
   out = tmp_path_factory.mktemp("det")
-  args = [*SMALL, "--epochs", 2, "--asr-epochs", 1, "--seed", 7,
-          "--checkpoint-every", 1]
+  args = [*SMALL, *RDA1, 1, "--checkpoint-every", 1]
   for name in ("a", "b"):
     code, err = _main(["--out", out, "--run-name", name, *args])
     assert code == 0, err
@@ -587,6 +673,19 @@ def test_run_lock_same_process_and_bad_directory(tmp_path):
   with pytest.raises(UsageError, match="cannot open the lock file"):
     with run_lock(tmp_path / "missing"):
       pass
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a run killed before its first epoch leaves only config.json; --resume "
+    "then raises FileNotFoundError (metrics.jsonl) from report.read_metrics "
+    "in train/run.py train_one's resume branch: a traceback, exit 1"))
+def test_resume_of_a_run_killed_before_its_first_epoch(twice, tmp_path):
+  run_dir = tmp_path / "early"
+  run_dir.mkdir()
+  shutil.copy(twice[0] / "config.json", run_dir / "config.json")
+  code, err = _main(["--resume", run_dir])
+  assert code == 0, (code, err[-2000:])
+  assert [r["epoch"] for r in report.read_metrics(run_dir)] == [1, 2]
 
 
 @pytest.mark.xfail(strict=True, reason="run_lock not wired into run.py yet")
