@@ -10,10 +10,9 @@ valid values for other flags, so no generated case trains. A separate
 property checks that the "valid" pools really are valid (config built and
 data checked, no training), which keeps the oracle honest.
 
-Known violations are excluded from the pools and kept as explicit
-``xfail(strict=True)`` examples at the end of this file (KNOWN_*): when one
-is fixed its example XPASSes, which fails the run; then delete the example
-and move the value into the pools.
+The violations this property found (docs/RELIABILITY.md, section 6) are in
+the pools, and are also kept as explicit examples at the end of this file
+(FOUND_*), so each stays covered whatever hypothesis draws.
 """
 
 from __future__ import annotations
@@ -33,6 +32,7 @@ from train import cli
 from train import config as config_lib
 from train import run as run_lib
 from train._errors import UsageError
+from train.presets import PRESETS
 
 # Valid and cheap; every generated flag comes after it and overrides it.
 BASE = ["--epochs", "1", "--asr-epochs", "0", "--batch-size", "64",
@@ -70,10 +70,9 @@ INT_FLAGS = {
     "--max-bad-steps": (["1", "10"], ["0", "-3"]),
     "--num-classes": (["10"], ["0", "1", "-3", "7", "11",
                                "99999999999999999999"]),
-    # Huge sizes: KNOWN_CLI (MemoryError).
-    "--image-size": (["8"], ["0", "-1"]),
-    # Negative or >= 2**63: KNOWN_CLI.
-    "--seed": (["0", "1", "4294967296"], []),
+    "--image-size": (["8"], ["0", "-1", "100000", "1025"]),
+    "--seed": (["0", "1", "4294967296", "9223372036854775807"],
+               ["-1", "9223372036854775808", "-99999999999999999999"]),
     "--devices": (["1"], ["0", "-1"]),
     "--fsdp": (["1"], ["0", "-1"]),
 }
@@ -94,9 +93,10 @@ STR_FLAGS = {
                          ["0:0", "0:-1", "x", "1:1,1:2", "0:inf", "-1:1",
                           "0:1,", "0:nan"]),
     "--l1-schedule": (["0:1e-4", ""], ["0:-1", "0:nan", "0:1e-4:5", "y"]),
-    # Duplicates ("sgd,sgd"): KNOWN_CLI.
-    "--compare": ([], ["rda,adam", ",", "rda,", "adam", "prune-finetune"]),
+    "--compare": ([], ["rda,adam", ",", "rda,", "adam", "prune-finetune",
+                       "sgd,sgd", "rda,sgd,rda"]),
     "--preset": (["digits-demo"], ["nope", "", "paper"]),
+    "--run-name": (["r1"], ["a/b", "..", ".", "/abs/x", "../../x", ""]),
     "--test-dir": ([], ["/nonexistent/test"]),
     "--target-sparsity-from": ([], ["/nonexistent/run"]),
     "--config": ([], ["/nonexistent/c.json", "/"]),
@@ -273,7 +273,8 @@ BAD_VALUE = {
     "checkpoint_every": [0],
     "max_bad_steps": [0],
     "num_classes": [0, 1, 7],
-    "image_size": [0, -1],
+    "image_size": [0, -1, 100000],
+    "seed": [-5, 2**63],
     "devices": [0, -1],
     "fsdp": [0, -1],
     "model": ["resnet99", ""],
@@ -290,13 +291,11 @@ BAD_VALUE = {
     "compare": ["rda,adam", ","],
     "test_dir": ["/nonexistent/test"],
     "target_sparsity_from": ["/nonexistent/run"],
-    # null where the field has a default and validation names it cleanly;
-    # null for epochs, batch_size, seed, out, ...: KNOWN_CONFIG.
-    **{k: [None] for k in ("model", "method", "dataset", "gamma", "l1", "l2",
-                           "center", "lr", "momentum", "weight_decay",
-                           "finetune_lr_scale", "label_smoothing",
-                           "val_fraction", "augment", "dtype", "prune_scope",
-                           "progress")},
+    "preset": ["nope", ""],
+    "run_name": ["a/b", "..", "/abs", ""],
+    # null wherever the field's default is not None (None means "unset").
+    **{k: [None] for k, f in config_lib.FIELDS.items()
+       if f.default is not None},
 }
 GOOD_VALUE = {
     "gamma": [0.5, 1, 2.5], "l1": [0, 1e-3], "lr": [0.05], "momentum": [0.9],
@@ -304,7 +303,7 @@ GOOD_VALUE = {
     "seed": [0, 3], "init_scale": [2.0, 10], "center": ["zero", "init"],
     "model": ["small_cnn"], "method": ["rda", "sgd"], "dataset": ["digits"],
     "progress": ["none"], "skip_bad_images": [True, False],
-    "gamma_schedule": ["", "0:1,1:0.5", None], "run_name": [None],
+    "gamma_schedule": ["", "0:1,1:0.5"], "run_name": [None],
 }
 UNKNOWN_KEYS = ["foo", "Epochs", "batch-size", "", "gamma ", "help",
                 "list_presets", "resume", "config"]
@@ -326,8 +325,6 @@ def _bad_values() -> dict[str, list]:
   """field -> JSON values that must be rejected, for every Config field."""
   out = {}
   for name in config_lib.FIELDS:
-    if name == "preset":
-      continue  # recorded, not applied: any string is accepted
     out[name] = (WRONG_TYPE.get(_field_type(name), [])
                  + BAD_VALUE.get(name, []))
   return out
@@ -389,78 +386,76 @@ def test_config_file_that_is_not_text_or_not_a_file(tmp_path):
   assert_rejected(["--config", str(tmp_path), *BASE])  # a directory
 
 
-# --- Known violations: explicit examples, xfail(strict=True) -------------------
+# --- Found by the properties above, kept as explicit examples ---------------
+# Each was a traceback or a half-written run directory before its fix
+# (docs/RELIABILITY.md, section 6).
 
-_SEED_FIX = ("train/config.py validate() has no check on --seed; add "
-             "_check(isinstance(cfg.seed, int) and 0 <= cfg.seed < 2**63, ...)")
-KNOWN_CLI = [
-    pytest.param(
-        BASE + ["--seed", "-1"], id="seed-negative",
-        marks=pytest.mark.xfail(strict=True, reason=(
-            "--seed -1: ValueError traceback (exit 1) from "
-            "np.random.default_rng(seed) in train/data/_split.py "
-            "split_validation; " + _SEED_FIX))),
-    pytest.param(
-        BASE + ["--seed", "9223372036854775808"], id="seed-2**63",
-        marks=pytest.mark.xfail(strict=True, reason=(
-            "--seed 2**63: OverflowError traceback (exit 1) from "
-            "jax.random.key(cfg.seed) in train/run.py train_one, after the "
-            "run directory was created; " + _SEED_FIX))),
-    pytest.param(
-        BASE + ["--image-size", "100000"], id="image-size-huge",
-        marks=pytest.mark.xfail(strict=True, reason=(
-            "--image-size 100000: numpy MemoryError traceback (exit 1) from "
-            "train/data/_decode.py resize_images (np.empty of 13.1 TiB); "
-            "train/config.py validate() needs an upper bound on --image-size "
-            "(or run.load_data must turn MemoryError into UsageError)"))),
-    pytest.param(
-        BASE + ["--compare", "sgd,sgd"], id="compare-duplicate",
-        marks=pytest.mark.xfail(strict=True, reason=(
-            "--compare sgd,sgd: exit 2 'run directory ... already exists' only "
-            "after the first sgd run has trained and written its run "
-            "directory; train/config.py validate() must reject duplicate "
-            "methods in --compare"))),
+FOUND_CLI = [
+    pytest.param(BASE + ["--seed", "-1"], id="seed-negative"),
+    pytest.param(BASE + ["--seed", "9223372036854775808"], id="seed-2**63"),
+    pytest.param(BASE + ["--image-size", "100000"], id="image-size-huge"),
+    pytest.param(BASE + ["--compare", "sgd,sgd"], id="compare-duplicate"),
 ]
 
 
-@pytest.mark.parametrize("argv", KNOWN_CLI)
-def test_known_cli_violations(argv):
+@pytest.mark.parametrize("argv", FOUND_CLI)
+def test_found_cli_violations(argv):
   assert_rejected(argv)
 
 
-# Fields whose JSON null gets past _coerce and crashes validate() or the run.
+def test_seed_bounds_are_inclusive_exclusive():
+  """2**63 - 1 is the largest seed both numpy and jax.random.key take."""
+  cfg = config_lib.build(None, None, {"seed": 2**63 - 1})
+  assert cfg.seed == 2**63 - 1
+  import jax
+  import numpy as np
+  jax.random.key(cfg.seed)
+  np.random.default_rng(cfg.seed)
+
+
+# Fields whose JSON null got past _coerce and crashed validate() or the run.
 _NULL_CRASH = ["epochs", "asr_epochs", "batch_size", "eval_batch_size",
                "lr_schedule", "seed", "out", "checkpoint_every",
                "max_bad_steps", "fsdp"]
-KNOWN_CONFIG = [
-    pytest.param(
-        {k: None}, id=f"null-{k}",
-        marks=pytest.mark.xfail(strict=True, reason=(
-            f'--config {{"{k}": null}}: TypeError/ValueError traceback '
-            "(exit 1); train/config.py _coerce() returns None for every "
-            "null, it must reject null for fields whose default is not "
-            "None")))
-    for k in _NULL_CRASH if k in config_lib.FIELDS
-] + [
-    pytest.param(
-        {"seed": -5}, id="seed-negative",
-        marks=pytest.mark.xfail(strict=True, reason=(
-            '--config {"seed": -5}: ValueError traceback (exit 1) from '
-            "train/data/_split.py; " + _SEED_FIX))),
-]
+FOUND_CONFIG = [
+    pytest.param({k: None}, id=f"null-{k}") for k in _NULL_CRASH
+] + [pytest.param({"seed": -5}, id="seed-negative")]
 
 
-@pytest.mark.parametrize("data", KNOWN_CONFIG)
-def test_known_config_violations(data, tmp_path):
+@pytest.mark.parametrize("data", FOUND_CONFIG)
+def test_found_config_violations(data, tmp_path):
   f = tmp_path / "c.json"
   f.write_text(json.dumps(data))
   flags = [t for i in range(0, len(BASE), 2)
            if BASE[i][2:].replace("-", "_") not in data
            for t in BASE[i:i + 2]]
-  # --out on the command line would override the file's "out": null.
   assert_rejected(["--config", str(f), *flags], out_flag="out" not in data)
+
+
+def test_resume_refuses_flags_it_would_ignore(tmp_path):
+  run = tmp_path / "r"
+  run.mkdir()
+  (run / "config.json").write_text("{}")
+  for flag in (["--epochs", "5"], ["--gamma", "2"], ["--preset", "digits-demo"]):
+    code, err = _run_cli(["--resume", str(run), *flag])
+    assert code == 2, (flag, err)
+    assert err.count("\n") == 1 and f"{flag[0]} cannot change it" in err, err
 
 
 def test_usage_error_is_the_one_exit_2_type():
   """What the property relies on: UsageError is what main turns into 2."""
   assert issubclass(UsageError, ValueError)
+
+
+def test_config_file_preset_is_applied_beneath_the_file(tmp_path):
+  """{"preset": P} in a file means what --preset P means; the file's own keys
+  and then the flags still win, and --preset on the command line beats the
+  file's."""
+  f = tmp_path / "c.json"
+  f.write_text(json.dumps({"preset": "digits-demo", "epochs": 3}))
+  from_file = config_lib.build(None, str(f), {})
+  plain = config_lib.build("digits-demo", None, {"epochs": 3})
+  assert from_file == plain and from_file.preset == "digits-demo"
+  assert config_lib.build(None, str(f), {"epochs": 5}).epochs == 5
+  other = [p for p in PRESETS if p != "digits-demo"][0]
+  assert config_lib.build(other, str(f), {}).preset == other

@@ -5,9 +5,8 @@ full or unwritable disk, corrupt inputs, determinism and run-directory
 locking. Each test injects the fault for real (tmpfs mounts, subprocesses,
 signals) where this machine allows it and says why it skips where not.
 
-Tests marked ``xfail(strict=True)`` state behaviour the reliability issue
-asks for that the trainer does not have yet; each reason names the file to
-change. Once fixed they XPASS, which fails the run: then drop the marker.
+Each test states behaviour the reliability issue asks for; none is marked
+as expected to fail.
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ from PIL import Image
 import models
 import rda_optax
 from train import cli, engine, optim, report
+from train import config as config_lib
 from train._errors import UsageError
 from train._lock import run_lock
 from train.checkpoint import Checkpoints
@@ -220,20 +220,23 @@ def test_nonfinite_run_stops_with_exit_1_and_resumes_from_last_checkpoint(
     tmp_path):
   """--gamma-schedule 0:1,2:1e-30: epochs 1-2 are fine; the first step of
   epoch 3 rebuilds the iterate with 1/gamma = 1e30, every later gradient is
-  non-finite. The run stops after epoch 3 (19 of 20 steps skipped >= the
-  default --max-bad-steps 10) with exit 1 and one line; checkpoint 2 is
-  intact, and --resume continues from it once the config is fixed."""
+  non-finite. The run stops in epoch 3 at the 10th consecutive skip (the
+  default --max-bad-steps), the 9 steps after it halted, with exit 1 and one
+  line; checkpoint 2 is intact, and --resume continues from it once the
+  config is fixed."""
   out = tmp_path / "runs"
   code, err = _main(["--out", out, "--run-name", "nan", *SMALL, *RDA1, 3,
                      "--checkpoint-every", 1, "--gamma-schedule", "0:1,2:1e-30"])
   run_dir = out / "nan"
   last = _lines(err)[-1]
   assert code == 1, err
-  assert last.startswith("rda-train: stopped: 19 consecutive steps with "
-                         "non-finite gradients at epoch 3"), err
+  assert last.startswith("rda-train: stopped: 10 consecutive steps with "
+                         "non-finite gradients at epoch 3; the last good "
+                         "checkpoint (epoch 2)"), err
   assert str(run_dir) in last and "Traceback" not in err
   rows = report.read_metrics(run_dir)
-  assert [r["skipped_steps"] for r in rows] == [0, 0, 19]
+  assert [r["skipped_steps"] for r in rows] == [0, 0, 10]
+  assert rows[2]["halted_steps"] == 9 and "halted_steps" not in rows[1]
   assert not (run_dir / "summary.json").exists()
 
   ck = Checkpoints(run_dir)
@@ -260,10 +263,6 @@ def test_nonfinite_run_stops_with_exit_1_and_resumes_from_last_checkpoint(
   assert (run_dir / "summary.json").exists()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "train/run.py train_one: the non-finite Stopped message says 'the last "
-    "good checkpoint in RUN is intact' even when no checkpoint was ever "
-    "written (stop within the first --checkpoint-every epochs)"))
 def test_nonfinite_stop_before_any_checkpoint_does_not_claim_one(tmp_path):
   out = tmp_path / "runs"
   code, err = _main(["--out", out, "--run-name", "z", *SMALL, *RDA1, 1,
@@ -271,8 +270,124 @@ def test_nonfinite_stop_before_any_checkpoint_does_not_claim_one(tmp_path):
   assert code == 1, err
   assert _latest(out / "z") is None
   last = _lines(err)[-1]
-  assert last.startswith("rda-train: stopped: 20 consecutive steps"), err
-  assert "intact" not in last, last
+  assert last.startswith("rda-train: stopped: 10 consecutive steps"), err
+  assert "intact" not in last and "no checkpoint was written" in last, last
+  # Every step skipped or halted: no loss to report, and none made up.
+  row, = report.read_metrics(out / "z")
+  assert row["loss"] is None and row["train_top1"] is None
+  assert row["skipped_steps"] == 10 and row["halted_steps"] == 10
+
+
+def test_nonfinite_halt_is_per_step_and_state_stays_the_last_good_one():
+  """With max_bad = K, the epoch halts at the K-th consecutive skip: the
+  remaining steps change nothing (on the host loop and in the scan), the state
+  is bit-identical to the one before the bad steps, and an all-bad epoch
+  reports a NaN loss, never 0."""
+  from train.data import load
+  x, y = load("digits", progress=False).train
+  x_bad = x.copy()
+  x_bad[:, 0, 0, 0] = 255
+  batch, k = 64, 7
+  spe = x.shape[0] // batch
+  cfg = Config(epochs=2, asr_epochs=0, batch_size=batch, l1=1e-3)
+  model = _NaNOnMarker(models.get(
+      "small_cnn", kernel_init=rda_optax.scaled_uniform(2.0)))
+  v = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+  tx = engine.wrap_finite(optim.build(cfg, "rda", spe).tx)
+  state = engine.TrainState(v["params"], v["batch_stats"], tx.init(v["params"]),
+                            jnp.zeros([], jnp.int32))
+  for scan in (False, True):
+    epoch = engine.make_train_epoch(model, tx, spe, batch, np.zeros(1),
+                                    np.ones(1), "none", 0.0, 10, jnp.float32,
+                                    x.shape[0], scan=scan, max_bad=k)
+    s0 = jax.tree.map(jnp.copy, state)
+    before = _np(s0)
+    s1, m = epoch(s0, jax.device_put(x_bad), jax.device_put(y),
+                  jax.random.key(1))
+    assert int(m["skipped_steps"]) == k and int(m["halted_steps"]) == spe - k
+    assert int(m["consecutive_bad"]) == k
+    assert np.isnan(float(m["loss"])) and np.isnan(float(m["train_top1"]))
+    after = _np(s1)
+    assert _tree_equal(after.params, before.params)
+    assert _tree_equal(after.batch_stats, before.batch_stats)
+    assert _tree_equal(after.opt_state.inner_state,
+                       before.opt_state.inner_state)
+    assert int(after.step) == int(before.step) + k  # halted steps: no count
+    # Good data after a halt stays halted: the run is meant to stop there.
+    s2, m2 = epoch(s1, jax.device_put(x), jax.device_put(y), jax.random.key(2))
+    assert int(m2["halted_steps"]) == spe
+    assert _tree_equal(_np(s2).params, before.params)
+
+
+def test_checkpoint_is_deferred_while_an_epoch_ends_in_skipped_steps(tmp_path):
+  """--max-bad-steps 30, --gamma-schedule 0:1,1:1e-30: the first step of
+  epoch 2 sends the weights to ~1e29 (finite), the other 19 are skipped. The
+  periodic checkpoint of epoch 2 would hold those weights, so it is
+  deferred; epoch 3 reaches 30 consecutive skips and the run stops naming
+  checkpoint 1, which is what --resume would use."""
+  out = tmp_path / "runs"
+  code, err = _main(["--out", out, "--run-name", "d", "--batch-size", 64,
+                     "--progress", "lines", "--epochs", 3, "--asr-epochs", 0,
+                     "--checkpoint-every", 1, "--max-bad-steps", 30,
+                     "--gamma-schedule", "0:1,1:1e-30"])
+  assert code == 1, err
+  assert "epoch 2 ended with 19 skipped steps: checkpoint deferred" in err
+  last = _lines(err)[-1]
+  assert last.startswith("rda-train: stopped: 30 consecutive steps with "
+                         "non-finite gradients at epoch 3; the last good "
+                         "checkpoint (epoch 1)"), err
+  assert _latest(out / "d") == 1
+  rows = report.read_metrics(out / "d")
+  assert [r["skipped_steps"] for r in rows] == [0, 19, 11]
+  assert rows[2]["halted_steps"] == 9
+
+
+def test_signal_before_training_writes_nothing_or_stops_before_epoch_1(
+    tmp_path):
+  """The handlers are in place before anything is written: a signal while
+  the data loads ends the run with exit 130 and no run directory; one that
+  lands before the first epoch leaves a run directory that --resume trains
+  from the start."""
+  from train import run as run_lib
+  cfg = config_lib.build("digits-demo", None, {
+      "out": str(tmp_path / "runs"), "run_name": "e", "epochs": 1,
+      "asr_epochs": 1, "batch_size": 64, "progress": "none"})
+  with pytest.raises(run_lib.Stopped, match="interrupted while loading the "
+                     "data; nothing was written") as e:
+    run_lib._run(cfg, [signal.SIGTERM])  # pylint: disable=protected-access
+  assert e.value.code == 130 and not (tmp_path / "runs").exists()
+
+  splits = run_lib.load_data(cfg)
+  run_dir = run_lib.start_run_dir(cfg, "rda", "stamp")
+  with pytest.raises(run_lib.Stopped, match="interrupted before epoch 1: "
+                     f"resume with: rda-train --resume {run_dir}") as e:
+    run_lib.train_one(cfg, "rda", splits, run_dir,
+                      interrupted=[signal.SIGINT])
+  assert e.value.code == 130 and _latest(run_dir) is None
+  code, err = _main(["--resume", run_dir])
+  assert code == 0, err
+  assert [r["epoch"] for r in report.read_metrics(run_dir)] == [1, 2]
+
+
+def test_sigterm_during_start_up_is_handled(tmp_path):
+  """SIGTERM as soon as the run directory is announced (model init and
+  compilation still ahead): exit 130 and one line naming --resume, never
+  Python's default death (exit -15, nothing said)."""
+  out = tmp_path / "runs"
+  p = _start(["--out", out, "--run-name", "up", *SMALL, *RDA1, 1])
+  try:
+    line = p.stderr.readline()
+    assert line.startswith("[rda] "), line
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+  finally:
+    if p.poll() is None:
+      p.kill()
+      p.wait()
+  assert p.returncode == 130, err
+  last = _lines(err)[-1]
+  assert last.startswith("rda-train: interrupted "), err
+  assert f"--resume {out / 'up'}" in last and "Traceback" not in err
 
 
 # --- SIGKILL during checkpoint saves -----------------------------------------
@@ -472,43 +587,61 @@ def test_full_disk_keeps_the_last_checkpoint_and_resume_recovers(full_disk):
   assert r["summary"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ENOSPC while saving a checkpoint escapes as orbax's ValueError "
-    "(RESOURCE_EXHAUSTED ... No space left on device) with tracebacks, exit 1; "
-    "train/checkpoint.py Checkpoints.save must turn it into UsageError and "
-    "train/run.py must not let it escape train_one"))
 def test_full_disk_is_one_line_exit_2(full_disk):
   code, err = full_disk["full"]
   assert code == 2, (code, err[-2000:])
-  assert _lines(err)[-1].startswith("rda-train: error:")
-  assert "No space left on device" in _lines(err)[-1]
-  assert "Traceback" not in err
+  line = _error_after_start_line(err, "No space left on device")
+  assert "cannot write checkpoint 2" in line and "checkpoint 1 " in line
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "--resume of a run directory on a read-only file system raises OSError "
-    "(EROFS) from train/run.py _write_atomic(metrics.jsonl) in train_one's "
-    "resume branch: a traceback, exit 1, instead of one line and exit 2"))
 def test_resume_on_read_only_run_dir_is_one_line_exit_2(full_disk):
   code, err = full_disk["resume_ro"]
   assert code == 2, (code, err[-2000:])
   _one_error_line(err, "Read-only file system")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ENOSPC while appending to metrics.jsonl raises OSError out of "
-    "train/run.py train_one (the `with metrics_path.open('a')` block): a "
-    "traceback, exit 1, instead of one line and exit 2"))
-def test_full_disk_on_metrics_write_is_one_line_exit_2(tmp_path):
+def _error_after_start_line(err: str, needle: str) -> str:
+  """The run's "[rda] ... -> RUN" line, then exactly one error line."""
+  lines = _lines(err)
+  assert len(lines) == 2 and lines[0].startswith("[rda] "), err
+  assert lines[1].startswith("rda-train: error:") and needle in lines[1], err
+  assert "Traceback" not in err
+  return lines[1]
+
+
+@pytest.mark.parametrize("pages, what", [(1, "lock"), (2, "metrics")])
+def test_full_disk_on_lock_or_metrics_write_is_one_line_exit_2(
+    tmp_path, pages, what):
+  """One free 4 KiB page holds config.json, none is left for the pid in the
+  lock file; two free pages hold config.json and the lock, none is left for
+  the first metrics line."""
   mnt = tmp_path / "mnt"
   with _tmpfs(mnt, "64k"):
-    # Leave one 4 KiB page: enough for config.json, none for metrics.jsonl.
     st = os.statvfs(mnt)
     free = st.f_bavail * st.f_frsize
-    (mnt / "filler").write_bytes(b"\0" * (free - 4096))
+    (mnt / "filler").write_bytes(b"\0" * (free - pages * 4096))
     code, err = _main(["--out", mnt, "--run-name", "m", *SMALL, *RDA1, 1])
     assert code == 2, (code, err[-2000:])
-    _one_error_line(err, "No space left on device")
+    line = _error_after_start_line(err, "No space left on device")
+    name = {"lock": ".lock", "metrics": "metrics.jsonl"}[what]
+    assert str(mnt / "m" / name) in line, line
+
+
+def test_full_disk_at_the_first_checkpoint_is_one_line_exit_2(tmp_path):
+  """3 MiB cannot hold checkpoint 1 (about 4.5 MiB): the write fails inside
+  orbax, with writes still in flight. A real process, because orbax's and
+  tensorstore's reports go to file descriptor 2, not to sys.stderr."""
+  mnt = tmp_path / "mnt"
+  with _tmpfs(mnt, "3m"):
+    r = subprocess.run([PY, "-m", "train", "--out", str(mnt), "--run-name",
+                        "r", *SMALL, *RDA1, "1", "--checkpoint-every", "1"],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2, r.stderr[-3000:]
+    line = _error_after_start_line(r.stderr, "No space left on device")
+    assert "cannot write checkpoint 1" in line
+    assert "no earlier checkpoint exists" in line
+    assert _latest(mnt / "r") is None
 
 
 # --- Corrupt inputs, end to end through the CLI -------------------------------
@@ -589,7 +722,8 @@ def test_skip_bad_images_skips_and_counts(tmp_path):
                        "--run-name", "s", "--skip-bad-images", *args])
   assert code == 0, err
   assert " 47 train " in err  # 49 files, 2 unreadable
-  assert (out / "s" / "summary.json").exists()
+  summary = json.loads((out / "s" / "summary.json").read_text())
+  assert summary["skipped_images"] == 2
 
 
 # --- Determinism ------------------------------------------------------------------
@@ -675,10 +809,6 @@ def test_run_lock_same_process_and_bad_directory(tmp_path):
       pass
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a run killed before its first epoch leaves only config.json; --resume "
-    "then raises FileNotFoundError (metrics.jsonl) from report.read_metrics "
-    "in train/run.py train_one's resume branch: a traceback, exit 1"))
 def test_resume_of_a_run_killed_before_its_first_epoch(twice, tmp_path):
   run_dir = tmp_path / "early"
   run_dir.mkdir()
@@ -688,7 +818,6 @@ def test_resume_of_a_run_killed_before_its_first_epoch(twice, tmp_path):
   assert [r["epoch"] for r in report.read_metrics(run_dir)] == [1, 2]
 
 
-@pytest.mark.xfail(strict=True, reason="run_lock not wired into run.py yet")
 def test_resume_of_a_locked_run_dir_is_refused(twice, tmp_path):
   run_dir = tmp_path / "locked"
   shutil.copytree(twice[0], run_dir)

@@ -7,25 +7,164 @@ latest complete one.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import shutil
+import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import jax
 import orbax.checkpoint as ocp
+
+from train._errors import UsageError
+
+
+class CheckpointWriteError(UsageError):
+  """A checkpoint could not be written (full disk, read-only file system).
+
+  Earlier checkpoints are untouched: orbax renames a checkpoint into place
+  only once it is complete.
+  """
+
+
+_REASONS = ("No space left on device", "Read-only file system",
+            "Permission denied", "Disk quota exceeded")
+
+
+def _reason(e: BaseException) -> str:
+  text = str(e)
+  for r in _REASONS:
+    if r in text:
+      return r
+  if isinstance(e, OSError) and e.strerror:
+    return e.strerror
+  first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+  return first[:200]
+
+
+def _dir_bytes(path: Path) -> int:
+  return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+@contextlib.contextmanager
+def _quiet_orbax() -> Iterator[None]:
+  """Keeps orbax's own reports of a failed write off the terminal: the
+  failure reaches the user once, as CheckpointWriteError.
+
+  Orbax's threads log the failure through absl, with tracebacks. Then
+  tensorstore finishes the writes still in flight and reports each to
+  orbax's event loop, closed by then: one "Event loop is closed" traceback
+  per write, printed from C++ onto file descriptor 2, some of them after
+  the error has surfaced. So while orbax writes, descriptor 2 goes to an
+  in-memory file: replayed if the write succeeds, kept away from the
+  terminal for good if it fails (Python's ``sys.stderr`` moves to a copy of
+  the original descriptor, so the error line still shows).
+  """
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.CRITICAL)
+  try:
+    with _fd2_to_memory():
+      yield
+  finally:
+    logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def _fd2_to_memory() -> Iterator[None]:
+  try:
+    mem = os.memfd_create("rda-orbax-stderr", os.MFD_CLOEXEC)
+  except (AttributeError, OSError):  # not Linux: no capture
+    yield
+    return
+  with contextlib.suppress(Exception):
+    sys.stderr.flush()
+  saved = os.dup(2)
+  os.dup2(mem, 2)
+  ok = False
+  try:
+    yield
+    ok = True
+  finally:
+    if ok:
+      os.dup2(saved, 2)
+      os.close(saved)
+      os.lseek(mem, 0, os.SEEK_SET)
+      while chunk := os.read(mem, 1 << 16):
+        os.write(2, chunk)
+      os.close(mem)
+    else:
+      # Descriptor 2 stays on `mem` for the threads still finishing.
+      logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+      try:
+        if sys.stderr is not None and sys.stderr.fileno() == 2:
+          sys.stderr = os.fdopen(saved, "w", buffering=1,
+                                 errors="backslashreplace")
+      except (AttributeError, OSError, ValueError):
+        pass  # sys.stderr is not the terminal (redirected by the caller)
 
 
 class Checkpoints:
   """Saves and restores ``TrainState`` pytrees under ``run_dir/checkpoints``."""
 
   def __init__(self, run_dir: Path, keep: int = 2):
-    self._mngr = ocp.CheckpointManager(
-        Path(run_dir).absolute() / "checkpoints",
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-        item_handlers=ocp.StandardCheckpointHandler())
+    self._dir = Path(run_dir).absolute() / "checkpoints"
+    self._failed = False
+    try:
+      with _quiet_orbax():
+        self._mngr = ocp.CheckpointManager(
+            self._dir,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            item_handlers=ocp.StandardCheckpointHandler())
+    except (ValueError, OSError) as e:
+      raise CheckpointWriteError(
+          f"cannot create {self._dir}: {_reason(e)}") from None
 
   def save(self, epoch: int, state: Any) -> None:
-    self._mngr.save(epoch, args=ocp.args.StandardSave(state), force=True)
-    self._mngr.wait_until_finished()
+    """Writes ``state`` as checkpoint ``epoch`` and waits until it is complete.
+
+    Raises:
+      CheckpointWriteError: the write failed; the checkpoints written before
+        are intact and ``latest()`` still names the newest of them.
+    """
+    self._check_room(epoch)
+    try:
+      with _quiet_orbax():
+        self._mngr.save(epoch, args=ocp.args.StandardSave(state), force=True)
+        self._mngr.wait_until_finished()
+    except (ValueError, OSError) as e:
+      self._failed = True
+      try:
+        last = self.latest()
+      except (ValueError, OSError):
+        last = None
+      kept = ("no earlier checkpoint exists" if last is None else
+              f"checkpoint {last} and those before it are intact")
+      raise CheckpointWriteError(
+          f"cannot write checkpoint {epoch} in {self._dir}: {_reason(e)}; "
+          f"{kept}") from None
+
+  def _check_room(self, epoch: int) -> None:
+    # The previous checkpoint's size on disk predicts the next one's (same
+    # tree; orbax compresses, so the in-memory size would overstate it).
+    # Refusing up front keeps a full disk from starting a write at all.
+    last = self.latest()
+    if last is None or last == epoch:
+      return
+    try:
+      need = _dir_bytes(self._dir / str(last))
+      free = shutil.disk_usage(self._dir).free
+    except OSError:
+      return  # let the write itself report what is wrong
+    if free < need:
+      self._failed = True
+      raise CheckpointWriteError(
+          f"cannot write checkpoint {epoch} in {self._dir}: No space left on "
+          f"device (about {need / 2**20:.1f} MiB needed, "
+          f"{free / 2**20:.1f} MiB free); checkpoint {last} and those before "
+          "it are intact")
 
   def latest(self) -> Optional[int]:
     return self._mngr.latest_step()
@@ -46,4 +185,9 @@ class Checkpoints:
     return self._mngr.restore(epoch, args=ocp.args.StandardRestore(target))
 
   def close(self) -> None:
-    self._mngr.close()
+    try:
+      with _quiet_orbax():
+        self._mngr.close()
+    except (ValueError, OSError):
+      if not self._failed:  # already reported by save()
+        raise

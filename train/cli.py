@@ -152,6 +152,8 @@ def parser() -> argparse.ArgumentParser:
 # differ from process to process and are never stored in config.json.
 _NOT_CONFIG = ("list_presets", "config", "resume", "preset", "coordinator",
                "num_processes", "process_id")
+# What may change when a run is resumed: where it runs, not what it computes.
+_RESUME_FLAGS = ("devices", "fsdp", "progress")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -164,6 +166,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       return 0
     parallel.initialize(args.coordinator, args.num_processes, args.process_id)
     if args.resume:
+      given = [k for k, v in vars(args).items()
+               if v is not None and k not in _RESUME_FLAGS + (
+                   "list_presets", "resume", "coordinator", "num_processes",
+                   "process_id")]
+      if given:
+        raise UsageError(
+            f"--resume continues the run as {args.resume}/config.json "
+            f"describes; --{given[0].replace('_', '-')} cannot change it "
+            f"(edit that file; only --devices, --fsdp and --progress apply)")
       # Where it runs may change on resume: a checkpoint written on 8
       # devices continues on 1.
       summaries = run_lib.resume(args.resume, devices=args.devices,
@@ -187,6 +198,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except run_lib.Stopped as e:
     print(f"rda-train: {e}", file=sys.stderr)
     return e.code
+  except OSError as e:
+    # Full disk, read-only or vanished output while writing logs or plots.
+    where = f"{e.filename}: " if e.filename else ""
+    print(f"rda-train: error: {where}{e.strerror or e}", file=sys.stderr)
+    return 2
   cols = [("method", "method", "s"), ("test_top1", "test top-1 %", ".2f"),
           ("test_top5", "top-5 %", ".2f"), ("val_top1", "val top-1 %", ".2f"),
           ("sparsity", "sparsity", ".4f"), ("epochs", "epochs", "d"),

@@ -20,6 +20,9 @@ from train.presets import PRESETS
 METHODS = ("rda", "prox-sgd", "sgd", "prune-finetune")
 DATASETS = ("digits", "mnist", "cifar10", "cifar100", "imagenet2012", "folder")
 LR_SCHEDULES = ("constant", "cosine", "onecycle")
+# Decoded images are held in memory as uint8: even 1,000 images of 1024 px
+# take 3 GB. Larger sizes are a typo far more often than an intent.
+MAX_IMAGE_SIZE = 1024
 
 
 @dataclasses.dataclass
@@ -103,14 +106,17 @@ def build(preset: Optional[str], file: Optional[str],
           flags: dict[str, Any]) -> Config:
   """Merges the layers and validates the result."""
   values: dict[str, Any] = {}
+  from_file = _read_config_file(file) if file is not None else {}
+  # A file may name its preset; --preset on the command line wins.
+  file_preset = from_file.pop("preset", None)
+  preset = preset if preset is not None else file_preset
   if preset is not None:
     if preset not in PRESETS:
       raise UsageError(f"unknown preset {preset!r}; valid: "
                        f"{', '.join(PRESETS)} (see --list-presets)")
     values.update({k: v for k, v in PRESETS[preset].items() if k != "help"})
     values["preset"] = preset
-  if file is not None:
-    values.update(_read_config_file(file))
+  values.update(from_file)
   values.update({k: v for k, v in flags.items() if v is not None})
   cfg = Config(**values)
   validate(cfg)
@@ -142,6 +148,9 @@ def _coerce(name: str, value: Any, where: str) -> Any:
   default = FIELDS[name].default
   typ = type(default) if default is not None else None
   if value is None:
+    if default is not None:
+      # null means "unset" only where unset is a valid state of the field.
+      raise UsageError(f"{where}: null is not allowed (default {default!r})")
     return None
   if name in ("init_scale", "target_sparsity"):
     typ = float
@@ -174,6 +183,11 @@ def _finite(x: float) -> bool:
 
 def validate(cfg: Config) -> None:
   """Raises UsageError naming the first bad option."""
+  if cfg.run_name is not None:
+    # A name, not a path: a run directory always lands inside --out.
+    _check(cfg.run_name not in ("", ".", "..") and "/" not in cfg.run_name
+           and "\0" not in cfg.run_name,
+           f"--run-name must be a plain directory name, got {cfg.run_name!r}")
   _check(cfg.model in models.names(),
          f"--model: unknown model {cfg.model!r}; valid: {', '.join(models.names())}")
   _check(cfg.dataset in DATASETS,
@@ -181,8 +195,11 @@ def validate(cfg: Config) -> None:
   _check(cfg.method in METHODS,
          f"--method: unknown method {cfg.method!r}; valid: {', '.join(METHODS)}")
   if cfg.compare:
-    for m in cfg.compare.split(","):
+    methods = cfg.compare.split(",")
+    for m in methods:
       _check(m in METHODS, f"--compare: unknown method {m!r}; valid: {', '.join(METHODS)}")
+    dup = sorted({m for m in methods if methods.count(m) > 1})
+    _check(not dup, f"--compare: {', '.join(dup)} given more than once")
   _check(cfg.epochs >= 0, f"--epochs must be >= 0, got {cfg.epochs}")
   _check(cfg.asr_epochs >= 0, f"--asr-epochs must be >= 0, got {cfg.asr_epochs}")
   _check(cfg.total_epochs >= 1, "--epochs + --asr-epochs must be >= 1")
@@ -244,7 +261,12 @@ def validate(cfg: Config) -> None:
   if cfg.num_classes is not None:
     _check(cfg.num_classes >= 2, f"--num-classes must be >= 2, got {cfg.num_classes}")
   if cfg.image_size is not None:
-    _check(cfg.image_size >= 1, f"--image-size must be >= 1, got {cfg.image_size}")
+    _check(1 <= cfg.image_size <= MAX_IMAGE_SIZE,
+           f"--image-size must be in [1, {MAX_IMAGE_SIZE}], got {cfg.image_size}")
+  # numpy's and JAX's generators take unsigned 64-bit and signed 64-bit seeds.
+  _check(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool)
+         and 0 <= cfg.seed < 2**63,
+         f"--seed must be in [0, 2**63), got {cfg.seed}")
 
 
 def target_from_run(run_dir: str) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -10,7 +11,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,7 @@ from train import parallel
 from train import prune
 from train import report
 from train._errors import UsageError
+from train._lock import run_lock
 from train.checkpoint import Checkpoints
 from train.config import Config, target_from_run, validate
 
@@ -38,11 +40,39 @@ class Stopped(Exception):
 
 
 def load_data(cfg: Config) -> data_lib.Splits:
-  return data_lib.load(
-      cfg.dataset, data_dir=cfg.data_dir, test_dir=cfg.test_dir,
-      val_fraction=cfg.val_fraction, seed=cfg.seed, cache_dir=cfg.cache_dir,
-      skip_bad_images=cfg.skip_bad_images, image_size=cfg.image_size,
-      progress=cfg.progress != "none")
+  try:
+    return data_lib.load(
+        cfg.dataset, data_dir=cfg.data_dir, test_dir=cfg.test_dir,
+        val_fraction=cfg.val_fraction, seed=cfg.seed, cache_dir=cfg.cache_dir,
+        skip_bad_images=cfg.skip_bad_images, image_size=cfg.image_size,
+        progress=cfg.progress != "none")
+  except MemoryError:
+    size = f" at --image-size {cfg.image_size}" if cfg.image_size else ""
+    raise UsageError(f"--dataset {cfg.dataset}: not enough memory to hold the "
+                     f"decoded images{size}") from None
+
+
+@contextlib.contextmanager
+def catch_signals() -> Iterator[list[int]]:
+  """SIGINT and SIGTERM append to the yielded list instead of killing.
+
+  Taken before the run directory exists, so a signal at any point of a run
+  (data loading and compilation included) ends it cleanly: the training
+  loop checks the list after every epoch and before the first.
+  """
+  got: list[int] = []
+  old = {s: signal.signal(s, lambda signum, frame: got.append(signum))
+         for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    yield got
+  finally:
+    for s, h in old.items():
+      signal.signal(s, h)
+
+
+def _check_interrupted(interrupted: list[int], where: str) -> None:
+  if interrupted:
+    raise Stopped(f"interrupted {where}; nothing was written", 130)
 
 
 def _phase(method: str, epoch: int, cfg: Config) -> str:
@@ -77,8 +107,19 @@ def _run_dir(cfg: Config, method: str, stamp: str) -> Path:
 
 def _write_atomic(path: Path, text: str) -> None:
   tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(text)
-  os.replace(tmp, path)
+  try:
+    tmp.write_text(text)
+    os.replace(tmp, path)
+  except OSError as e:
+    raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def _append(path: Path, text: str) -> None:
+  try:
+    with path.open("a") as f:
+      f.write(text)
+  except OSError as e:
+    raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def check_data(cfg: Config, splits: data_lib.Splits) -> None:
@@ -99,8 +140,17 @@ def check_data(cfg: Config, splits: data_lib.Splits) -> None:
 
 def train_one(cfg: Config, method: str, splits: data_lib.Splits,
               run_dir: Path, *, resume: bool = False,
-              target: Optional[float] = None) -> dict[str, Any]:
-  """Trains ``method`` into ``run_dir`` and returns its summary."""
+              target: Optional[float] = None,
+              interrupted: Optional[list[int]] = None) -> dict[str, Any]:
+  """Trains ``method`` into ``run_dir`` and returns its summary.
+
+  ``interrupted`` is the list of :func:`catch_signals`; without it, this
+  call catches SIGINT and SIGTERM itself.
+  """
+  if interrupted is None:
+    with catch_signals() as got:
+      return train_one(cfg, method, splits, run_dir, resume=resume,
+                       target=target, interrupted=got)
   t_start = time.time()
   dtype = _dtype(cfg)
   train = splits.train
@@ -135,7 +185,8 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
   augment = _augment(cfg, image_shape)
   train_epoch = engine.make_train_epoch(
       model, tx, spe, cfg.batch_size, mean, std, augment, cfg.label_smoothing,
-      splits.num_classes, dtype, n, topo=topo, state_shardings=shardings)
+      splits.num_classes, dtype, n, topo=topo, state_shardings=shardings,
+      max_bad=cfg.max_bad_steps)
   evaluate = engine.make_evaluate(model, mean, std, dtype, topo=topo)
   # The (small, uint8) data set is replicated on every device; each device
   # gathers its own slice of every batch from it.
@@ -159,23 +210,30 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
       state = ckpts.restore(last, state)
       start_epoch = last
     if is_main():
-      kept = [l for l in report.read_metrics(run_dir)
-              if l["epoch"] <= start_epoch]
+      # A run killed before its first epoch has no metrics file yet.
+      rows = report.read_metrics(run_dir) if metrics_path.exists() else []
+      kept = [l for l in rows if l["epoch"] <= start_epoch]
       _write_atomic(metrics_path, "".join(json.dumps(l) + "\n" for l in kept))
   elif is_main():
-    metrics_path.write_text("")
+    _write_atomic(metrics_path, "")
 
   progress = report.Progress(
       cfg.total_epochs, desc=method, initial=start_epoch,
       enabled=({"auto": None, "bar": True, "lines": None, "none": False}
                [cfg.progress] if is_main() else False))
-  interrupted = []
 
-  def _on_signal(signum, frame):
-    interrupted.append(signum)
+  def saved() -> str:
+    last = ckpts.latest()
+    if last is None:
+      return f"no checkpoint was written to {run_dir} yet"
+    return f"the last good checkpoint (epoch {last}) in {run_dir} is intact"
 
-  old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+  row: dict[str, Any] = {}
+  deferred = False
   try:
+    if interrupted:
+      raise Stopped(f"interrupted before epoch {start_epoch + 1}: resume "
+                    f"with: rda-train --resume {run_dir}", 130)
     for epoch in range(start_epoch, cfg.total_epochs):
       if method == "prune-finetune" and epoch == cfg.epochs and target is not None:
         pruned = prune.magnitude_prune(state.params, target, cfg.prune_scope)
@@ -187,8 +245,9 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
                              jax.random.fold_in(key, epoch + 1))
       m = jax.device_get(m)
       dt = time.time() - t0
+      finite = lambda x: float(x) if np.isfinite(x) else None
       row = dict(epoch=epoch + 1, phase=_phase(method, epoch, cfg),
-                 loss=float(m["loss"]), train_top1=float(m["train_top1"]))
+                 loss=finite(m["loss"]), train_top1=finite(m["train_top1"]))
       if "val" in evals:
         row["val_top1"], row["val_top5"] = evaluate(state, *evals["val"])
       else:
@@ -202,27 +261,42 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
         row[k] = f(step) if f is not None else None
       row["images_per_sec"] = spe * cfg.batch_size / dt
       row["skipped_steps"] = int(m["skipped_steps"])
+      if int(m["halted_steps"]):
+        row["halted_steps"] = int(m["halted_steps"])
       if is_main():
-        with metrics_path.open("a") as f:
-          f.write(json.dumps(row) + "\n")
+        _append(metrics_path, json.dumps(row) + "\n")
       progress.update(row)
       last_epoch = epoch + 1 == cfg.total_epochs
       bad = int(m["consecutive_bad"])
       if bad >= cfg.max_bad_steps:
+        # The engine halted at the K-th skip; what follows is not saved: the
+        # last applied step may itself have sent the weights astray.
         raise Stopped(
             f"stopped: {bad} consecutive steps with non-finite gradients at "
-            f"epoch {epoch + 1}; the last good checkpoint in {run_dir} is "
-            f"intact (lower --gamma's inverse, --lr or --init-scale)", 1)
+            f"epoch {epoch + 1}; {saved()}. Raise gamma, or lower lr or "
+            f"init_scale, in {run_dir / 'config.json'}, then --resume", 1)
+      if interrupted and bad:
+        raise Stopped(
+            f"interrupted after epoch {epoch + 1}, which ended in skipped "
+            f"steps: not saved; {saved()}; resume with: rda-train --resume "
+            f"{run_dir}", 130)
       if interrupted:
         ckpts.save(epoch + 1, state)
         raise Stopped(
             f"interrupted after epoch {epoch + 1}: checkpoint saved; resume "
             f"with: rda-train --resume {run_dir}", 130)
-      if last_epoch or (epoch + 1) % cfg.checkpoint_every == 0:
+      due = deferred or (epoch + 1) % cfg.checkpoint_every == 0
+      if due and bad and not last_epoch:
+        # The epoch ended in skipped steps: the state may be on its way to
+        # diverging, so keep the previous checkpoint as the good one and
+        # save at the next epoch that ends on an applied step.
+        deferred = True
+        progress.write(f"epoch {epoch + 1} ended with {bad} skipped steps: "
+                       "checkpoint deferred")
+      elif due or last_epoch:
         ckpts.save(epoch + 1, state)
+        deferred = False
   finally:
-    for s, h in old.items():
-      signal.signal(s, h)
     progress.close()
     ckpts.close()
 
@@ -230,8 +304,8 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
                  epochs=cfg.total_epochs, sparsity=float(rda_optax.sparsity(state.params)),
                  sparsity_all_params=float(rda_optax.sparsity(
                      state.params, lambda p: jax.tree.map(lambda _: True, p))),
-                 target_sparsity=target)
-  lines = [row] if start_epoch < cfg.total_epochs else (
+                 target_sparsity=target, skipped_images=len(splits.skipped))
+  lines = [row] if row else (
       report.read_metrics(run_dir) if is_main() else [])
   summary["val_top1"] = lines[-1]["val_top1"] if lines else None
   summary["val_top5"] = lines[-1]["val_top5"] if lines else None
@@ -245,8 +319,18 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
   summary["processes"] = jax.process_count()
   if is_main():
     _write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
-    report.plot_run(run_dir)
+    try:
+      report.plot_run(run_dir)
+    except OSError as e:
+      raise UsageError(f"cannot write the plots in {run_dir}: "
+                       f"{e.strerror or e}") from None
   return summary
+
+
+def _lock(run_dir: Path) -> contextlib.AbstractContextManager:
+  # Process 0 speaks for the run; the others of a multi-process run follow
+  # it (and may not share its file system).
+  return run_lock(run_dir) if is_main() else contextlib.nullcontext()
 
 
 def is_main() -> bool:
@@ -284,8 +368,14 @@ def start_run_dir(cfg: Config, method: str, stamp: str,
 
 def run(cfg: Config) -> list[dict[str, Any]]:
   """Runs ``cfg`` (several methods with ``--compare``), returns summaries."""
+  with catch_signals() as interrupted:
+    return _run(cfg, interrupted)
+
+
+def _run(cfg: Config, interrupted: list[int]) -> list[dict[str, Any]]:
   splits = load_data(cfg)
   check_data(cfg, splits)
+  _check_interrupted(interrupted, "while loading the data")
   methods = cfg.compare.split(",") if cfg.compare else [cfg.method]
   target = cfg.target_sparsity
   if target is None and cfg.target_sparsity_from:
@@ -303,6 +393,7 @@ def run(cfg: Config) -> list[dict[str, Any]]:
         raise UsageError("prune-finetune needs --target-sparsity, "
                          "--target-sparsity-from, or rda in --compare")
       t = rda_runs[0]["sparsity"]
+    _check_interrupted(interrupted, f"before the {method} run")
     run_dir = start_run_dir(cfg, method, stamp, t)
     if is_main():
       print(f"[{method}] {cfg.model} on {splits.name}: "
@@ -311,7 +402,9 @@ def run(cfg: Config) -> list[dict[str, Any]]:
             f"{0 if splits.test is None else splits.test.images.shape[0]} "
             f"test images, {cfg.epochs} + {cfg.asr_epochs} epochs, "
             f"{jax.device_count()} device(s) -> {run_dir}", file=sys.stderr)
-    summaries.append(train_one(cfg, method, splits, run_dir, target=t))
+    with _lock(run_dir):
+      summaries.append(train_one(cfg, method, splits, run_dir, target=t,
+                                 interrupted=interrupted))
     dirs.append(run_dir)
   if len(dirs) > 1 and is_main():
     out = Path(cfg.out) / f"{cfg.run_name or stamp}-compare.png"
@@ -336,7 +429,11 @@ def resume(run_dir: str, **overrides: Any) -> list[dict[str, Any]]:
     validate(cfg)
   except TypeError as e:
     raise UsageError(f"--resume: {cfg_path} is not a config of this version: {e}") from None
-  splits = load_data(cfg)
-  check_data(cfg, splits)
-  return [train_one(cfg, cfg.method, splits, path, resume=True,
-                    target=cfg.target_sparsity)]
+  with catch_signals() as interrupted, _lock(path):
+    # Locked before anything is read or rewritten: a second process on the
+    # same directory is refused here, before it touches metrics.jsonl.
+    splits = load_data(cfg)
+    check_data(cfg, splits)
+    _check_interrupted(interrupted, "while loading the data")
+    return [train_one(cfg, cfg.method, splits, path, resume=True,
+                      target=cfg.target_sparsity, interrupted=interrupted)]

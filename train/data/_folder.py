@@ -139,7 +139,8 @@ def read_folder(path: str, *, image_size: int | None = None,
       # a fresh decode would have.
       raise UsageError(
           f"{path}: {data.skipped[0]} is not a readable image "
-          "(use skip_bad_images to leave such files out)")
+          "(use --skip-bad-images / skip_bad_images=True to leave such files "
+          "out)")
     warnings.warn(
         f"{path}: skipped {len(data.skipped)} unreadable image file(s), "
         f"the first is {data.skipped[0]}", SkippedImagesWarning, stacklevel=2)
@@ -434,7 +435,7 @@ def _assemble(path: str, names: list[str],
     else:
       raise UsageError(
           f"{path}: {names[i]} is not a readable image ({error}); use "
-          "skip_bad_images to leave such files out")
+          "--skip-bad-images / skip_bad_images=True to leave such files out")
   if not keep:
     raise UsageError(f"{path} holds no readable images")
   shapes = [results[i][0].shape[:2] for i in keep]

@@ -74,6 +74,7 @@ def load(name: str, *, data_dir: str | None = None,
                         cache_dir=cache_dir, progress=progress)
 
   test: Arrays | None
+  skipped: list[str] = []
   if name == "digits":
     train, test, class_names = _digits.load_digits()
     if image_size is not None:
@@ -88,6 +89,7 @@ def load(name: str, *, data_dir: str | None = None,
                        "archive of class folders)")
     data = _folder.read_folder(data_dir, role="data_dir", **folder_options)
     train, class_names, test = data.arrays, data.class_names, None
+    skipped += [f"{data_dir}: {f}" for f in data.skipped]
     display = f"folder:{os.path.basename(os.path.normpath(data_dir))}"
   else:
     train, test, class_names = _tfds.load_tfds(
@@ -96,19 +98,23 @@ def load(name: str, *, data_dir: str | None = None,
     display = name
 
   if test_dir is not None:
-    test = _load_test_dir(test_dir, train, class_names, folder_options)
+    test = _load_test_dir(test_dir, train, class_names, folder_options,
+                          skipped)
 
   train, val = _split.split_validation(train, val_fraction, seed, display)
   return Splits(train=train, val=val, test=test,
                 num_classes=len(class_names), class_names=class_names,
-                name=display)
+                name=display, skipped=tuple(skipped))
 
 
 def _load_test_dir(test_dir: str, train: Arrays,
                    class_names: tuple[str, ...],
-                   folder_options: dict[str, object]) -> Arrays:
-  """Reads `test_dir` and checks it against the training data."""
+                   folder_options: dict[str, object],
+                   skipped: list[str]) -> Arrays:
+  """Reads `test_dir` and checks it against the training data; appends its
+  skipped files to `skipped`."""
   data = _folder.read_folder(test_dir, role="test_dir", **folder_options)
+  skipped += [f"{test_dir}: {f}" for f in data.skipped]
   if data.class_names != class_names:
     missing = sorted(set(class_names) - set(data.class_names))
     extra = sorted(set(data.class_names) - set(class_names))

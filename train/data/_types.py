@@ -30,6 +30,8 @@ class Splits(NamedTuple):
     class_names: one name per label, in label order.
     name: a short description for logs, e.g. "digits", "cifar10",
       "folder:train.tar.xz".
+    skipped: unreadable files left out with `skip_bad_images`, as
+      "<source>: <path inside it>"; empty otherwise.
   """
   train: Arrays
   val: Arrays | None
@@ -37,3 +39,4 @@ class Splits(NamedTuple):
   num_classes: int
   class_names: tuple[str, ...]
   name: str
+  skipped: tuple[str, ...] = ()
