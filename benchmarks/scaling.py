@@ -3,7 +3,9 @@
 For N = 1, 2, 4, ... up to the visible devices, times the trainer's compiled
 epoch (RDA + ASR) with the global batch split over N devices, and prints
 images/s and the scaling efficiency ``(ips_N / ips_1) / N`` at a fixed
-per-device batch (weak scaling: global batch = N x --per-device-batch).
+per-device batch (weak scaling: global batch = N x --per-device-batch), for
+the replicated and the sharded data layout side by side (``--data-sharding``
+of the trainer).
 
 On CPU, simulate devices with
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python benchmarks/scaling.py
@@ -34,6 +36,7 @@ def main(argv=None):
   ap.add_argument("--steps", type=int, default=20)
   ap.add_argument("--repeats", type=int, default=3)
   ap.add_argument("--method", default="rda")
+  ap.add_argument("--layouts", default="replicated,sharded")
   ap.add_argument("--json")
   args = ap.parse_args(argv)
   gpu = jax.default_backend() != "cpu"
@@ -46,14 +49,17 @@ def main(argv=None):
         f"{args.image_shape}, {args.method}, {args.per_device_batch} images "
         f"per device per step, {args.steps} steps")
   rows = []
-  for n in counts:
-    ips = measure(args.method, args.model, n * args.per_device_batch,
-                  args.steps, args.repeats, dtype, shape, 10, None, devices=n)
-    base = rows[0]["images_per_sec"] if rows else ips
-    rows.append(dict(devices=n, images_per_sec=ips,
-                     efficiency=ips / base / n))
-    print(f"{n:>4} devices {ips:>12,.0f} images/s  efficiency "
-          f"{rows[-1]['efficiency']:.2f}")
+  for layout in args.layouts.split(","):
+    base = None
+    for n in counts:
+      ips = measure(args.method, args.model, n * args.per_device_batch,
+                    args.steps, args.repeats, dtype, shape, 10, None,
+                    devices=n, sharded_data=layout == "sharded")
+      base = base or ips
+      rows.append(dict(layout=layout, devices=n, images_per_sec=ips,
+                       efficiency=ips / base / n))
+      print(f"{layout:>10} {n:>4} devices {ips:>12,.0f} images/s  "
+            f"efficiency {rows[-1]['efficiency']:.2f}")
   if args.json:
     Path(args.json).write_text(json.dumps(rows, indent=2))
 

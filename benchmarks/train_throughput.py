@@ -31,15 +31,17 @@ from train.config import Config
 
 
 def measure(method, model_name, batch, steps, repeats, dtype, shape, classes,
-            scan, devices=None):
+            scan, devices=None, sharded_data=False):
   """Images/s of the trainer's compiled epoch; ``devices``: data-parallel
-  over the first N devices (``train.parallel``), None for no mesh."""
+  over the first N devices (``train.parallel``), None for no mesh;
+  ``sharded_data``: one row shard of the images per device."""
   cfg = Config(method=method, epochs=1, asr_epochs=1, batch_size=batch,
                l1=1e-4, gamma=1.0)
   n = steps * batch
   rng = np.random.default_rng(0)
   topo = None if devices is None else parallel.topology(devices)
   put = (jax.device_put if topo is None
+         else (lambda x: parallel.shard_rows(x, topo, 0)) if sharded_data
          else lambda x: parallel.put_global(x, topo.replicated()))
   images = put(rng.integers(0, 256, (n,) + shape, dtype=np.uint8))
   labels = put(rng.integers(0, classes, n).astype(np.int32))
@@ -57,8 +59,9 @@ def measure(method, model_name, batch, steps, repeats, dtype, shape, classes,
                          state, shardings)
   epoch = engine.make_train_epoch(
       model, tx, steps, batch, np.full(shape[-1], 0.5), np.full(shape[-1], 0.25),
-      "crop-flip" if shape[-1] == 3 else "none", 0.0, classes, dtype, n,
-      scan=scan, topo=topo, state_shardings=shardings)
+      "crop-flip" if shape[-1] == 3 else "none", 0.0, classes, dtype,
+      n // topo.size if sharded_data else n, scan=scan, topo=topo,
+      state_shardings=shardings, sharded_data=sharded_data)
   state, m = epoch(state, images, labels, jax.random.key(1))  # compile
   jax.block_until_ready(m)
   times = []

@@ -70,6 +70,24 @@ _SCRIPT = textwrap.dedent("""
     s = json.load(open(f"{out}/rda-8to1/summary.json"))
     assert s["devices"] == 1 and s["epochs"] == 2
     res["rda_8to1"] = maxdiff(params("rda-8"), params("rda-8to1"))
+    # Sharded data: each device holds one row shard of the seeded deal, the
+    # shards are disjoint, and a run trains on them (also under --fsdp).
+    from train import parallel
+    topo = parallel.topology(None, 2)
+    x = np.arange(1293 * 3, dtype=np.int32).reshape(1293, 3)
+    arr = parallel.shard_rows(x, topo, seed=5)
+    order = np.random.default_rng(5).permutation(1293)
+    m = 1293 // 8
+    seen = []
+    for d, dev in enumerate(topo.mesh.devices.flat):
+      shard, = [s for s in arr.addressable_shards if s.device == dev]
+      rows = np.sort(order[d * m:(d + 1) * m])
+      np.testing.assert_array_equal(np.asarray(shard.data), x[rows])
+      seen += rows.tolist()
+    assert len(set(seen)) == 8 * m
+    sh = run("rda-sharded", "--data-sharding", "sharded", "--fsdp", "2")
+    res["sharded"] = [sh["data_sharding"], sh["train_images_per_device"],
+                      sh["sparsity"]]
     print("RESULT " + json.dumps(res))
 """)
 
@@ -96,3 +114,5 @@ def test_eight_devices_match_one(tmp_path):
   for k in ("rda_8", "rda_fsdp", "rda_8to1"):
     assert res[k][0] < 1e-2 and res[k][1] < 1e-3, (k, res)
   assert max(res["sparsity"]) - min(res["sparsity"]) < 1e-4, res
+  assert res["sharded"][:2] == ["sharded", 1293 // 8], res
+  assert 0 < res["sharded"][2] < 1, res

@@ -123,6 +123,11 @@ def parser() -> argparse.ArgumentParser:
   g.add_argument("--fsdp", type=int, help="split parameters and optimizer "
                  "state over N devices (a second mesh axis; default 1: "
                  "replicated)")
+  g.add_argument("--data-sharding", help="replicated (every device holds "
+                 "the training images; batches independent of the device "
+                 "count), sharded (each device holds 1/N of them and samples "
+                 "its part of each batch locally) or auto (sharded with "
+                 "several processes; the default)")
   g.add_argument("--coordinator", help="HOST:PORT of process 0, for a "
                  "multi-process run (or JAX_COORDINATOR_ADDRESS)")
   g.add_argument("--num-processes", type=int, help="processes in the run "
@@ -153,7 +158,7 @@ def parser() -> argparse.ArgumentParser:
 _NOT_CONFIG = ("list_presets", "config", "resume", "preset", "coordinator",
                "num_processes", "process_id")
 # What may change when a run is resumed: where it runs, not what it computes.
-_RESUME_FLAGS = ("devices", "fsdp", "progress")
+_RESUME_FLAGS = ("devices", "fsdp", "data_sharding", "progress")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -174,11 +179,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise UsageError(
             f"--resume continues the run as {args.resume}/config.json "
             f"describes; --{given[0].replace('_', '-')} cannot change it "
-            f"(edit that file; only --devices, --fsdp and --progress apply)")
+            f"(edit that file; only --devices, --fsdp, --data-sharding and "
+            f"--progress apply)")
       # Where it runs may change on resume: a checkpoint written on 8
       # devices continues on 1.
       summaries = run_lib.resume(args.resume, devices=args.devices,
-                                 fsdp=args.fsdp, progress=args.progress)
+                                 fsdp=args.fsdp,
+                                 data_sharding=args.data_sharding,
+                                 progress=args.progress)
     else:
       flags = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
       preset = args.preset

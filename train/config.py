@@ -66,6 +66,7 @@ class Config:
   num_classes: Optional[int] = None
   devices: Optional[int] = None
   fsdp: int = 1
+  data_sharding: str = "auto"
   skip_bad_images: bool = False
   cache_dir: Optional[str] = None
   progress: str = "auto"
@@ -258,6 +259,9 @@ def validate(cfg: Config) -> None:
   if cfg.devices is not None:
     _check(cfg.devices >= 1, f"--devices must be >= 1, got {cfg.devices}")
   _check(cfg.fsdp >= 1, f"--fsdp must be >= 1, got {cfg.fsdp}")
+  _check(cfg.data_sharding in ("auto", "replicated", "sharded"),
+         f"--data-sharding must be auto, replicated or sharded, got "
+         f"{cfg.data_sharding!r}")
   if cfg.num_classes is not None:
     _check(cfg.num_classes >= 2, f"--num-classes must be >= 2, got {cfg.num_classes}")
   if cfg.image_size is not None:

@@ -76,7 +76,7 @@ def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation,
                      augment: str, label_smoothing: float, num_classes: int,
                      dtype: Any, n_images: int, scan: bool | None = None,
                      topo: Any = None, state_shardings: Any = None,
-                     max_bad: int | None = None):
+                     max_bad: int | None = None, sharded_data: bool = False):
   """Returns ``epoch(state, images, labels, key) -> (state, metrics)``.
 
   With ``max_bad``, once ``max_bad`` consecutive steps have been skipped for
@@ -87,7 +87,19 @@ def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation,
   With a ``train.parallel.Topology``, the batch is split over its mesh and
   the new state is kept on ``state_shardings``; the epoch's sampling does
   not depend on the device count, so 1 and 8 devices see the same batches.
+
+  With ``sharded_data`` (and a topology), the training images are not
+  replicated: ``images`` holds ``topo.size`` equal row shards, one per
+  device (``n_images`` rows each, see ``train.parallel.shard_rows``), and
+  each device draws its slice of every batch from its own shard, with a
+  local gather. The batches then depend on the device count, not on how the
+  devices are split between processes.
   """
+  if sharded_data and topo is None:
+    raise ValueError("sharded_data needs a topology")
+  shards = topo.size if sharded_data else 1
+  if batch % shards:
+    raise ValueError(f"batch {batch} is not a multiple of {shards} shards")
   mean = jnp.asarray(mean, jnp.float32)
   std = jnp.asarray(std, jnp.float32)
 
@@ -107,8 +119,20 @@ def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation,
       return tree
     return jax.lax.with_sharding_constraint(tree, shardings)
 
+  if sharded_data:
+    from train.parallel import BATCH_AXES  # pylint: disable=g-import-not-at-top
+    row = jax.sharding.PartitionSpec(BATCH_AXES)
+    # Each device indexes its own shard: no data crosses devices.
+    local_gather = jax.shard_map(lambda a, i: a[i], mesh=topo.mesh,
+                                 in_specs=(row, row), out_specs=row)
+
+  def gather(images, labels, idx):
+    if sharded_data:
+      return local_gather(images, idx), local_gather(labels, idx)
+    return images[idx], labels[idx]
+
   def train_step(state: TrainState, images, labels, idx, key):
-    x, y = images[idx], labels[idx]
+    x, y = gather(images, labels, idx)
     if topo is not None:
       x = constrain(x, topo.batch(x.ndim))
       y = constrain(y, topo.batch(1))
@@ -156,6 +180,12 @@ def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation,
 
   def plan_fn(key):
     kp, ka = jax.random.split(key)
+    if sharded_data:
+      # Shard d's rows for the epoch, in the columns device d owns.
+      per = batch // shards
+      cols = [jax.random.permutation(jax.random.fold_in(kp, d), n_images)
+              [:steps * per].reshape(steps, per) for d in range(shards)]
+      return jnp.concatenate(cols, axis=1), jax.random.split(ka, steps)
     perm = jax.random.permutation(kp, n_images)[:steps * batch]
     return perm.reshape(steps, batch), jax.random.split(ka, steps)
 

@@ -7,6 +7,12 @@ with ``--fsdp N``, each leaf is split along its largest axis divisible by
 ``N`` over the ``fsdp`` axis. The compiler inserts the gradient reduction
 (an all-reduce, or a reduce-scatter under FSDP); RDA's update is elementwise
 and adds no collective of its own (``tests/test_sharding.py``).
+
+The training images are replicated on every device by default, so the
+sampling of an epoch does not depend on the device count. With
+``--data-sharding sharded`` (the default with several processes) each
+device holds one row shard and samples its part of every batch from it
+(``shard_rows``).
 """
 
 from __future__ import annotations
@@ -116,3 +122,30 @@ def put_global(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
 
 def put_tree(tree: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda x, s: jax.device_put(x, s), tree, shardings)
+
+
+def shard_rows(x: np.ndarray, topo: Topology, seed: int) -> jax.Array:
+  """Splits the rows of ``x`` into ``topo.size`` equal shards, one per device.
+
+  The rows are dealt by a permutation drawn from ``seed``, the same in every
+  process; shard ``d`` goes to the ``d``-th device of the mesh (row-major
+  over ``BATCH_AXES``, the order a batch is split in). The last
+  ``len(x) % topo.size`` rows of the permutation are left out. Only the
+  shards of this process's devices are copied to a device, so device memory
+  holds ``len(x) / topo.size`` rows each instead of all of them.
+  """
+  d = topo.size
+  m = x.shape[0] // d
+  if m == 0:
+    raise UsageError(f"{x.shape[0]} training images cannot be split over "
+                     f"{d} devices")
+  order = np.random.default_rng(seed).permutation(x.shape[0])[:d * m]
+
+  def local(index):
+    rows = index[0]
+    start = rows.start or 0
+    stop = d * m if rows.stop is None else rows.stop
+    return x[np.sort(order[start:stop])]
+
+  return jax.make_array_from_callback((d * m,) + x.shape[1:],
+                                      topo.batch(x.ndim), local)

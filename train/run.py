@@ -122,6 +122,12 @@ def _append(path: Path, text: str) -> None:
     raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
 
 
+def data_sharding(cfg: Config) -> str:
+  if cfg.data_sharding != "auto":
+    return cfg.data_sharding
+  return "sharded" if jax.process_count() > 1 else "replicated"
+
+
 def check_data(cfg: Config, splits: data_lib.Splits) -> None:
   n = splits.train.images.shape[0]
   if cfg.batch_size > n:
@@ -131,6 +137,10 @@ def check_data(cfg: Config, splits: data_lib.Splits) -> None:
   if cfg.batch_size % ndev:
     raise UsageError(f"--batch-size {cfg.batch_size} must be a multiple of "
                      f"the device count {ndev}")
+  if data_sharding(cfg) == "sharded" and cfg.batch_size // ndev > n // ndev:
+    raise UsageError(f"--batch-size {cfg.batch_size}: each of {ndev} devices "
+                     f"would sample {cfg.batch_size // ndev} images from its "
+                     f"shard of {n // ndev}")
   if cfg.num_classes is not None and cfg.num_classes != splits.num_classes:
     raise UsageError(f"--num-classes {cfg.num_classes} does not match the "
                      f"data: {splits.name} has {splits.num_classes} classes")
@@ -155,7 +165,11 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
   dtype = _dtype(cfg)
   train = splits.train
   n, image_shape = train.images.shape[0], train.images.shape[1:]
-  spe = n // cfg.batch_size
+  topo = parallel.topology(cfg.devices, cfg.fsdp)
+  sharded = data_sharding(cfg) == "sharded"
+  # Sharded: each device samples batch / size images from its n // size.
+  rows = n // topo.size if sharded else n
+  spe = rows // (cfg.batch_size // topo.size) if sharded else n // cfg.batch_size
   scale = cfg.init_scale
   if scale is None and method == "rda":
     scale = 2.0  # plain He scale is too small for RDA's first step (s. 4.1)
@@ -165,7 +179,6 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
   opt = optim.build(cfg, method, spe)
   tx = engine.wrap_finite(opt.tx)
 
-  topo = parallel.topology(cfg.devices, cfg.fsdp)
   key = jax.random.key(cfg.seed)
   variables = jax.jit(lambda k: model.init(
       k, jnp.zeros((1,) + image_shape, jnp.float32)))(jax.random.fold_in(key, 0))
@@ -185,14 +198,19 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
   augment = _augment(cfg, image_shape)
   train_epoch = engine.make_train_epoch(
       model, tx, spe, cfg.batch_size, mean, std, augment, cfg.label_smoothing,
-      splits.num_classes, dtype, n, topo=topo, state_shardings=shardings,
-      max_bad=cfg.max_bad_steps)
+      splits.num_classes, dtype, rows, topo=topo, state_shardings=shardings,
+      max_bad=cfg.max_bad_steps, sharded_data=sharded)
   evaluate = engine.make_evaluate(model, mean, std, dtype, topo=topo)
-  # The (small, uint8) data set is replicated on every device; each device
-  # gathers its own slice of every batch from it.
   rep = topo.replicated()
-  d_images = parallel.put_global(train.images, rep)
-  d_labels = parallel.put_global(train.labels, rep)
+  if sharded:
+    # One row shard per device; the same seeded deal for images and labels.
+    d_images = parallel.shard_rows(train.images, topo, cfg.seed)
+    d_labels = parallel.shard_rows(train.labels, topo, cfg.seed)
+  else:
+    # The uint8 data set is replicated on every device; each device gathers
+    # its own slice of every batch from it.
+    d_images = parallel.put_global(train.images, rep)
+    d_labels = parallel.put_global(train.labels, rep)
   evals = {}
   for name, arr in (("val", splits.val), ("test", splits.test)):
     if arr is not None and arr.images.shape[0]:
@@ -317,6 +335,8 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
   summary["device"] = jax.devices()[0].device_kind
   summary["devices"] = topo.size
   summary["processes"] = jax.process_count()
+  summary["data_sharding"] = "sharded" if sharded else "replicated"
+  summary["train_images_per_device"] = rows
   if is_main():
     _write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
     try:
