@@ -62,6 +62,8 @@ FLOAT_FLAGS = {
 INT_FLAGS = {
     "--epochs": (["1", "2"], ["-1", "-100"]),
     "--asr-epochs": (["0", "1"], ["-1"]),
+    # 0 <= N <= --asr-epochs; only -1 is invalid whatever else is drawn.
+    "--debias-epochs": (["0"], ["-1"]),
     # 1293 training images at --val-fraction 0.1.
     "--batch-size": (["32", "64"], ["0", "-1", "1294", "100000",
                                     "99999999999999999999"]),
@@ -268,6 +270,7 @@ BAD_VALUE = {
     "target_sparsity": [1, -0.1],
     "epochs": [-1],
     "asr_epochs": [-1],
+    "debias_epochs": [-1],
     "batch_size": [0, -1, 100000],
     "eval_batch_size": [0],
     "checkpoint_every": [0],

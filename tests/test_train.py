@@ -62,6 +62,7 @@ def test_help_and_presets(capsys):
     (["--gamma-schedule", "10:1,5:2"], "--gamma-schedule"),
     (["--config", "/nonexistent.json"], "/nonexistent.json"),
     (["--num-classes", "7"], "--num-classes 7"),
+    (["--asr-epochs", "2", "--debias-epochs", "3"], "--debias-epochs"),
 ])
 def test_bad_input_one_line_exit_2_no_run_dir(tmp_path, capsys, args, needle):
   code, runs = _run(tmp_path, *args)
@@ -158,6 +159,53 @@ def test_asr_never_revives_a_zero():
         assert not np.any(old & ~new)
     zeros = z
   assert float(rda_optax.sparsity(state.params)) > 0.3
+
+
+@pytest.mark.parametrize("method", ["rda", "prox-sgd"])
+def test_debias_epochs_keep_the_zeros_and_drop_the_shrinkage(method):
+  """--debias-epochs 2 of 2 ASR epochs: l1 is 0 from the ASR switch on, the
+  zero pattern at the switch is kept exactly (ASR freezes it, and l1 = 0
+  makes no new zero), and the kept kernel weights grow: the shrinkage of
+  the penalty is gone. Without debiasing, ASR keeps adding zeros."""
+  from train.data import load
+  x, y = load("digits", progress=False).train
+  spe = x.shape[0] // 64
+  runs = {}
+  for k in (0, 2):
+    cfg = Config(epochs=2, asr_epochs=2, batch_size=64, l1=1e-3, lr=0.05,
+                 debias_epochs=k)
+    opt = optim.build(cfg, method, spe)
+    assert opt.l1(2 * spe - 1) == pytest.approx(1e-3)
+    assert opt.l1(2 * spe) == (0.0 if k else pytest.approx(1e-3))
+    model = models.get("small_cnn", kernel_init=rda_optax.scaled_uniform(2.0))
+    v = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+    tx = engine.wrap_finite(opt.tx)
+    state = engine.TrainState(v["params"], v["batch_stats"],
+                              tx.init(v["params"]), jnp.zeros([], jnp.int32))
+    epoch = engine.make_train_epoch(model, tx, spe, 64, np.zeros(1),
+                                    np.ones(1), "none", 0.0, 10, jnp.float32,
+                                    x.shape[0])
+    dx, dy = jax.device_put(x), jax.device_put(y)
+    snaps = []
+    for e in range(4):
+      state, _ = epoch(state, dx, dy, jax.random.key(e))
+      snaps.append(jax.tree.map(np.asarray, state.params))
+    runs[k] = snaps
+  kern = lambda t: [l for l in jax.tree.leaves(t) if l.ndim >= 2]
+  for k, snaps in runs.items():
+    at_switch, end = kern(snaps[1]), kern(snaps[3])
+    same = all(np.array_equal(a == 0, b == 0) for a, b in zip(at_switch, end))
+    assert same == bool(k), (method, k)  # without debiasing, new zeros come
+  # The same run up to the switch (to rounding: the schedule compiles
+  # differently); then larger weights with the penalty gone.
+  for a, b in zip(kern(runs[0][1]), kern(runs[2][1])):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+  # On the weights both runs kept: RDA rebuilds its iterate without the
+  # threshold at once; prox-SGD stops shrinking.
+  a, b = kern(runs[0][3]), kern(runs[2][3])
+  both = [(x != 0) & (y != 0) for x, y in zip(a, b)]
+  mag = lambda t: np.mean(np.concatenate([np.abs(l[m]) for l, m in zip(t, both)]))
+  assert mag(b) > mag(a)
 
 
 def test_scan_and_loop_epochs_agree():

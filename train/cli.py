@@ -98,6 +98,10 @@ def parser() -> argparse.ArgumentParser:
                  "EPOCH:VALUE,... (section 5.2), e.g. 0:1,100:0.2")
   g.add_argument("--l1-schedule", help="piecewise-constant l1, "
                  "EPOCH:VALUE,..., e.g. 0:1e-4,150:5e-5")
+  g.add_argument("--debias-epochs", type=int, help="run the last N ASR "
+                 "epochs with l1 = 0 (rda, prox-sgd): the frozen zeros keep "
+                 "the sparsity and the kept weights lose the l1 shrinkage "
+                 "(default 0, the paper's ASR)")
   g.add_argument("--init-scale", type=float, help="s of the scaled uniform "
                  "init (29); default 2 for rda, the framework's own init "
                  "for the other methods")

@@ -45,6 +45,7 @@ class Config:
   center: str = "zero"
   gamma_schedule: str = ""
   l1_schedule: str = ""
+  debias_epochs: int = 0
   init_scale: Optional[float] = None
   lr: float = 0.1
   lr_schedule: str = "cosine"
@@ -249,6 +250,10 @@ def validate(cfg: Config) -> None:
            "--method prune-finetune needs --target-sparsity or --target-sparsity-from")
     if cfg.target_sparsity_from is not None:
       target_from_run(cfg.target_sparsity_from)
+  _check(0 <= cfg.debias_epochs <= cfg.asr_epochs,
+         f"--debias-epochs must be in [0, --asr-epochs = {cfg.asr_epochs}] "
+         f"(without ASR's frozen zeros, l1 = 0 would undo the sparsity), "
+         f"got {cfg.debias_epochs}")
   _check(cfg.checkpoint_every >= 1,
          f"--checkpoint-every must be >= 1, got {cfg.checkpoint_every}")
   _check(cfg.max_bad_steps >= 1, f"--max-bad-steps must be >= 1, got {cfg.max_bad_steps}")

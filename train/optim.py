@@ -48,6 +48,20 @@ def lr_schedule(cfg: Config, lr: float, steps: int, spe: int) -> optax.Schedule:
   return optax.cosine_onecycle_schedule(steps, lr)
 
 
+def l1_schedule(cfg: Config, spe: int) -> optax.Schedule:
+  """``--l1``/``--l1-schedule``, and 0 for the last ``--debias-epochs``.
+
+  Debiasing drops the penalty once ASR has frozen the zeros: the support
+  stays, and the surviving weights lose the l1 shrinkage, as a relaxed
+  lasso refits its support without the penalty (docs/DESIGN.md).
+  """
+  l1 = piecewise(cfg.l1, cfg.l1_schedule, "l1_schedule", spe)
+  if not cfg.debias_epochs:
+    return l1
+  start = (cfg.total_epochs - cfg.debias_epochs) * spe
+  return lambda step: jnp.where(step >= start, 0.0, l1(step))
+
+
 def _host(s: optax.Schedule) -> Callable[[int], float]:
   return lambda step: float(np.asarray(s(step)))
 
@@ -58,14 +72,14 @@ def build(cfg: Config, method: str, spe: int) -> Optimizer:
   total = cfg.total_epochs * spe
   if method == "rda":
     gamma = piecewise(cfg.gamma, cfg.gamma_schedule, "gamma_schedule", spe)
-    l1 = piecewise(cfg.l1, cfg.l1_schedule, "l1_schedule", spe)
+    l1 = l1_schedule(cfg, spe)
     tx = optax.chain(
         rda_optax.rda(gamma, l1, center=cfg.center, l2=cfg.l2),
         rda_optax.freeze_zeros(phase2))
     return Optimizer(tx, _host(gamma), _host(l1), None)
   if method == "prox-sgd":
     lr = lr_schedule(cfg, cfg.lr, total, spe)
-    l1 = piecewise(cfg.l1, cfg.l1_schedule, "l1_schedule", spe)
+    l1 = l1_schedule(cfg, spe)
     tx = optax.chain(
         rda_optax.prox_sgd(lr, l1, momentum=cfg.momentum),
         rda_optax.freeze_zeros(phase2))
