@@ -166,26 +166,33 @@ class _NaNOnMarker(nn.Module):
     return logits * jnp.where(jnp.any(x[:, 0, 0, 0] > 0.99), jnp.nan, 1.0)
 
 
-def test_nonfinite_steps_are_skipped_and_leave_no_trace():
-  """Epochs whose every batch has a NaN loss skip every step: params,
-  BatchNorm statistics and the whole RDA state (count, average, w_1) stay
-  bit-identical, the skips are counted (consecutively, across epochs), and
-  the next good epoch computes exactly what it would have computed without
-  the bad ones. One compiled step serves both: the fault is in the data."""
+def _nan_setup(epochs: int, batch: int):
+  """Digits, the same images with the NaN marker set, and an RDA state of
+  the small CNN wrapped in _NaNOnMarker."""
   from train.data import load
   x, y = load("digits", progress=False).train
   assert not x[:, 0, 0, 0].any()
   x_bad = x.copy()
   x_bad[:, 0, 0, 0] = 255
-  batch = 64
   spe = x.shape[0] // batch
-  cfg = Config(epochs=3, asr_epochs=0, batch_size=batch, l1=1e-3)
+  cfg = Config(epochs=epochs, asr_epochs=0, batch_size=batch, l1=1e-3)
   model = _NaNOnMarker(models.get(
       "small_cnn", kernel_init=rda_optax.scaled_uniform(2.0)))
   v = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
   tx = engine.wrap_finite(optim.build(cfg, "rda", spe).tx)
   state = engine.TrainState(v["params"], v["batch_stats"], tx.init(v["params"]),
                             jnp.zeros([], jnp.int32))
+  return x, y, x_bad, spe, model, tx, state
+
+
+def test_nonfinite_steps_are_skipped_and_leave_no_trace():
+  """Epochs whose every batch has a NaN loss skip every step: params,
+  BatchNorm statistics and the whole RDA state (count, average, w_1) stay
+  bit-identical, the skips are counted (consecutively, across epochs), and
+  the next good epoch computes exactly what it would have computed without
+  the bad ones. One compiled step serves both: the fault is in the data."""
+  batch = 64
+  x, y, x_bad, spe, model, tx, state = _nan_setup(3, batch)
   epoch = engine.make_train_epoch(model, tx, spe, batch, np.zeros(1),
                                   np.ones(1), "none", 0.0, 10, jnp.float32,
                                   x.shape[0])
@@ -283,19 +290,8 @@ def test_nonfinite_halt_is_per_step_and_state_stays_the_last_good_one():
   remaining steps change nothing (on the host loop and in the scan), the state
   is bit-identical to the one before the bad steps, and an all-bad epoch
   reports a NaN loss, never 0."""
-  from train.data import load
-  x, y = load("digits", progress=False).train
-  x_bad = x.copy()
-  x_bad[:, 0, 0, 0] = 255
   batch, k = 64, 7
-  spe = x.shape[0] // batch
-  cfg = Config(epochs=2, asr_epochs=0, batch_size=batch, l1=1e-3)
-  model = _NaNOnMarker(models.get(
-      "small_cnn", kernel_init=rda_optax.scaled_uniform(2.0)))
-  v = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
-  tx = engine.wrap_finite(optim.build(cfg, "rda", spe).tx)
-  state = engine.TrainState(v["params"], v["batch_stats"], tx.init(v["params"]),
-                            jnp.zeros([], jnp.int32))
+  x, y, x_bad, spe, model, tx, state = _nan_setup(2, batch)
   for scan in (False, True):
     epoch = engine.make_train_epoch(model, tx, spe, batch, np.zeros(1),
                                     np.ones(1), "none", 0.0, 10, jnp.float32,
