@@ -241,6 +241,41 @@ def test_folder_cache_hit_skips_decoding(tmp_path, cache, monkeypatch):
     load_folder(source, cache, val_fraction=0)
 
 
+def test_cache_hit_is_memory_mapped_and_reads_only_indexed_rows(
+    tmp_path, cache):
+  """A cache hit maps the images instead of reading them; the training split
+  is a RowView that reads from disk only the rows indexed (what lets each
+  process of a sharded run read only its own shard), and gives the same
+  values as the fresh decode."""
+  from train.data._types import RowView
+  source = write_folder(tmp_path / "imgs")
+  first = load_folder(source, cache, val_fraction=0.25)
+  second = load_folder(source, cache, val_fraction=0.25)
+  assert isinstance(second.train.images, RowView)
+  assert isinstance(second.train.images.base, np.memmap)
+  assert not isinstance(second.val.images, RowView)  # val is read whole
+  train = second.train.images
+  assert train.shape == first.train.images.shape and train.rows_read == 0
+  rows = np.array([5, 1, 3])
+  np.testing.assert_array_equal(train[rows], first.train.images[rows])
+  assert train.rows_read == 3
+  np.testing.assert_array_equal(np.asarray(train), first.train.images)
+  np.testing.assert_array_equal(second.val.images, first.val.images)
+
+
+def test_cache_maps_only_uncompressed_members(tmp_path):
+  path = str(tmp_path / "c.npz")
+  x = np.arange(60, dtype=np.uint8).reshape(5, 3, 4)
+  _cache.save(path, {"images": x, "labels": np.arange(5)})
+  got = _cache.load(path, mmap=("images",))
+  assert isinstance(got["images"], np.memmap)
+  np.testing.assert_array_equal(got["images"], x)
+  np.savez_compressed(str(tmp_path / "z.npz"), images=x)
+  got = _cache.load(str(tmp_path / "z.npz"), mmap=("images",))
+  assert not isinstance(got["images"], np.memmap)  # read, not mapped
+  np.testing.assert_array_equal(got["images"], x)
+
+
 def test_folder_dir_cache_sees_changed_file(tmp_path, cache, monkeypatch):
   source = write_folder(tmp_path / "imgs")
   load_folder(source, cache, val_fraction=0)

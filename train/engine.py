@@ -49,18 +49,27 @@ def augment_batch(key: jax.Array, x: jax.Array, mode: str) -> jax.Array:
   return x
 
 
-def channel_stats(images: np.ndarray, chunk: int = 4096):
+def channel_stats(images: np.ndarray, chunk: int = 4096,
+                  rows: np.ndarray | None = None,
+                  reduce: Any = None):
   """Per-channel mean and std of uint8 NHWC images, in [0, 1] units.
 
-  Chunked, so ImageNet-size arrays are never copied to float whole.
+  Chunked, so ImageNet-size arrays are never copied to float whole. With
+  ``rows``, only those images are read; ``reduce`` then sums the partial
+  sums over the processes of a run (``parallel.sum_over_processes``), so
+  every process gets the statistics of the union of their rows.
   """
-  total = np.zeros(images.shape[-1])
-  total_sq = np.zeros(images.shape[-1])
-  for i in range(0, images.shape[0], chunk):
-    x = images[i:i + chunk].astype(np.float64) / 255.0
-    total += x.sum(axis=(0, 1, 2))
-    total_sq += np.square(x).sum(axis=(0, 1, 2))
-  n = images.shape[0] * images.shape[1] * images.shape[2]
+  count = images.shape[0] if rows is None else len(rows)
+  sums = np.zeros((3, images.shape[-1]))
+  for i in range(0, count, chunk):
+    part = slice(i, i + chunk) if rows is None else rows[i:i + chunk]
+    x = np.asarray(images[part]).astype(np.float64) / 255.0
+    sums[0] += x.sum(axis=(0, 1, 2))
+    sums[1] += np.square(x).sum(axis=(0, 1, 2))
+    sums[2] += x.shape[0] * x.shape[1] * x.shape[2]
+  if reduce is not None:
+    sums = reduce(sums)
+  total, total_sq, n = sums[0], sums[1], sums[2][0]
   mean = total / n
   std = np.sqrt(np.maximum(total_sq / n - mean ** 2, 0.0)) + 1e-3
   return mean.astype(np.float32), std.astype(np.float32)

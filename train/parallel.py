@@ -134,18 +134,40 @@ def shard_rows(x: np.ndarray, topo: Topology, seed: int) -> jax.Array:
   shards of this process's devices are copied to a device, so device memory
   holds ``len(x) / topo.size`` rows each instead of all of them.
   """
-  d = topo.size
-  m = x.shape[0] // d
-  if m == 0:
-    raise UsageError(f"{x.shape[0]} training images cannot be split over "
-                     f"{d} devices")
-  order = np.random.default_rng(seed).permutation(x.shape[0])[:d * m]
+  deal = _deal(x.shape[0], topo.size, seed)
+  d, m = deal.shape
 
   def local(index):
     rows = index[0]
     start = rows.start or 0
     stop = d * m if rows.stop is None else rows.stop
-    return x[np.sort(order[start:stop])]
+    return x[np.sort(deal.reshape(-1)[start:stop])]
 
   return jax.make_array_from_callback((d * m,) + x.shape[1:],
                                       topo.batch(x.ndim), local)
+
+
+def _deal(n: int, shards: int, seed: int) -> np.ndarray:
+  """(shards, n // shards) row indices: row d is shard d."""
+  m = n // shards
+  if m == 0:
+    raise UsageError(f"{n} training images cannot be split over {shards} "
+                     "devices")
+  order = np.random.default_rng(seed).permutation(n)[:shards * m]
+  return order.reshape(shards, m)
+
+
+def local_rows(n: int, topo: Topology, seed: int) -> np.ndarray:
+  """The rows that ``shard_rows`` gives this process's devices, sorted."""
+  deal = _deal(n, topo.size, seed)
+  mine = [i for i, dev in enumerate(topo.mesh.devices.flat)
+          if dev.process_index == jax.process_index()]
+  return np.sort(deal[mine].reshape(-1))
+
+
+def sum_over_processes(x: np.ndarray) -> np.ndarray:
+  """``x`` summed over the processes of the run (a host-side all-reduce)."""
+  if jax.process_count() == 1:
+    return x
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x)).sum(axis=0)

@@ -194,7 +194,14 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
   state = jax.tree.map(lambda x, s: parallel.put_global(np.asarray(x), s),
                        state, shardings)
 
-  mean, std = engine.channel_stats(train.images)
+  if sharded:
+    # Statistics of the rows the devices train on, each process reading
+    # only its own and the sums meeting across processes.
+    mine = parallel.local_rows(n, topo, cfg.seed)
+    mean, std = engine.channel_stats(train.images, rows=mine,
+                                     reduce=parallel.sum_over_processes)
+  else:
+    mean, std = engine.channel_stats(train.images)
   augment = _augment(cfg, image_shape)
   train_epoch = engine.make_train_epoch(
       model, tx, spe, cfg.batch_size, mean, std, augment, cfg.label_smoothing,
@@ -208,9 +215,16 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
     d_labels = parallel.shard_rows(train.labels, topo, cfg.seed)
   else:
     # The uint8 data set is replicated on every device; each device gathers
-    # its own slice of every batch from it.
-    d_images = parallel.put_global(train.images, rep)
+    # its own slice of every batch from it. Read once, then copied to each.
+    d_images = parallel.put_global(np.asarray(train.images), rep)
     d_labels = parallel.put_global(train.labels, rep)
+  read = getattr(train.images, "rows_read", None)
+  mine_devices = sum(d.process_index == jax.process_index()
+                     for d in topo.mesh.devices.flat)
+  if sharded and read is not None:
+    print(f"[process {jax.process_index()}] read {read} of {n} training "
+          f"images: the shards of its {mine_devices} device(s) "
+          f"of {topo.size}", file=sys.stderr)
   evals = {}
   for name, arr in (("val", splits.val), ("test", splits.test)):
     if arr is not None and arr.images.shape[0]:
@@ -337,6 +351,7 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
   summary["processes"] = jax.process_count()
   summary["data_sharding"] = "sharded" if sharded else "replicated"
   summary["train_images_per_device"] = rows
+  summary["train_images_read_by_process_0"] = read if sharded else None
   if is_main():
     _write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
     try:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import struct
 import tempfile
 import warnings
 import zipfile
@@ -69,8 +70,12 @@ def entry_path(cache_dir: str, label: str, key: dict[str, object]) -> str:
   return os.path.join(cache_dir, f"{label}-{digest}.npz")
 
 
-def load(path: str) -> dict[str, np.ndarray] | None:
+def load(path: str, mmap: tuple[str, ...] = ()) -> dict[str, np.ndarray] | None:
   """Returns the arrays stored at `path`, or None if absent or unreadable.
+
+  The arrays named in `mmap` come back memory-mapped (read-only) rather than
+  read: only the rows a caller indexes are ever read from disk, which lets
+  each process of a multi-process run read just its own shard.
 
   An unreadable entry (e.g. from a disk that filled up, or edited by hand) is
   treated as a miss: the caller decodes again and overwrites it.
@@ -79,11 +84,41 @@ def load(path: str) -> dict[str, np.ndarray] | None:
     return None
   try:
     with np.load(path, allow_pickle=False) as npz:
-      return {name: npz[name] for name in npz.files}
-  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+      out = {name: (_mmap_member(path, name) if name in mmap else None)
+             for name in npz.files}
+      return {name: npz[name] if a is None else a for name, a in out.items()}
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile, struct.error) as e:
     warnings.warn(f"ignoring unreadable cache file {path}: {e}",
                   stacklevel=2)
     return None
+
+
+def _mmap_member(path: str, name: str) -> np.ndarray | None:
+  """Memory-maps the array `name` of the npz file `path`, or None when it is
+  stored compressed. An uncompressed npz member is a plain .npy file at an
+  offset: past the member's local zip header, then the .npy header."""
+  with zipfile.ZipFile(path) as z:
+    info = z.getinfo(name + ".npy")
+  if info.compress_type != zipfile.ZIP_STORED:
+    return None
+  with open(path, "rb") as f:
+    f.seek(info.header_offset)
+    local = f.read(30)
+    if local[:4] != b"PK\x03\x04":
+      raise ValueError(f"bad zip member header for {name}")
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    f.seek(info.header_offset + 30 + name_len + extra_len)
+    version = np.lib.format.read_magic(f)
+    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                   else np.lib.format.read_array_header_2_0)
+    shape, fortran, dtype = read_header(f)
+    offset = f.tell()
+  if dtype.hasobject:
+    raise ValueError(f"{name} holds Python objects")
+  if 0 in shape:
+    return None  # nothing to map; np.load reads it
+  return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
+                   order="F" if fortran else "C")
 
 
 def save(path: str, arrays: dict[str, np.ndarray]) -> None:

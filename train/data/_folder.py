@@ -117,7 +117,7 @@ def read_folder(path: str, *, image_size: int | None = None,
   cache_file = _cache.entry_path(
       cache_dir, f"folder-{_display_name(path)}",
       {"source": _cache.fingerprint(path), "image_size": image_size})
-  cached = _cache.load(cache_file)
+  cached = _cache.load(cache_file, mmap=("images",))
   if cached is not None:
     data = FolderData(
         arrays=Arrays(cached["images"], cached["labels"]),

@@ -4,6 +4,7 @@ import numpy as np
 
 from train._errors import UsageError
 from train.data._types import Arrays
+from train.data._types import RowView
 
 
 def check_val_fraction(val_fraction: float) -> None:
@@ -15,7 +16,16 @@ def check_val_fraction(val_fraction: float) -> None:
 
 def take(arrays: Arrays, index: np.ndarray) -> Arrays:
   """Returns the examples at `index`, as fresh contiguous arrays."""
-  return Arrays(images=arrays.images[index], labels=arrays.labels[index])
+  return Arrays(images=np.asarray(arrays.images[index]),
+                labels=arrays.labels[index])
+
+
+def _lazy(arrays: Arrays, index: np.ndarray) -> Arrays:
+  """The examples at `index`; memory-mapped images stay on disk (a RowView)
+  until the trainer reads the rows it needs."""
+  if isinstance(arrays.images, np.memmap):
+    return Arrays(RowView(arrays.images, index), arrays.labels[index])
+  return take(arrays, index)
 
 
 def split_validation(train: Arrays, val_fraction: float, seed: int,
@@ -42,7 +52,7 @@ def split_validation(train: Arrays, val_fraction: float, seed: int,
   """
   check_val_fraction(val_fraction)
   if val_fraction == 0:
-    return train, None
+    return _lazy(train, np.arange(len(train.labels))), None
   n = len(train.labels)
   n_val = int(round(val_fraction * n))
   if n_val == 0:
@@ -56,4 +66,4 @@ def split_validation(train: Arrays, val_fraction: float, seed: int,
   perm = np.random.default_rng(seed).permutation(n)
   val_index = np.sort(perm[:n_val])
   train_index = np.sort(perm[n_val:])
-  return take(train, train_index), take(train, val_index)
+  return _lazy(train, train_index), take(train, val_index)

@@ -111,7 +111,7 @@ def load_tfds(name: str, *, data_dir: str | None = None,
           cache_dir or _cache.default_cache_dir(), f"{name}-{split}",
           {"tfds": os.path.abspath(os.fspath(builder.data_dir)),
            "split": split, "image_size": image_size})
-      cached = _cache.load(cache_file)
+      cached = _cache.load(cache_file, mmap=("images",))
       if cached is not None:
         splits.append(Arrays(cached["images"], cached["labels"]))
         continue

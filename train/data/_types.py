@@ -17,6 +17,62 @@ class Arrays(NamedTuple):
   labels: np.ndarray
 
 
+class RowView:
+  """Rows ``index`` of a (memory-mapped) array, read only when indexed.
+
+  Stands in for a NumPy array where the trainer needs ``shape``, ``dtype``,
+  ``ndim``, ``len`` and row indexing (an int array, a slice, or a tuple
+  whose first item is one of those). Indexing reads just the rows asked
+  for, in increasing file order, and records them in ``rows_read``.
+  """
+
+  def __init__(self, base: np.ndarray, index: np.ndarray):
+    self.base = base
+    self.index = np.asarray(index, np.int64)
+    self._read = np.zeros(base.shape[0], bool)
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return (len(self.index),) + tuple(self.base.shape[1:])
+
+  @property
+  def dtype(self) -> np.dtype:
+    return self.base.dtype
+
+  @property
+  def ndim(self) -> int:
+    return self.base.ndim
+
+  def __len__(self) -> int:
+    return len(self.index)
+
+  @property
+  def rows_read(self) -> int:
+    """How many distinct rows of ``base`` indexing has read so far."""
+    return int(self._read.sum())
+
+  def __getitem__(self, key):
+    rest = ()
+    if isinstance(key, tuple):
+      key, rest = key[0], key[1:]
+    rows = self.index[key]
+    if rows.ndim == 0:
+      rows = rows[None]
+      single = True
+    else:
+      single = False
+    order = np.argsort(rows, kind="stable")
+    out = np.empty((len(rows),) + tuple(self.base.shape[1:]), self.base.dtype)
+    out[order] = self.base[rows[order]]
+    self._read[rows] = True
+    out = out[0] if single else out
+    return out[(slice(None),) * (not single) + rest] if rest else out
+
+  def __array__(self, dtype=None, copy=None):
+    out = self[:]
+    return out if dtype is None else out.astype(dtype)
+
+
 class Splits(NamedTuple):
   """Everything the trainer needs to know about one data set.
 
