@@ -251,6 +251,7 @@ def test_resume_ends_with_identical_parameters(tmp_path):
   a = json.loads((full / "summary.json").read_text())
   b = json.loads((cut / "summary.json").read_text())
   assert a["test_top1"] == b["test_top1"] and a["sparsity"] == b["sparsity"]
+  assert a["train_images_per_device"] == b["train_images_per_device"] == 1293
 
   def params(d):
     ck = Checkpoints(d)

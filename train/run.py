@@ -243,8 +243,8 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
       start_epoch = last
     if is_main():
       # A run killed before its first epoch has no metrics file yet.
-      rows = report.read_metrics(run_dir) if metrics_path.exists() else []
-      kept = [l for l in rows if l["epoch"] <= start_epoch]
+      logged = report.read_metrics(run_dir) if metrics_path.exists() else []
+      kept = [l for l in logged if l["epoch"] <= start_epoch]
       _write_atomic(metrics_path, "".join(json.dumps(l) + "\n" for l in kept))
   elif is_main():
     _write_atomic(metrics_path, "")
