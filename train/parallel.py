@@ -17,6 +17,7 @@ device holds one row shard and samples its part of every batch from it
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, NamedTuple, Optional
 
@@ -147,13 +148,16 @@ def shard_rows(x: np.ndarray, topo: Topology, seed: int) -> jax.Array:
                                       topo.batch(x.ndim), local)
 
 
+@functools.lru_cache(maxsize=4)
 def _deal(n: int, shards: int, seed: int) -> np.ndarray:
-  """(shards, n // shards) row indices: row d is shard d."""
+  """(shards, n // shards) row indices: row d is shard d. Cached (read-only):
+  images, labels and the statistics of one run share one permutation."""
   m = n // shards
   if m == 0:
     raise UsageError(f"{n} training images cannot be split over {shards} "
                      "devices")
   order = np.random.default_rng(seed).permutation(n)[:shards * m]
+  order.setflags(write=False)
   return order.reshape(shards, m)
 
 

@@ -105,21 +105,26 @@ def _run_dir(cfg: Config, method: str, stamp: str) -> Path:
   return Path(cfg.out) / name
 
 
+@contextlib.contextmanager
+def _writing(what: str) -> Iterator[None]:
+  """A failed write (full disk, read-only) becomes one line naming ``what``;
+  an OSError raised by ``write`` itself carries no file name."""
+  try:
+    yield
+  except OSError as e:
+    raise UsageError(f"cannot write {what}: {e.strerror or e}") from None
+
+
 def _write_atomic(path: Path, text: str) -> None:
   tmp = path.with_suffix(path.suffix + ".tmp")
-  try:
+  with _writing(str(path)):
     tmp.write_text(text)
     os.replace(tmp, path)
-  except OSError as e:
-    raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def _append(path: Path, text: str) -> None:
-  try:
-    with path.open("a") as f:
-      f.write(text)
-  except OSError as e:
-    raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
+  with _writing(str(path)), path.open("a") as f:
+    f.write(text)
 
 
 def data_sharding(cfg: Config) -> str:
@@ -218,10 +223,10 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
     # its own slice of every batch from it. Read once, then copied to each.
     d_images = parallel.put_global(np.asarray(train.images), rep)
     d_labels = parallel.put_global(train.labels, rep)
-  read = getattr(train.images, "rows_read", None)
-  mine_devices = sum(d.process_index == jax.process_index()
-                     for d in topo.mesh.devices.flat)
-  if sharded and read is not None:
+  read = getattr(train.images, "rows_read", None) if sharded else None
+  if read is not None:
+    mine_devices = sum(d.process_index == jax.process_index()
+                       for d in topo.mesh.devices.flat)
     print(f"[process {jax.process_index()}] read {read} of {n} training "
           f"images: the shards of its {mine_devices} device(s) "
           f"of {topo.size}", file=sys.stderr)
@@ -351,14 +356,11 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
   summary["processes"] = jax.process_count()
   summary["data_sharding"] = "sharded" if sharded else "replicated"
   summary["train_images_per_device"] = rows
-  summary["train_images_read_by_process_0"] = read if sharded else None
+  summary["train_images_read_by_process_0"] = read
   if is_main():
     _write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
-    try:
+    with _writing(f"the plots in {run_dir}"):
       report.plot_run(run_dir)
-    except OSError as e:
-      raise UsageError(f"cannot write the plots in {run_dir}: "
-                       f"{e.strerror or e}") from None
   return summary
 
 

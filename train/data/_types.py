@@ -52,21 +52,15 @@ class RowView:
     return int(self._read.sum())
 
   def __getitem__(self, key):
-    rest = ()
-    if isinstance(key, tuple):
-      key, rest = key[0], key[1:]
+    key, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
     rows = self.index[key]
-    if rows.ndim == 0:
-      rows = rows[None]
-      single = True
-    else:
-      single = False
-    order = np.argsort(rows, kind="stable")
-    out = np.empty((len(rows),) + tuple(self.base.shape[1:]), self.base.dtype)
-    out[order] = self.base[rows[order]]
-    self._read[rows] = True
-    out = out[0] if single else out
-    return out[(slice(None),) * (not single) + rest] if rest else out
+    flat = np.atleast_1d(rows)
+    order = np.argsort(flat, kind="stable")  # read in file order
+    out = np.empty(flat.shape + tuple(self.base.shape[1:]), self.base.dtype)
+    out[order] = self.base[flat[order]]
+    self._read[flat] = True
+    out = out.reshape(rows.shape + out.shape[1:])  # a single row: no axis
+    return out[(slice(None),) * rows.ndim + rest]
 
   def __array__(self, dtype=None, copy=None):
     out = self[:]
