@@ -11,7 +11,8 @@ the remaining flags, and writes to ``--out``:
 
 Methods: ``rda``, ``prox-sgd``, ``sgd``, ``prune-finetune`` (pruned to the
 sparsity that the RDA run of the same value and seed reached, at the same
-total epochs) and ``rda-noasr`` (RDA for all epochs, no ASR phase: the
+total epochs), ``prune-finetune-global`` (the same with ``--prune-scope
+global``) and ``rda-noasr`` (RDA for all epochs, no ASR phase: the
 paper's Table 4 ablation).
 
   python benchmarks/frontier.py --out runs/frontier-digits \\
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
   flag = "--" + args.vary.replace("_", "-")
   results: dict[tuple[str, str], list[dict]] = {}
   # RDA first: prune-finetune prunes to the sparsity RDA reached.
-  order = sorted(methods, key=lambda m: m == "prune-finetune")
+  order = sorted(methods, key=lambda m: m.startswith("prune-finetune"))
   for method in order:
     # Dense SGD ignores l1: one point per seed, not one per value.
     vals = values if not (method == "sgd" and args.vary == "l1") else ["-"]
@@ -73,14 +74,16 @@ def main(argv=None) -> int:
         name = f"{method}-{args.vary}{value}-seed{seed}"
         run_dir = runs / name
         if not (run_dir / "summary.json").exists():
-          m = "rda" if method == "rda-noasr" else method
+          m = _TRAINER_METHOD.get(method, method)
           a = ["--out", str(runs), "--run-name", name, "--method", m,
                "--seed", str(seed), "--progress", "none", *extra]
           if value != "-":
             a += [flag, value]
           if method == "rda-noasr":
             a += _noasr(extra)
-          if method == "prune-finetune":
+          if method == "prune-finetune-global":
+            a += ["--prune-scope", "global"]
+          if m == "prune-finetune":
             a += ["--target-sparsity-from",
                   str(runs / f"rda-{args.vary}{value}-seed{seed}")]
           print(f"frontier: {name}", file=sys.stderr, flush=True)
@@ -118,12 +121,19 @@ def main(argv=None) -> int:
   return 0
 
 
+# Frontier methods that are another method of rda-train with extra flags.
+_TRAINER_METHOD = {"rda-noasr": "rda", "prune-finetune-global": "prune-finetune"}
+
+
 def _noasr(extra: list[str]) -> list[str]:
-  """--epochs E+A --asr-epochs 0 from the passed-through flags."""
+  """--epochs E+A --asr-epochs 0 from the passed-through flags.
+
+  Debiasing needs ASR's frozen zeros, so a passed --debias-epochs becomes 0.
+  """
   def get(name, default):
     return int(extra[extra.index(name) + 1]) if name in extra else default
   e, a = get("--epochs", 30), get("--asr-epochs", 10)
-  return ["--epochs", str(e + a), "--asr-epochs", "0"]
+  return ["--epochs", str(e + a), "--asr-epochs", "0", "--debias-epochs", "0"]
 
 
 if __name__ == "__main__":
