@@ -39,15 +39,15 @@ def _load(run_dir: Path) -> dict | None:
   try:
     config = json.loads((run_dir / "config.json").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
-  except (OSError, ValueError):
-    return None  # unfinished or not a run
-  top1, split = summary.get("val_top1"), "val"
-  if top1 is None:
-    top1, split = summary.get("test_top1"), "test"
-  method = config["method"]
-  budget = config["epochs"] + config["asr_epochs"]
+    method, model = config["method"], config["model"]
+    budget = config["epochs"] + config["asr_epochs"]
+    top1, split = summary.get("val_top1"), "val"
+    if top1 is None:
+      top1, split = summary.get("test_top1"), "test"
+  except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    return None  # unfinished, or not an rda-train run
   return dict(run=run_dir.name, dir=run_dir, method=method,
-              model=config["model"], budget=budget, top1=top1, split=split,
+              model=model, budget=budget, top1=top1, split=split,
               sparsity=summary.get("sparsity") or 0.0,
               debias=config.get("debias_epochs") or 0)
 

@@ -56,9 +56,20 @@ def test_dense_top1_is_the_fallback_only():
 
 def test_no_runs_is_one_line_and_exit_2(tmp_path, capsys):
   assert goals.main([str(tmp_path)]) == 2
+  # Directories that are not finished rda-train runs are passed over.
+  (tmp_path / "other").mkdir()
+  (tmp_path / "other" / "config.json").write_text('{"name": "x"}')
+  (tmp_path / "other" / "summary.json").write_text("[]")
+  (tmp_path / "listy").mkdir()
+  (tmp_path / "listy" / "config.json").write_text(
+      '{"method": "rda", "model": "m", "epochs": 1, "asr_epochs": 1}')
+  (tmp_path / "listy" / "summary.json").write_text("[]")
+  (tmp_path / "half").mkdir()
+  (tmp_path / "half" / "config.json").write_text("{}")
   assert goals.main([str(tmp_path / "missing")]) == 2
+  assert goals.main([str(tmp_path)]) == 2
   err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 2 and all("no finished run" in line for line in err)
+  assert len(err) == 3 and all("no finished run" in line for line in err)
 
 
 def _tiny_cifar(path: Path) -> Path:
