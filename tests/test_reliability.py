@@ -640,6 +640,34 @@ def test_full_disk_at_the_first_checkpoint_is_one_line_exit_2(tmp_path):
     assert _latest(mnt / "r") is None
 
 
+_LATE_REPORT = """
+import sys, threading
+from train import checkpoint
+try:
+  with checkpoint._fd2_to_memory():
+    print("captured, then dropped", file=sys.stderr)
+    raise ValueError("write failed")
+except ValueError:
+  pass
+# Tensorstore's late reports: a traceback printed from another thread, after
+# the failure has surfaced, and a write straight to descriptor 2.
+t = threading.Thread(target=lambda: print("LATE traceback", file=sys.stderr))
+t.start(); t.join()
+import os; os.write(2, b"LATE fd2\\n")
+print("rda-train: error: the one line", file=sys.stderr)
+"""
+
+
+def test_late_reports_after_a_failed_write_stay_off_the_terminal():
+  """The race behind a flaky full-disk run, made deterministic: a traceback
+  from another thread after the failure reached the terminal through
+  sys.stderr (1 fresh-clone run in about 10)."""
+  r = subprocess.run([PY, "-c", _LATE_REPORT], cwd=ROOT, env=ENV,
+                     capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0, r.stderr
+  assert r.stderr == "rda-train: error: the one line\n"
+
+
 # --- Corrupt inputs, end to end through the CLI -------------------------------
 
 

@@ -8,10 +8,12 @@ latest complete one.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import shutil
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -59,8 +61,10 @@ def _quiet_orbax() -> Iterator[None]:
   per write, printed from C++ onto file descriptor 2, some of them after
   the error has surfaced. So while orbax writes, descriptor 2 goes to an
   in-memory file: replayed if the write succeeds, kept away from the
-  terminal for good if it fails (Python's ``sys.stderr`` moves to a copy of
-  the original descriptor, so the error line still shows).
+  terminal for good if it fails. Some of those late reports are Python
+  tracebacks printed through ``sys.stderr`` from tensorstore's threads, so
+  after a failure ``sys.stderr`` routes by thread (:class:`_MainThreadOnly`):
+  the main thread's text, the error line among it, still shows.
   """
   logger = logging.getLogger("absl")
   level = logger.level
@@ -100,10 +104,47 @@ def _fd2_to_memory() -> Iterator[None]:
       logging.getLogger("asyncio").setLevel(logging.CRITICAL)
       try:
         if sys.stderr is not None and sys.stderr.fileno() == 2:
-          sys.stderr = os.fdopen(saved, "w", buffering=1,
-                                 errors="backslashreplace")
+          sys.stderr = _MainThreadOnly(
+              os.fdopen(saved, "w", buffering=1, errors="backslashreplace"),
+              sys.stderr)
       except (AttributeError, OSError, ValueError):
         pass  # sys.stderr is not the terminal (redirected by the caller)
+
+
+class _MainThreadOnly(io.TextIOBase):
+  """``sys.stderr`` after a failed write: text from the main thread goes to
+  the terminal, text from any other thread to the capture.
+
+  Tensorstore's writes that were in flight keep finishing for a while and
+  print one "Event loop is closed" traceback each, from its own threads;
+  a race decided whether they landed before or after the error line.
+  """
+
+  def __init__(self, terminal: io.TextIOBase, captured: io.TextIOBase):
+    self._terminal, self._captured = terminal, captured
+
+  def _target(self) -> io.TextIOBase:
+    main = threading.current_thread() is threading.main_thread()
+    return self._terminal if main else self._captured
+
+  def write(self, text: str) -> int:
+    return self._target().write(text)
+
+  def flush(self) -> None:
+    self._target().flush()
+
+  def fileno(self) -> int:
+    return self._terminal.fileno()
+
+  def isatty(self) -> bool:
+    return self._terminal.isatty()
+
+  def writable(self) -> bool:
+    return True
+
+  @property
+  def encoding(self) -> str:
+    return self._terminal.encoding
 
 
 class Checkpoints:
