@@ -56,12 +56,12 @@ def check(runs: list[dict], dense_top1: float | None = None,
           min_sparsity: float = 0.95, max_gap: float = 1.0) -> list[dict]:
   """Adds gap, goal-2 and goal-3 fields to every sparse run; returns all."""
   for r in runs:
+    if r["method"] not in _SPARSE:
+      continue
     peers = [p for p in runs
              if (p["model"], p["budget"]) == (r["model"], r["budget"])]
     dense = [p["top1"] for p in peers if p["method"] == "sgd"]
     ref = dense[0] if dense else dense_top1
-    if r["method"] not in _SPARSE:
-      continue
     if ref is not None and r["top1"] is not None:
       r["dense"] = ref
       r["gap"] = ref - r["top1"]

@@ -157,10 +157,13 @@ def parser() -> argparse.ArgumentParser:
   return p
 
 
-# Flags that are not part of a run's configuration: the multi-process ones
-# differ from process to process and are never stored in config.json.
-_NOT_CONFIG = ("list_presets", "config", "resume", "preset", "coordinator",
-               "num_processes", "process_id")
+# Flags that say how this process starts, never part of a run's
+# configuration: the multi-process ones differ from process to process and
+# are never stored in config.json.
+_LAUNCH = ("list_presets", "resume", "coordinator", "num_processes",
+           "process_id")
+# The layers a configuration is built from are not stored either.
+_NOT_CONFIG = _LAUNCH + ("config", "preset")
 # What may change when a run is resumed: where it runs, not what it computes.
 _RESUME_FLAGS = ("devices", "fsdp", "data_sharding", "progress")
 
@@ -176,9 +179,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parallel.initialize(args.coordinator, args.num_processes, args.process_id)
     if args.resume:
       given = [k for k, v in vars(args).items()
-               if v is not None and k not in _RESUME_FLAGS + (
-                   "list_presets", "resume", "coordinator", "num_processes",
-                   "process_id")]
+               if v is not None and k not in _RESUME_FLAGS + _LAUNCH]
       if given:
         raise UsageError(
             f"--resume continues the run as {args.resume}/config.json "

@@ -47,6 +47,13 @@ class Topology(NamedTuple):
   def replicated(self) -> NamedSharding:
     return NamedSharding(self.mesh, P())
 
+  @property
+  def local_shards(self) -> list[int]:
+    """Positions, in mesh order, of this process's devices: the row shards
+    (``shard_rows``) it holds."""
+    return [i for i, dev in enumerate(self.mesh.devices.flat)
+            if dev.process_index == jax.process_index()]
+
   def params(self, tree: Any) -> Any:
     """Per-leaf shardings: replicated, or split over ``fsdp``."""
     def leaf(x):
@@ -163,10 +170,7 @@ def _deal(n: int, shards: int, seed: int) -> np.ndarray:
 
 def local_rows(n: int, topo: Topology, seed: int) -> np.ndarray:
   """The rows that ``shard_rows`` gives this process's devices, sorted."""
-  deal = _deal(n, topo.size, seed)
-  mine = [i for i, dev in enumerate(topo.mesh.devices.flat)
-          if dev.process_index == jax.process_index()]
-  return np.sort(deal[mine].reshape(-1))
+  return np.sort(_deal(n, topo.size, seed)[topo.local_shards].reshape(-1))
 
 
 def sum_over_processes(x: np.ndarray) -> np.ndarray:

@@ -173,8 +173,9 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
   topo = parallel.topology(cfg.devices, cfg.fsdp)
   sharded = data_sharding(cfg) == "sharded"
   # Sharded: each device samples batch / size images from its n // size.
-  rows = n // topo.size if sharded else n
-  spe = rows // (cfg.batch_size // topo.size) if sharded else n // cfg.batch_size
+  shards = topo.size if sharded else 1
+  rows = n // shards
+  spe = rows // (cfg.batch_size // shards)
   scale = cfg.init_scale
   if scale is None and method == "rda":
     scale = 2.0  # plain He scale is too small for RDA's first step (s. 4.1)
@@ -225,10 +226,8 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
     d_labels = parallel.put_global(train.labels, rep)
   read = getattr(train.images, "rows_read", None) if sharded else None
   if read is not None:
-    mine_devices = sum(d.process_index == jax.process_index()
-                       for d in topo.mesh.devices.flat)
     print(f"[process {jax.process_index()}] read {read} of {n} training "
-          f"images: the shards of its {mine_devices} device(s) "
+          f"images: the shards of its {len(topo.local_shards)} device(s) "
           f"of {topo.size}", file=sys.stderr)
   evals = {}
   for name, arr in (("val", splits.val), ("test", splits.test)):
@@ -282,9 +281,8 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
                              jax.random.fold_in(key, epoch + 1))
       m = jax.device_get(m)
       dt = time.time() - t0
-      finite = lambda x: float(x) if np.isfinite(x) else None
       row = dict(epoch=epoch + 1, phase=_phase(method, epoch, cfg),
-                 loss=finite(m["loss"]), train_top1=finite(m["train_top1"]))
+                 loss=_finite(m["loss"]), train_top1=_finite(m["train_top1"]))
       if "val" in evals:
         row["val_top1"], row["val_top5"] = evaluate(state, *evals["val"])
       else:
@@ -362,6 +360,11 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
     with _writing(f"the plots in {run_dir}"):
       report.plot_run(run_dir)
   return summary
+
+
+def _finite(x: Any) -> Optional[float]:
+  # An epoch with no applied step has no loss: null in the log, not NaN.
+  return float(x) if np.isfinite(x) else None
 
 
 def _lock(run_dir: Path) -> contextlib.AbstractContextManager:
