@@ -7,6 +7,8 @@ from rda_optax._allocation import sparsity_allocation
 from rda_optax._allocation import top_k_mask
 from rda_optax._asr import FreezeZerosState
 from rda_optax._asr import freeze_zeros
+from rda_optax._gmp import GMPState
+from rda_optax._gmp import gmp
 from rda_optax._init import rescale
 from rda_optax._init import scaled_uniform
 from rda_optax._masks import default_l1_mask
@@ -23,12 +25,14 @@ __version__ = "0.1.0"
 
 __all__ = (
     "FreezeZerosState",
+    "GMPState",
     "LeafSparsity",
     "ProxSGDState",
     "RDAState",
     "default_l1_mask",
     "freeze_zeros",
     "global_top_k_masks",
+    "gmp",
     "keep_counts",
     "prox_sgd",
     "rda",
