@@ -55,6 +55,23 @@ def test_schedule_hits_cubic_values_at_named_steps_and_zeros_stay():
   assert expect["w"] == round(500 * 0.1) and expect["b"] == 8
 
 
+def test_a_pruned_entry_never_returns_even_against_an_exact_zero():
+  # Step 0 prunes entry 0; the step's gradient then drives entry 1 to exactly
+  # 0. At step 1 both are zero; the dead one must lose the tie it would win
+  # by position.
+  params = {"w": jnp.array([[1.0, 2.0, 3.0, 4.0]])}
+  tx = rda_optax.gmp(optax.sgd(1.0), 0.25, initial_sparsity=0.25,
+                     begin_step=0, end_step=1, delta_t=1)
+  state, step = tx.init(params), jax.jit(tx.update)
+  g = {"w": jnp.array([[0.0, 2.0, 0.0, 0.0]])}
+  for _ in range(2):
+    u, state = step(g, state, params)
+    params = optax.apply_updates(params, u)
+    g = jax.tree.map(jnp.zeros_like, g)
+  np.testing.assert_array_equal(state.masks["w"], [[False, True, True, True]])
+  np.testing.assert_array_equal(params["w"], [[0.0, 0.0, 3.0, 4.0]])
+
+
 @pytest.mark.parametrize("distribution", ["erk", "global"])
 def test_final_budget_of_erk_and_global(distribution):
   params = _params(2)
