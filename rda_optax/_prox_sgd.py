@@ -73,7 +73,7 @@ def prox_sgd(
     >>> import jax.numpy as jnp
     >>> import optax
     >>> import rda_optax
-    >>> params = {"kernel": jnp.array([[1.0, 0.1], [-0.3, 2.0]])}
+    >>> params = {"kernel": jnp.array([[1.0, 0.1], [0.05, 2.0]])}
     >>> tx = rda_optax.prox_sgd(learning_rate=0.5, l1=0.4)
     >>> state = tx.init(params)
     >>> grads = {"kernel": jnp.array([[0.2, 0.1], [0.2, -1.0]])}
