@@ -44,7 +44,10 @@ def prox_sgd(
   take the plain SGD step ``w_{t+1/2}``. With ``momentum = 0`` this is the
   paper's Algorithm 1. A weight is zeroed when ``|w_t - alpha_t g_t| <=
   alpha_t lambda`` (criterion 19): as ``alpha_t -> 0`` the threshold
-  vanishes, which is why prox-SGD finds little sparsity.
+  vanishes, which is why prox-SGD finds little sparsity. With momentum the
+  buffer averages the gradient but not the l1 subgradient: at a fixed point
+  ``v = g/(1 - mu)``, so the limit solves the problem with penalty
+  ``(1 - mu) lambda`` (10x weaker at ``mu = 0.9``).
 
   The step is computed in float32 and rounded once to the params' dtype;
   updates carry the params' dtype and a thresholded weight becomes exactly
