@@ -3,6 +3,12 @@ transformations (He, Jia, Xu, Zhang, Zhao, 2020)."""
 
 from rda_optax._asr import FreezeZerosState
 from rda_optax._asr import freeze_zeros
+from rda_optax._group import GroupSpec
+from rda_optax._group import channel_groups
+from rda_optax._group import group_norms
+from rda_optax._group import group_sizes
+from rda_optax._group import group_soft_threshold
+from rda_optax._group import sparse_group_soft_threshold
 from rda_optax._init import rescale
 from rda_optax._init import scaled_uniform
 from rda_optax._masks import default_l1_mask
@@ -19,16 +25,22 @@ __version__ = "0.1.0"
 
 __all__ = (
     "FreezeZerosState",
+    "GroupSpec",
     "LeafSparsity",
     "ProxSGDState",
     "RDAState",
+    "channel_groups",
     "default_l1_mask",
     "freeze_zeros",
+    "group_norms",
+    "group_sizes",
+    "group_soft_threshold",
     "prox_sgd",
     "rda",
     "rescale",
     "scaled_uniform",
     "soft_threshold",
+    "sparse_group_soft_threshold",
     "sparsity",
     "sparsity_report",
 )
