@@ -1,0 +1,269 @@
+"""Tests for the group soft thresholds and the channel groups."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra import numpy as hnp
+
+import models
+import rda_optax
+from rda_optax import GroupSpec
+
+_FLOATS = st.floats(-10, 10, width=32, allow_subnormal=False)
+
+
+def _prox_objective(w, z, lam):
+  return 0.5 * np.sum((w - z) ** 2) + lam * np.linalg.norm(w)
+
+
+@settings(max_examples=40, deadline=None)
+@given(hnp.arrays(np.float32, st.sampled_from([3, 8]), elements=_FLOATS),
+       st.floats(0.0, 3.0))
+def test_closed_form_solves_the_subproblem(z, tau):
+  """T_tau(z) against a direct solve of min 1/2||w-z||^2 + lambda||w||.
+
+  The objective is invariant under rotations fixing z, so its minimizer lies
+  on the ray {s z/||z||, s >= 0}: a fine grid over s finds its norm to the
+  grid spacing. Random perturbations in every direction must not improve on
+  the closed form (it is the unique minimizer of a strongly convex
+  function).
+  """
+  lam = tau * math.sqrt(z.size)
+  out = np.asarray(rda_optax.group_soft_threshold(
+      jnp.asarray(z), GroupSpec("g", None), tau), np.float64)
+  z64 = z.astype(np.float64)
+  nz = np.linalg.norm(z64)
+  s = np.linspace(0.0, nz, 20001)
+  f = 0.5 * (s - nz) ** 2 + lam * s
+  s_star = s[np.argmin(f)]
+  np.testing.assert_allclose(np.linalg.norm(out), s_star,
+                             atol=nz / 20000 + 1e-5 * nz + 1e-6)
+  rng = np.random.default_rng(0)
+  base = _prox_objective(out, z64, lam)
+  for d in rng.normal(size=(50, z.size)) * 1e-2:
+    # float32 output: its objective is within a rounding error of optimal.
+    assert base <= _prox_objective(out + d, z64, lam) + 1e-5 * (1 + nz ** 2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(hnp.arrays(np.float32, (3, 4), elements=_FLOATS),
+       st.floats(0.0, 4.0, width=32))
+def test_zero_criterion_and_shrinkage(z, tau):
+  """Group g is zero iff ||z_g|| <= tau sqrt|g|; else scaled by 1 - lam/norm."""
+  out = np.asarray(rda_optax.group_soft_threshold(
+      jnp.asarray(z), GroupSpec("g", -1), tau))  # 4 columns of 3 entries
+  lam = np.float32(tau) * np.float32(math.sqrt(3))
+  norms = np.linalg.norm(z.astype(np.float64), axis=0)
+  zero = np.all(out == 0, axis=0)
+  # Only a group within rounding of the threshold may go either way.
+  clear = np.abs(norms - lam) > 1e-5 * (1 + lam)
+  np.testing.assert_array_equal(zero[clear], (norms <= lam)[clear])
+  assert not np.any(np.signbit(out[:, zero]))  # exact +0.0
+  for c in np.flatnonzero(~zero & clear):
+    np.testing.assert_allclose(out[:, c], z[:, c] * (1 - lam / norms[c]),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_nan_and_zero_groups():
+  z = jnp.array([[jnp.nan, 0.0, 1e-3], [1.0, 0.0, 1e-3]])
+  for tau in (0.0, 1.0):
+    out = np.asarray(rda_optax.group_soft_threshold(z, GroupSpec("g"), tau))
+    assert np.all(np.isnan(out[:, 0]))  # NaN in -> the whole group NaN
+    np.testing.assert_array_equal(out[:, 1], [0.0, 0.0])  # never NaN
+  np.testing.assert_array_equal(
+      rda_optax.group_soft_threshold(z, GroupSpec("g"), 0.0)[:, 2], z[:, 2])
+
+
+def test_a_family_spans_leaves_like_one_concatenated_vector():
+  """Kernel column c, its bias and BatchNorm entries form one group."""
+  rng = np.random.default_rng(1)
+  tree = {"conv": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 2, 4)),
+                                         jnp.float32),
+                   "bias": jnp.asarray(rng.normal(size=4), jnp.float32)},
+          "bn": {"scale": jnp.asarray(rng.normal(size=4), jnp.float32),
+                 "bias": jnp.asarray(rng.normal(size=4), jnp.float32)},
+          "free": jnp.ones(5)}
+  spec = {"conv": {"kernel": GroupSpec("c"), "bias": GroupSpec("c")},
+          "bn": {"scale": GroupSpec("c"), "bias": GroupSpec("c")},
+          "free": None}
+  assert rda_optax.group_sizes(tree, spec) == {"c": 3 * 3 * 2 + 3}
+  cat = np.concatenate([np.asarray(tree["conv"]["kernel"]).reshape(-1, 4),
+                        np.asarray(tree["conv"]["bias"])[None],
+                        np.asarray(tree["bn"]["scale"])[None],
+                        np.asarray(tree["bn"]["bias"])[None]])
+  # A threshold between the 2nd and 3rd largest norms: two groups survive.
+  srt = np.sort(np.linalg.norm(cat, axis=0))
+  tau = float(srt[1] + srt[2]) / 2 / math.sqrt(cat.shape[0])
+  out = rda_optax.group_soft_threshold(tree, spec, tau)
+  ref = np.asarray(rda_optax.group_soft_threshold(jnp.asarray(cat),
+                                                  GroupSpec("x"), tau))
+  got = np.concatenate([np.asarray(out["conv"]["kernel"]).reshape(-1, 4),
+                        np.asarray(out["conv"]["bias"])[None],
+                        np.asarray(out["bn"]["scale"])[None],
+                        np.asarray(out["bn"]["bias"])[None]])
+  np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-7)
+  assert np.sum(np.all(ref == 0, axis=0)) == 2
+  np.testing.assert_array_equal(out["free"], tree["free"])
+
+
+def test_bad_group_specs_name_the_problem():
+  x = {"a": jnp.ones((2, 3)), "b": jnp.ones(2)}
+  with pytest.raises(ValueError, match="family 'f' has 3 groups"):
+    rda_optax.group_soft_threshold(
+        x, {"a": GroupSpec("f"), "b": GroupSpec("f")}, 1.0)
+  with pytest.raises(ValueError, match="does not match"):
+    rda_optax.group_soft_threshold(x, {"a": GroupSpec("f")}, 1.0)
+  with pytest.raises(ValueError, match="out of range"):
+    rda_optax.group_soft_threshold(x, {"a": None, "b": GroupSpec("f", 1)}, 1.)
+
+
+@settings(max_examples=40, deadline=None)
+@given(hnp.arrays(np.float32, (4, 3), elements=_FLOATS),
+       st.floats(0.0, 2.0), st.floats(0.0, 2.0))
+def test_sparse_group_is_the_prox_of_l1_plus_group(z, l1, tau):
+  """P(z) minimizes 1/2||w-z||^2 + l1||w||_1 + sum_g lambda_g ||w_g||."""
+  out = np.asarray(rda_optax.sparse_group_soft_threshold(
+      jnp.asarray(z), GroupSpec("g"), l1, tau), np.float64)
+  z64 = z.astype(np.float64)
+  lam = tau * 2.0  # sqrt(|g|), |g| = 4 rows
+
+  def obj(w):
+    return (0.5 * np.sum((w - z64) ** 2) + l1 * np.abs(w).sum()
+            + lam * np.linalg.norm(w, axis=0).sum())
+
+  base = obj(out)
+  scale = 1 + np.sum(z64 ** 2)
+  rng = np.random.default_rng(0)
+  for d in rng.normal(size=(80, 4, 3)) * 1e-2:
+    assert base <= obj(out + d) + 1e-5 * scale
+  # Criterion: group zero iff ||S_l1(z_g)|| <= lambda_g (away from the tie).
+  s = np.sign(z64) * np.maximum(np.abs(z64) - l1, 0)
+  ns = np.linalg.norm(s, axis=0)
+  clear = np.abs(ns - lam) > 1e-5 * (1 + lam)
+  np.testing.assert_array_equal(np.all(out == 0, axis=0)[clear],
+                                (ns <= lam)[clear])
+
+
+# --- group-lasso regression ------------------------------------------------
+
+def _group_lasso_problem(orthogonal):
+  rng = np.random.default_rng(3)
+  n, sizes = 64, (3, 4, 2, 5, 3)
+  d = sum(sizes)
+  a = rng.normal(size=(n, d))
+  if orthogonal:
+    a = np.linalg.qr(a)[0] * math.sqrt(n)  # A^T A / n = I
+  x_true = np.concatenate([rng.normal(size=k) * (i % 2) for i, k in
+                           enumerate(sizes)])
+  b = a @ x_true + 0.1 * rng.normal(size=n)
+  return a, b, sizes
+
+
+def _fista_reference(a, b, sizes, lam, iters=20000):
+  """Independent FISTA in float64 with a per-group loop for the prox."""
+  n = a.shape[0]
+  lip = np.linalg.eigvalsh(a.T @ a / n).max()
+  step = 1.0 / lip
+  bounds = np.cumsum((0,) + sizes)
+  x = y = np.zeros(a.shape[1])
+  t = 1.0
+  for _ in range(iters):
+    v = y - step * (a.T @ (a @ y - b) / n)
+    x_new = np.empty_like(v)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+      seg, thr = v[lo:hi], step * lam * math.sqrt(hi - lo)
+      nrm = math.sqrt(float(seg @ seg))
+      x_new[lo:hi] = 0.0 if nrm <= thr else seg * (1 - thr / nrm)
+    t_new = (1 + math.sqrt(1 + 4 * t * t)) / 2
+    y = x_new + (t - 1) / t_new * (x_new - x)
+    x, t = x_new, t_new
+  return x
+
+
+def _ista_with_operator(a, b, sizes, lam, iters):
+  """ISTA whose prox is rda_optax.group_soft_threshold: one leaf per group."""
+  n = a.shape[0]
+  step = 1.0 / float(np.linalg.eigvalsh(a.T @ a / n).max())
+  bounds = np.cumsum((0,) + sizes)
+  spec = [GroupSpec(f"g{i}", None) for i in range(len(sizes))]
+  a32, b32 = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+
+  def split(x):
+    return [x[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+  def body(_, x):
+    v = x - step * (a32.T @ (a32 @ x - b32) / n)
+    return jnp.concatenate(
+        rda_optax.group_soft_threshold(split(v), spec, step * lam))
+
+  return np.asarray(jax.jit(lambda x: jax.lax.fori_loop(0, iters, body, x))(
+      jnp.zeros(a.shape[1], jnp.float32)), np.float64)
+
+
+@pytest.mark.parametrize("orthogonal", [False, True])
+def test_group_lasso_regression_matches_independent_fista(orthogonal):
+  a, b, sizes = _group_lasso_problem(orthogonal)
+  lam = 0.08
+  ref = _fista_reference(a, b, sizes, lam)
+  got = _ista_with_operator(a, b, sizes, lam, iters=3000)
+  np.testing.assert_allclose(got, ref, rtol=0,
+                             atol=1e-3 * np.linalg.norm(ref))
+  bounds = np.cumsum((0,) + sizes)
+  zero_ref = [not np.any(ref[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
+  zero_got = [not np.any(got[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
+  assert zero_got == zero_ref and any(zero_ref) and not all(zero_ref)
+  if orthogonal:
+    # Orthogonal design: the solution is T_lam(A^T b / n) in closed form.
+    z = a.T @ b / a.shape[0]
+    closed = [seg * max(0.0, 1 - lam * math.sqrt(len(seg))
+                        / np.linalg.norm(seg))
+              for seg in np.split(z, bounds[1:-1])]
+    np.testing.assert_allclose(ref, np.concatenate(closed), atol=1e-9)
+
+
+# --- channel groups --------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _abstract_params(name, input_shape):
+  model = models.get(name)
+  x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+  return jax.eval_shape(functools.partial(model.init, train=False),
+                        jax.random.key(0), x)["params"]
+
+
+@pytest.mark.parametrize("name,shape", [("small_cnn", (8, 8, 1)),
+                                        ("vgg16bn", (32, 32, 3)),
+                                        ("resnet18", (32, 32, 3))])
+def test_channel_groups_pair_kernels_with_their_batchnorm(name, shape):
+  params = _abstract_params(name, shape)
+  spec = rda_optax.channel_groups(params)
+  sizes = rda_optax.group_sizes(params, spec)
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  specs = jax.tree.structure(params).flatten_up_to(spec)
+  for (path, leaf), s in zip(flat, specs):
+    names = [k.key for k in path]
+    if names[0] == "classifier":
+      assert s is None
+    else:  # every other leaf is a conv/dense kernel or bias, or a BN entry
+      assert isinstance(s, GroupSpec), names
+  if name == "small_cnn":
+    assert sizes == {"conv0": 9 + 2, "conv1": 9 * 32 + 2,
+                     "hidden": 8 * 8 * 64 + 2}
+  elif name == "vgg16bn":
+    assert sizes["conv0"] == 27 + 1 + 2 and sizes["conv12"] == 9 * 512 + 3
+    assert len(sizes) == 13
+  else:
+    # The stream of stage 1: the stem and both blocks' conv2.
+    assert sizes["stream1"] == (27 + 2) + 2 * (9 * 64 + 2)
+    assert sizes["stream2"] == (64 + 2) + 2 * (9 * 128 + 2)
+    assert sizes["layer3_1/conv1"] == 9 * 256 + 2
+    untied = rda_optax.group_sizes(
+        params, rda_optax.channel_groups(params, tie_residual=False))
+    assert "stream1" not in untied and untied["stem_conv"] == 27 + 2
