@@ -23,6 +23,7 @@ import numpy as np
 
 from models._layers import default_kernel_init
 from models._resnet import BasicBlock, ResNet18
+from models._slim import dead_channels, flops, slim
 from models._small_cnn import SmallCNN
 from models._vgg import VGG
 
@@ -93,5 +94,5 @@ def param_count(params: Any) -> int:
 
 __all__ = (
     "BasicBlock", "ResNet18", "SmallCNN", "VGG", "default_kernel_init",
-    "get", "init", "names", "param_count",
+    "dead_channels", "flops", "get", "init", "names", "param_count", "slim",
 )

@@ -290,7 +290,7 @@ def channel_groups(params: Any, *, tie_residual: bool = True) -> Any:
     bn = None
     for cand in (layer.replace("conv", "bn"), "bn_" + layer):
       cpath = f"{parent}/{cand}" if parent else cand
-      if cand != layer and f"{cpath}/scale" in flat:
+      if f"{cpath}/scale" in flat:
         bn = cpath
         break
     if bn is None:

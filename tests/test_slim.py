@@ -1,0 +1,164 @@
+"""Tests for exact channel slimming (``models.slim``) and ``models.flops``.
+
+How exact is "exact": a dead channel (BatchNorm scale and bias both 0)
+outputs exact zeros, so the slim model computes the same sums as the
+original without some exact-zero terms; only the order of the summation can
+differ. The equality test runs both models in float64 (variables cast up
+exactly), where each dot product of n <= 9 * 16 terms differs by at most
+n * 2^-53 of the sum of its absolute terms, and a dozen layers with
+BatchNorm factors of order 1 keep the difference below ~1e-12 of the logit
+scale; the models cast their logits to float32 at the end, which adds at most
+one float32 ulp when the two float64 values straddle a rounding boundary. So
+the logits must agree to ``2^-23`` relative plus ``1e-9`` of the logit scale
+(three orders of magnitude of margin), while removing a live channel or
+cutting the wrong index changes them by O(1).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+import models
+import rda_optax
+
+KEY = jax.random.key(0, impl="rbg")
+
+# name, constructor keywords (small widths keep compiles cheap), input shape
+CASES = {
+    "small_cnn": ({}, (8, 8, 1)),
+    "vgg16bn": ({"widths": (6, 6, 8, 8, 8, 8, 8, 12, 12, 12, 12, 12, 12)},
+                (32, 32, 3)),
+    "vgg19bn": ({"widths": (4,) * 16}, (32, 32, 3)),
+    "resnet18": ({"widths": ((8, 6, 6), (8, 6, 6), (12, 6, 6), (12, 6, 6))},
+                 (32, 32, 3)),
+}
+
+
+def _trained_like(model, shape, seed):
+  """Variables with random BatchNorm statistics and ~40% dead channels.
+
+  For ResNet, some residual-stream channels die in every writer (they must
+  go) and others only in some writers (they must stay).
+  """
+  rng = np.random.default_rng(seed)
+  v = models.init(model, KEY, shape)
+  p = traverse_util.flatten_dict(v["params"], sep="/")
+  st = traverse_util.flatten_dict(v["batch_stats"], sep="/")
+  for path in [k for k in p if k.endswith("/scale")]:
+    bn = path[:-len("/scale")]
+    n = p[path].shape[0]
+    p[f"{bn}/scale"] = rng.uniform(0.5, 1.5, n) * rng.choice([-1, 1], n)
+    p[f"{bn}/bias"] = rng.normal(0, 0.5, n)
+    st[f"{bn}/mean"] = rng.normal(0, 0.5, n)
+    st[f"{bn}/var"] = rng.uniform(0.5, 2.0, n)
+    dead = rng.random(n) < 0.4
+    p[f"{bn}/scale"][dead] = 0.0
+    p[f"{bn}/bias"][dead] = 0.0
+  if "stem_bn/scale" in p:
+    for i in range(1, 5):
+      first = "stem_bn" if i == 1 else f"layer{i}_0/shortcut_bn"
+      writers = [first, f"layer{i}_0/bn2", f"layer{i}_1/bn2"]
+      n = p[f"{first}/scale"].shape[0]
+      gone = rng.choice(n, n // 3, replace=False)
+      for w in writers:
+        p[f"{w}/scale"][gone] = 0.0
+        p[f"{w}/bias"][gone] = 0.0
+  if "conv3/bias" in p:  # VGG: a whole layer dead keeps one channel
+    p["bn3/scale"][:] = 0.0
+    p["bn3/bias"][:] = 0.0
+  v = {"params": traverse_util.unflatten_dict(p, sep="/"),
+       "batch_stats": traverse_util.unflatten_dict(st, sep="/")}
+  return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), v)
+
+
+def _logits64(model, variables, x):
+  with jax.enable_x64(True):
+    m = model.clone(dtype=jnp.float64)
+    v = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), variables)
+    return np.asarray(jax.jit(m.apply)(v, jnp.asarray(x, jnp.float64)))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_slim_model_computes_the_same_logits(name):
+  kw, shape = CASES[name]
+  model = models.get(name, **kw)
+  v = _trained_like(model, shape, seed=len(name))
+  small, sv = models.slim(model, v)
+  # Physically smaller: every layer lost its dead channels (all arrays).
+  assert models.param_count(sv["params"]) < models.param_count(v["params"])
+  dead = models.dead_channels(v)
+  if name == "resnet18":
+    stream1 = (dead["stem_bn"] & dead["layer1_0/bn2"] & dead["layer1_1/bn2"])
+    assert small.widths[0] == (8 - stream1.sum(),
+                               max(1, 6 - dead["layer1_0/bn1"].sum()),
+                               max(1, 6 - dead["layer1_1/bn1"].sum()))
+    assert 0 < stream1.sum() < (dead["stem_bn"].sum())
+  else:
+    bns = [k for k in dead if k.startswith("bn")]
+    bns.sort(key=lambda k: (k == "bn_hidden",
+                            int(k[2:]) if k[2:].isdigit() else 0))
+    expect = tuple(max(1, int((~dead[b]).sum())) for b in bns)
+    assert tuple(small.widths) == expect
+  # Slimming a slim model removes nothing more (only kept-alive dead ones).
+  assert models.slim(small, sv)[0].widths == small.widths
+  x = np.random.default_rng(0).normal(size=(3, *shape))
+  ref = _logits64(model, v, x)
+  got = _logits64(small, sv, x)
+  scale = np.abs(ref).max()
+  assert scale > 0.1  # the network is not trivially dead
+  np.testing.assert_allclose(got, ref, rtol=2.0 ** -23, atol=1e-9 * scale)
+  # In float32 the difference is rounding too (reduction order): a loose
+  # bound, far below the O(1) change a wrongly cut channel makes.
+  got32 = np.asarray(jax.jit(small.apply)(sv, jnp.asarray(x, jnp.float32)))
+  np.testing.assert_allclose(got32, ref, rtol=0, atol=1e-4 * scale)
+
+
+def _vgg_flops(widths, depth, side, classes=10):
+  total, c_in, k = 0, 3, 0
+  for v in models._vgg.CONFIGS[depth]:
+    if v == "M":
+      side = (side + 1) // 2
+      continue
+    total += side * side * widths[k] * 9 * c_in
+    c_in, k = widths[k], k + 1
+  return total + c_in * classes
+
+
+def test_flops_count_convs_and_dense_from_shapes():
+  dense = [v for v in models._vgg.CONFIGS[16] if v != "M"]
+  assert models.flops(models.get("vgg16bn"), (32, 32, 3)) == _vgg_flops(
+      dense, 16, 32)
+  half = [w // 2 for w in dense]
+  assert models.flops(models.get("vgg16bn", widths=half),
+                      (32, 32, 3)) == _vgg_flops(half, 16, 32)
+  # ResNet-18 CIFAR: the widely quoted 0.56 GMACs at 32x32.
+  assert round(models.flops(models.get("resnet18"), (32, 32, 3)) / 1e6) == 556
+
+
+def test_channel_groups_zeroed_by_the_group_threshold_are_slimmed():
+  """A channel group zeroed by the operator is what slim removes."""
+  model = models.get("small_cnn")
+  v = _trained_like(model, (8, 8, 1), seed=0)
+  params = v["params"]
+  groups = rda_optax.channel_groups(params)
+  norms = rda_optax.group_norms(params, groups)
+  sizes = rda_optax.group_sizes(params, groups)
+  tau = float(np.median(np.asarray(norms["conv1"]))
+              / np.sqrt(sizes["conv1"]))
+  out = rda_optax.group_soft_threshold(params, groups, tau)
+  zero = np.asarray(norms["conv1"]) <= tau * np.sqrt(sizes["conv1"])
+  dead = models.dead_channels({"params": out})["bn1"]
+  np.testing.assert_array_equal(dead, zero)
+  assert 0 < zero.sum() < zero.size
+  small, _ = models.slim(model, {"params": out, "batch_stats": v[
+      "batch_stats"]})
+  assert small.widths[1] == int((~zero).sum())
+
+
+def test_slim_rejects_other_models():
+  with pytest.raises(TypeError, match="expected SmallCNN"):
+    models.slim(object(), {"params": {}})
