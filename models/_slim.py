@@ -214,8 +214,9 @@ class _Slicer:
     out = {"params": traverse_util.unflatten_dict(self.params, sep="/")}
     if self.stats:
       out["batch_stats"] = traverse_util.unflatten_dict(self.stats, sep="/")
-    return out
+    return jax.tree.map(jnp.asarray, out)
 
 
 def _take(x, idx, axis):
-  return jnp.take(jnp.asarray(x), jnp.asarray(idx), axis=axis)
+  # numpy, not jnp: one eager XLA compile per distinct shape would dominate.
+  return np.take(np.asarray(x), idx, axis=axis)
