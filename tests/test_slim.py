@@ -81,8 +81,10 @@ def _trained_like(model, shape, seed):
         p[f"{w}/bias"][gone] = 0.0
     p["layer2_1/bn1/scale"][:] = 0.0
     p["layer2_1/bn1/bias"][:] = 0.0
-  return {"params": traverse_util.unflatten_dict(p, sep="/"),
-          "batch_stats": traverse_util.unflatten_dict(st, sep="/")}
+  v = {"params": traverse_util.unflatten_dict(p, sep="/"),
+       "batch_stats": traverse_util.unflatten_dict(st, sep="/")}
+  # float32, as trained variables are: the float64 checks cast up exactly.
+  return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), v)
 
 
 def _logits(model, variables, x, dtype):
@@ -179,7 +181,7 @@ def test_channel_groups_zeroed_by_the_group_threshold_are_slimmed():
   model = models.get("small_cnn")
   v = _trained_like(model, (8, 8, 1), seed=0)
   before = models.dead_channels(v)["bn1"]
-  params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), v["params"])
+  params = v["params"]
   groups = rda_optax.channel_groups(params)
   norms = jax.jit(lambda p: rda_optax.group_norms(p, groups))(params)
   sizes = rda_optax.group_sizes(params, groups)
