@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from rda_optax._common import check_hyper
 from rda_optax._masks import MaskOrFn, resolve_mask
-from rda_optax._soft_threshold import soft_threshold
+from rda_optax._soft_threshold import shrink
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,13 +50,17 @@ def group_norms(tree: Any, groups: GroupsOrFn) -> dict[str, jax.Array]:
 
   Each value is a 1-D array with one entry per group of the family.
   """
-  leaves, specs = _flatten(tree, groups)
-  return {k: jnp.sqrt(v) for k, v in _sumsq(leaves, specs).items()}
+  specs = resolve_groups(groups, tree)
+  return {k: jnp.sqrt(v)
+          for k, v in _sumsq(jax.tree.leaves(tree), specs).items()}
 
 
 def group_sizes(tree: Any, groups: GroupsOrFn) -> dict[str, int]:
   """The number of scalars ``|g|`` in each group, ``{key: |g|}`` (static)."""
-  leaves, specs = _flatten(tree, groups)
+  return _sizes(jax.tree.leaves(tree), resolve_groups(groups, tree))
+
+
+def _sizes(leaves, specs):
   sizes: dict[str, int] = {}
   for x, spec in zip(leaves, specs):
     if spec is not None:
@@ -103,8 +108,11 @@ def group_soft_threshold(tree: Any, groups: GroupsOrFn,
     [[1. 1. 1. 1.]
      [0. 0. 0. 0.]]
   """
-  leaves, specs = _flatten(tree, groups)
-  return _shrink(tree, leaves, specs, tau)
+  check_hyper("tau", tau, positive=False)
+  specs = resolve_groups(groups, tree)
+  leaves = jax.tree.leaves(tree)
+  return jax.tree.unflatten(jax.tree.structure(tree), prox_leaves(
+      leaves, specs, [False] * len(leaves), 0.0, tau))
 
 
 def sparse_group_soft_threshold(tree: Any, groups: GroupsOrFn,
@@ -150,20 +158,25 @@ def sparse_group_soft_threshold(tree: Any, groups: GroupsOrFn,
     [[0.586 0.   ]
      [0.    0.   ]]
   """
-  mask = resolve_mask(l1_mask, tree)
-  tree = jax.tree.map(lambda x, m: soft_threshold(x, l1) if m else x,
-                      tree, mask)
-  leaves, specs = _flatten(tree, groups)
-  return _shrink(tree, leaves, specs, tau)
+  check_hyper("l1", l1, positive=False)
+  check_hyper("tau", tau, positive=False)
+  treedef = jax.tree.structure(tree)
+  mask = treedef.flatten_up_to(resolve_mask(l1_mask, tree))
+  return jax.tree.unflatten(treedef, prox_leaves(
+      jax.tree.leaves(tree), resolve_groups(groups, tree), mask, l1, tau))
 
 
-def _shrink(tree, leaves, specs, tau):
+def prox_leaves(leaves: list, specs: list, l1_flags: list,
+                l1: jax.Array | float, tau: jax.Array | float) -> list:
+  """:func:`sparse_group_soft_threshold` on flat lists (for the optimizers).
+
+  ``specs`` and ``l1_flags`` give each leaf's group spec and whether it has
+  the element-wise term; leaves in no group get ``S_l1`` or the identity.
+  """
+  leaves = [shrink(x, jnp.asarray(l1, jnp.asarray(x).dtype)) if m else x
+            for x, m in zip(leaves, l1_flags)]
   sumsq = _sumsq(leaves, specs)
-  sizes: dict[str, int] = {}
-  for x, spec in zip(leaves, specs):
-    if spec is not None:
-      sizes[spec.key] = (sizes.get(spec.key, 0)
-                         + math.prod(jnp.shape(x)) // _count(x, spec))
+  sizes = _sizes(leaves, specs)
   factors = {}
   for key, s in sumsq.items():
     lam = jnp.asarray(tau, s.dtype) * math.sqrt(sizes[key])
@@ -184,10 +197,16 @@ def _shrink(tree, leaves, specs, tau):
       shape[_axis(x, spec)] = -1
     keep, f = keep.reshape(shape), f.reshape(shape)
     out.append(jnp.where(keep, x * f.astype(x.dtype), jnp.zeros_like(x)))
-  return jax.tree.unflatten(jax.tree.structure(tree), out)
+  return out
 
 
-def _flatten(tree, groups):
+def resolve_groups(groups: GroupsOrFn, tree: Any) -> list:
+  """The group spec (or ``None``) of each leaf of ``tree``, in leaf order.
+
+  Raises:
+    ValueError: if the spec tree does not match ``tree`` or holds something
+      other than :class:`GroupSpec` or ``None``.
+  """
   treedef = jax.tree.structure(tree)
   spec_tree = groups(tree) if callable(groups) and not isinstance(
       groups, GroupSpec) else groups
@@ -201,7 +220,7 @@ def _flatten(tree, groups):
     if s is not None and not isinstance(s, GroupSpec):
       raise ValueError(
           f"groups: leaves must be GroupSpec or None, got {type(s).__name__}")
-  return jax.tree.leaves(tree), specs
+  return specs
 
 
 def _axis(x, spec):
