@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from rda_optax._common import check_hyper
+from rda_optax._common import check_hyper, is_tracer
 from rda_optax._masks import MaskOrFn, resolve_mask
 from rda_optax._soft_threshold import shrink
 
@@ -198,6 +198,19 @@ def prox_leaves(leaves: list, specs: list, l1_flags: list,
     keep, f = keep.reshape(shape), f.reshape(shape)
     out.append(jnp.where(keep, x * f.astype(x.dtype), jnp.zeros_like(x)))
   return out
+
+
+def check_group_args(groups: GroupsOrFn, group_l1: Any) -> None:
+  """A nonzero ``group_l1`` without ``groups`` is a mistake: refuse it.
+
+  Traced values (``optax.inject_hyperparams`` under ``jit``) cannot be read
+  and pass; without groups they are unused.
+  """
+  if groups is not None or is_tracer(group_l1):
+    return
+  if callable(group_l1) or bool(jnp.any(jnp.asarray(group_l1) != 0)):
+    raise ValueError(
+        "group_l1 needs groups= (e.g. rda_optax.channel_groups)")
 
 
 def resolve_groups(groups: GroupsOrFn, tree: Any) -> list:
