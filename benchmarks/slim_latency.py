@@ -12,6 +12,7 @@ CPU); it is NOT a trained result: which channels a trained model loses, and
 at what accuracy, is for the trainer.
 
   python benchmarks/slim_latency.py [--fractions 0.5 0.75] [--repeats 7]
+      [--side 32]
 """
 
 from __future__ import annotations
@@ -32,12 +33,11 @@ from flax import traverse_util
 
 import models
 
-SHAPE = (32, 32, 3)
 
 
-def random_variables(model, rng):
+def random_variables(model, rng, shape):
   """Random kernels (fan-in scaled) and BatchNorm statistics, no compile."""
-  x = jax.ShapeDtypeStruct((1, *SHAPE), jnp.float32)
+  x = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
   abstract = jax.eval_shape(functools.partial(model.init, train=False),
                             jax.random.key(0), x)
   p = traverse_util.flatten_dict(abstract["params"], sep="/")
@@ -89,14 +89,19 @@ def main(argv=None):
   ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
   ap.add_argument("--repeats", type=int, default=7)
   ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--side", type=int, default=32,
+                  help="input height = width (CIFAR: 32)")
   args = ap.parse_args(argv)
   for f in args.fractions:
     if not 0.0 <= f < 1.0:
       ap.error(f"--fractions: each must be in [0, 1), got {f}")
+  if args.side < 1:
+    ap.error(f"--side: must be >= 1, got {args.side}")
+  shape = (args.side, args.side, 3)
 
   rng = np.random.default_rng(args.seed)
   dense = models.get("vgg16bn")
-  v_dense = random_variables(dense, rng)
+  v_dense = random_variables(dense, rng, shape)
   variants = {"dense": (dense, as_f32(v_dense))}
   killed = {}  # the dense model with the channels killed: slim's reference
   for f in args.fractions:
@@ -105,7 +110,7 @@ def main(argv=None):
     m, v = models.slim(dense, killed[name])
     variants[name] = (m, as_f32(v))
 
-  print(f"VGG-16bn, {SHAPE[0]}x{SHAPE[1]} inputs, random weights (not "
+  print(f"VGG-16bn, {shape[0]}x{shape[1]} inputs, random weights (not "
         f"trained); jax {jax.__version__}, {jax.devices()[0].platform}, "
         f"float32, median of {args.repeats}")
   # Variables are arguments, not constants baked into the program, as in
@@ -113,7 +118,7 @@ def main(argv=None):
   applies = {k: jax.jit(functools.partial(m.apply, train=False))
              for k, (m, _) in variants.items()}
   fns = {k: functools.partial(applies[k], v) for k, (_, v) in variants.items()}
-  xs = {b: jnp.asarray(rng.normal(size=(b, *SHAPE)), jnp.float32)
+  xs = {b: jnp.asarray(rng.normal(size=(b, *shape)), jnp.float32)
         for b in args.batch_sizes}
   load0 = _loadavg()
   times = {k: {b: [] for b in xs} for k in fns}
@@ -127,14 +132,14 @@ def main(argv=None):
   load1 = _loadavg()
 
   base = variants["dense"]
-  p0, f0 = models.param_count(base[1]["params"]), models.flops(base[0], SHAPE)
+  p0, f0 = models.param_count(base[1]["params"]), models.flops(base[0], shape)
   head = (f"{'model':<10} {'params':>10} {'x':>6} {'MFLOPs':>8} {'x':>6}"
           + "".join(f" {'ms@' + str(b):>9} {'x':>6}" for b in xs)
           + f" {'max|dlogit|':>11}")
   print(head)
   med0 = {b: statistics.median(times["dense"][b]) for b in xs}
   for k, (m, v) in variants.items():
-    p, fl = models.param_count(v["params"]), models.flops(m, SHAPE)
+    p, fl = models.param_count(v["params"]), models.flops(m, shape)
     row = f"{k:<10} {p:>10,} {p0 / p:>6.2f} {fl / 1e6:>8.1f} {f0 / fl:>6.2f}"
     for b in xs:
       med = statistics.median(times[k][b])

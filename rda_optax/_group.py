@@ -18,7 +18,6 @@ from typing import Any, Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
-from flax import traverse_util
 
 from rda_optax._common import check_hyper, is_tracer
 from rda_optax._masks import MaskOrFn, resolve_mask
@@ -312,7 +311,12 @@ def channel_groups(params: Any, *, tie_residual: bool = True) -> Any:
     (GroupSpec(key='conv0', axis=-1), GroupSpec(key='conv0', axis=-1), \
 {'bias': None, 'kernel': None})
   """
-  flat = traverse_util.flatten_dict(params, sep="/")
+  def name(path):
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k)))
+                    for k in path)
+
+  flat = {name(p): leaf
+          for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
   specs: dict[str, Optional[GroupSpec]] = {k: None for k in flat}
   for path, leaf in flat.items():
     *mod, name = path.split("/")
@@ -336,4 +340,5 @@ def channel_groups(params: Any, *, tie_residual: bool = True) -> Any:
                    f"{bn}/bias"):
       if member in flat:
         specs[member] = GroupSpec(key, -1)
-  return traverse_util.unflatten_dict(specs, sep="/")
+  return jax.tree_util.tree_map_with_path(lambda p, _: specs[name(p)],
+                                         params)

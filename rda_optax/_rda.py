@@ -143,7 +143,10 @@ def rda(
       the params' dtype, which holds it exactly.
     groups: a group-spec tree (a :class:`rda_optax.GroupSpec` or ``None``
       per params leaf) or a callable of the params returning one; default
-      ``None``: no groups, the paper's algorithm.
+      ``None``: no groups, the paper's algorithm. Under
+      ``optax.inject_hyperparams`` pass the tree (``channel_groups(params)``)
+      or name ``"groups"`` in ``static_args``: it takes a callable argument
+      for a schedule.
     group_l1: ``group_l1`` of ``lambda_g = group_l1 sqrt(|g|)``, >= 0;
       float, array or schedule. Needs ``groups``.
 
