@@ -311,11 +311,7 @@ def channel_groups(params: Any, *, tie_residual: bool = True) -> Any:
     (GroupSpec(key='conv0', axis=-1), GroupSpec(key='conv0', axis=-1), \
 {'bias': None, 'kernel': None})
   """
-  def name(path):
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", k)))
-                    for k in path)
-
-  flat = {name(p): leaf
+  flat = {_path_name(p): leaf
           for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
   specs: dict[str, Optional[GroupSpec]] = {k: None for k in flat}
   for path, leaf in flat.items():
@@ -340,5 +336,9 @@ def channel_groups(params: Any, *, tie_residual: bool = True) -> Any:
                    f"{bn}/bias"):
       if member in flat:
         specs[member] = GroupSpec(key, -1)
-  return jax.tree_util.tree_map_with_path(lambda p, _: specs[name(p)],
+  return jax.tree_util.tree_map_with_path(lambda p, _: specs[_path_name(p)],
                                          params)
+
+
+def _path_name(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
