@@ -202,3 +202,13 @@ def test_channel_groups_zeroed_by_the_group_threshold_are_slimmed():
 def test_slim_rejects_other_models():
   with pytest.raises(TypeError, match="expected SmallCNN"):
     models.slim(object(), {"params": {}})
+
+
+@pytest.mark.parametrize("name,widths", [
+    ("small_cnn", (4, 4)), ("vgg16bn", (8,) * 12),
+    ("resnet18", ((8, 8, 8),) * 3), ("resnet18", ((8, 8),) * 4)])
+def test_wrong_number_of_widths_is_refused(name, widths):
+  model = models.get(name, widths=widths)
+  with pytest.raises(ValueError, match="widths"):
+    jax.eval_shape(functools.partial(model.init, train=False), KEY,
+                   jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32))
