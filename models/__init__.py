@@ -8,6 +8,11 @@ Every model takes an NHWC float batch of any size and channel count, is called
 as ``model.apply(variables, x, train=...)``, returns float32 logits, and names
 its last Dense ``"classifier"``. Conv and dense kernels are the only parameters
 with ``ndim >= 2``, which is what the default l1 mask selects.
+
+Each model takes optional per-layer ``widths`` (default: the standard ones).
+:func:`slim` cuts the dead channels (BatchNorm scale and bias both 0) out of a
+model and its variables exactly, and :func:`flops` counts multiply-adds from
+shapes.
 """
 
 from __future__ import annotations
