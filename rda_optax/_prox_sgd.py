@@ -48,7 +48,10 @@ def prox_sgd(
   take the plain SGD step ``w_{t+1/2}``. With ``momentum = 0`` this is the
   paper's Algorithm 1. A weight is zeroed when ``|w_t - alpha_t g_t| <=
   alpha_t lambda`` (criterion 19): as ``alpha_t -> 0`` the threshold
-  vanishes, which is why prox-SGD finds little sparsity.
+  vanishes, which is why prox-SGD finds little sparsity. With momentum the
+  buffer averages the gradient but not the l1 subgradient: at a fixed point
+  ``v = g/(1 - mu)``, so the limit solves the problem with penalty
+  ``(1 - mu) lambda`` (10x weaker at ``mu = 0.9``).
 
   With ``groups`` (as in :func:`rda_optax.rda`) the backward step is the
   sparse-group threshold on the grouped leaves, ``w_{t+1} =
@@ -86,7 +89,7 @@ def prox_sgd(
     >>> import jax.numpy as jnp
     >>> import optax
     >>> import rda_optax
-    >>> params = {"kernel": jnp.array([[1.0, 0.1], [-0.3, 2.0]])}
+    >>> params = {"kernel": jnp.array([[1.0, 0.1], [0.05, 2.0]])}
     >>> tx = rda_optax.prox_sgd(learning_rate=0.5, l1=0.4)
     >>> state = tx.init(params)
     >>> grads = {"kernel": jnp.array([[0.2, 0.1], [0.2, -1.0]])}
