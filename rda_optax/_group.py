@@ -48,6 +48,13 @@ def group_norms(tree: Any, groups: GroupsOrFn) -> dict[str, jax.Array]:
   r"""The Euclidean norm of every group, ``{key: ||z_g||}`` per family.
 
   Each value is a 1-D array with one entry per group of the family.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import rda_optax
+    >>> w = jnp.array([[3.0, 0.0], [4.0, 1.0]])
+    >>> rda_optax.group_norms(w, rda_optax.GroupSpec("w"))  # columns
+    {'w': Array([5., 1.], dtype=float32)}
   """
   specs = resolve_groups(groups, tree)
   return {k: jnp.sqrt(v)
@@ -55,7 +62,17 @@ def group_norms(tree: Any, groups: GroupsOrFn) -> dict[str, jax.Array]:
 
 
 def group_sizes(tree: Any, groups: GroupsOrFn) -> dict[str, int]:
-  """The number of scalars ``|g|`` in each group, ``{key: |g|}`` (static)."""
+  """The number of scalars ``|g|`` in each group, ``{key: |g|}`` (static).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import rda_optax
+    >>> tree = {"kernel": jnp.ones((3, 3, 8, 16)), "scale": jnp.ones(16)}
+    >>> spec = {"kernel": rda_optax.GroupSpec("c"),
+    ...         "scale": rda_optax.GroupSpec("c")}
+    >>> rda_optax.group_sizes(tree, spec)  # 3 * 3 * 8 + 1 per channel
+    {'c': 73}
+  """
   return _sizes(jax.tree.leaves(tree), resolve_groups(groups, tree))
 
 
@@ -303,13 +320,18 @@ def channel_groups(params: Any, *, tie_residual: bool = True) -> Any:
     A group-spec tree for :func:`group_soft_threshold` and ``rda(groups=)``.
 
   Examples:
-    >>> import jax, models, rda_optax
-    >>> m = models.get("small_cnn")
-    >>> params = models.init(m, jax.random.key(0), (8, 8, 1))["params"]
+    >>> import jax.numpy as jnp
+    >>> import rda_optax
+    >>> params = {"conv0": {"kernel": jnp.ones((3, 3, 1, 32))},
+    ...           "bn0": {"scale": jnp.ones(32), "bias": jnp.zeros(32)},
+    ...           "classifier": {"kernel": jnp.ones((32, 10)),
+    ...                          "bias": jnp.zeros(10)}}
     >>> spec = rda_optax.channel_groups(params)
     >>> spec["conv0"]["kernel"], spec["bn0"]["scale"], spec["classifier"]
     (GroupSpec(key='conv0', axis=-1), GroupSpec(key='conv0', axis=-1), \
 {'bias': None, 'kernel': None})
+    >>> rda_optax.group_sizes(params, spec)  # 3 * 3 * 1 + 2 per channel
+    {'conv0': 11}
   """
   flat = {_path_name(p): leaf
           for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
