@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, Union
 import jax
 import jax.numpy as jnp
 
-from rda_optax._common import check_hyper, is_tracer
+from rda_optax._common import check_hyper
 from rda_optax._masks import MaskOrFn, resolve_mask
 from rda_optax._soft_threshold import shrink
 
@@ -217,16 +217,14 @@ def prox_leaves(leaves: list, specs: list, l1_flags: list,
 
 
 def check_group_args(groups: GroupsOrFn, group_l1: Any) -> None:
-  """A nonzero ``group_l1`` without ``groups`` is a mistake: refuse it.
-
-  Traced values (``optax.inject_hyperparams`` under ``jit``) cannot be read
-  and pass; without groups they are unused.
-  """
-  if groups is not None or is_tracer(group_l1):
-    return
-  if callable(group_l1) or bool(jnp.any(jnp.asarray(group_l1) != 0)):
+  """``groups`` and ``group_l1`` come together, and ``group_l1 >= 0``."""
+  if groups is None and group_l1 is not None:
     raise ValueError(
         "group_l1 needs groups= (e.g. rda_optax.channel_groups)")
+  if groups is not None and group_l1 is None:
+    raise ValueError("groups= needs group_l1, the group strength (>= 0)")
+  if group_l1 is not None:
+    check_hyper("group_l1", group_l1, positive=False)
 
 
 def resolve_groups(groups: GroupsOrFn, tree: Any) -> list:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +35,7 @@ def prox_sgd(
     momentum: float | jax.Array = 0.0,
     l1_mask: MaskOrFn = None,
     groups: GroupsOrFn = None,
-    group_l1: optax.ScalarOrSchedule = 0.0,
+    group_l1: Optional[optax.ScalarOrSchedule] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Proximal SGD, Algorithm 1 / equations (11)-(12).
 
@@ -79,7 +79,7 @@ def prox_sgd(
     l1_mask: as in :func:`rda_optax.rda`.
     groups: as in :func:`rda_optax.rda`.
     group_l1: as in :func:`rda_optax.rda` (``lambda_g = group_l1
-      sqrt(|g|)``); needs ``groups``.
+      sqrt(|g|)``); given exactly when ``groups`` is.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs
@@ -101,7 +101,6 @@ def prox_sgd(
   check_hyper("learning_rate", learning_rate, positive=True)
   check_hyper("l1", l1, positive=False)
   _common.check_range("momentum", momentum, 0.0, 1.0)
-  check_hyper("group_l1", group_l1, positive=False)
   check_group_args(groups, group_l1)
   # Decided on the argument's type, never on an array's value, so that the
   # state has one structure in init and update under inject_hyperparams.

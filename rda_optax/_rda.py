@@ -51,7 +51,7 @@ def rda(
     l2: float | jax.Array = 0.0,
     state_dtype: Optional[DTypeLike] = None,
     groups: GroupsOrFn = None,
-    group_l1: optax.ScalarOrSchedule = 0.0,
+    group_l1: Optional[optax.ScalarOrSchedule] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""l1-regularized dual averaging, Algorithm 2 / equation (13).
 
@@ -148,7 +148,9 @@ def rda(
       or name ``"groups"`` in ``static_args``: it takes a callable argument
       for a schedule.
     group_l1: ``group_l1`` of ``lambda_g = group_l1 sqrt(|g|)``, >= 0;
-      float, array or schedule. Needs ``groups``.
+      float, array or schedule; given exactly when ``groups`` is (``None``
+      otherwise, so that ``optax.inject_hyperparams`` does not inject an
+      argument without effect).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs
@@ -186,7 +188,6 @@ def rda(
   check_hyper("gamma", gamma, positive=True)
   check_hyper("l1", l1, positive=False)
   check_hyper("l2", l2, positive=False)
-  check_hyper("group_l1", group_l1, positive=False)
   check_group_args(groups, group_l1)
   if center not in _CENTERS:
     raise ValueError(f"center must be one of {_CENTERS}, got {center!r}")

@@ -362,6 +362,10 @@ def test_group_l1_without_groups_is_refused():
   for make in (rda_optax.rda, rda_optax.prox_sgd):
     with pytest.raises(ValueError, match="group_l1 needs groups"):
       make(1.0, 0.0, group_l1=0.1)
+    with pytest.raises(ValueError, match="groups= needs group_l1"):
+      make(1.0, 0.0, groups=rda_optax.channel_groups)
+    with pytest.raises(ValueError, match="group_l1 must be >= 0"):
+      make(1.0, 0.0, groups=rda_optax.channel_groups, group_l1=-1.0)
   with pytest.raises(ValueError, match="groups: the group-spec tree"):
     rda_optax.rda(1.0, 0.0, groups={"x": None}, group_l1=0.1).init(
         {"w": jnp.ones((2, 2))})
