@@ -8,6 +8,11 @@ Every model takes an NHWC float batch of any size and channel count, is called
 as ``model.apply(variables, x, train=...)``, returns float32 logits, and names
 its last Dense ``"classifier"``. Conv and dense kernels are the only parameters
 with ``ndim >= 2``, which is what the default l1 mask selects.
+
+Each model takes optional per-layer ``widths`` (default: the standard ones).
+:func:`slim` cuts the dead channels (BatchNorm scale and bias both 0) out of a
+model and its variables exactly, and :func:`flops` counts multiply-adds from
+shapes.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import numpy as np
 
 from models._layers import default_kernel_init
 from models._resnet import BasicBlock, ResNet18
+from models._slim import dead_channels, flops, slim
 from models._small_cnn import SmallCNN
 from models._vgg import VGG
 
@@ -93,5 +99,5 @@ def param_count(params: Any) -> int:
 
 __all__ = (
     "BasicBlock", "ResNet18", "SmallCNN", "VGG", "default_kernel_init",
-    "get", "init", "names", "param_count",
+    "dead_channels", "flops", "get", "init", "names", "param_count", "slim",
 )

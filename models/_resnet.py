@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -27,25 +27,28 @@ class BasicBlock(nn.Module):
     strides: stride of the first conv and of the projection.
     dtype: compute dtype.
     kernel_init: initializer of both conv kernels and the projection kernel.
+    inner: width of ``conv1`` (inside the block); default ``features``.
   """
   features: int
   strides: int = 1
   dtype: Any = jnp.float32
   kernel_init: Callable = default_kernel_init
+  inner: Optional[int] = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     conv = functools.partial(
-        nn.Conv, self.features, use_bias=False, dtype=self.dtype,
+        nn.Conv, use_bias=False, dtype=self.dtype,
         param_dtype=jnp.float32, kernel_init=self.kernel_init)
     # Explicit padding 1 (not "SAME") so strided convs sample the same pixels
     # as the PyTorch reference models the paper's numbers come from.
-    y = conv((3, 3), strides=self.strides, padding=1, name="conv1")(x)
+    y = conv(self.inner or self.features, (3, 3), strides=self.strides,
+             padding=1, name="conv1")(x)
     y = nn.relu(batch_norm(train, self.dtype, "bn1")(y))
-    y = conv((3, 3), padding=1, name="conv2")(y)
+    y = conv(self.features, (3, 3), padding=1, name="conv2")(y)
     y = batch_norm(train, self.dtype, "bn2")(y)
     if self.strides != 1 or x.shape[-1] != self.features:
-      x = conv((1, 1), strides=self.strides, padding=0,
+      x = conv(self.features, (1, 1), strides=self.strides, padding=0,
                name="shortcut_conv")(x)
       x = batch_norm(train, self.dtype, "shortcut_bn")(x)
     return nn.relu(y + x)
@@ -64,11 +67,16 @@ class ResNet18(nn.Module):
     stem: "cifar" or "imagenet".
     dtype: compute dtype; parameters are always float32.
     kernel_init: initializer of every conv and dense kernel.
+    widths: per stage ``(stream, inner_0, inner_1)``: the residual stream's
+      width (the stem's, each block's ``conv2`` and projection) and the
+      ``conv1`` width of each block; default ``(w, w, w)`` with ``w`` =
+      64/128/256/512. Slimmed models (``models.slim``) set it.
   """
   num_classes: int
   stem: str = "cifar"
   dtype: Any = jnp.float32
   kernel_init: Callable = default_kernel_init
+  widths: Optional[Sequence[Sequence[int]]] = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -76,8 +84,14 @@ class ResNet18(nn.Module):
     if self.stem not in _STEMS:
       raise ValueError(f"stem must be one of {_STEMS}, got {self.stem!r}")
     x = as_nhwc(x, self.dtype)
+    widths = tuple(tuple(w) for w in (
+        self.widths or [(w, w, w) for _, w in _STAGES]))
+    if len(widths) != len(_STAGES) or any(len(w) != 3 for w in widths):
+      raise ValueError(
+          f"widths must be 4 stages of (stream, inner_0, inner_1), got "
+          f"{self.widths!r}")
     conv = functools.partial(
-        nn.Conv, 64, use_bias=False, dtype=self.dtype,
+        nn.Conv, widths[0][0], use_bias=False, dtype=self.dtype,
         param_dtype=jnp.float32, kernel_init=self.kernel_init,
         name="stem_conv")
     if self.stem == "cifar":
@@ -87,10 +101,11 @@ class ResNet18(nn.Module):
     x = nn.relu(batch_norm(train, self.dtype, "stem_bn")(x))
     if self.stem == "imagenet":
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    for i, (blocks, width) in enumerate(_STAGES):
+    for i, (blocks, _) in enumerate(_STAGES):
       for j in range(blocks):
         strides = 2 if i > 0 and j == 0 else 1
-        x = BasicBlock(width, strides, self.dtype, self.kernel_init,
+        x = BasicBlock(widths[i][0], strides, self.dtype, self.kernel_init,
+                       inner=widths[i][1 + j],
                        name=f"layer{i + 1}_{j}")(x, train)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,

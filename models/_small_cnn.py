@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -26,16 +26,22 @@ class SmallCNN(nn.Module):
     num_classes: width of the classifier ("classifier" Dense, with bias).
     dtype: compute dtype; parameters are always float32.
     kernel_init: initializer of every conv and dense kernel.
+    widths: ``(conv0, conv1, hidden)`` widths; default ``(32, 64, 128)``.
+      Slimmed models (``models.slim``) set it.
   """
   num_classes: int
   dtype: Any = jnp.float32
   kernel_init: Callable = default_kernel_init
+  widths: Optional[Sequence[int]] = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     """Maps an NHWC batch to float32 logits of shape (N, num_classes)."""
     x = as_nhwc(x, self.dtype)
-    for i, width in enumerate((32, 64)):
+    widths = tuple(self.widths or (32, 64, 128))
+    if len(widths) != 3:
+      raise ValueError(f"SmallCNN takes 3 widths, got {widths!r}")
+    for i, width in enumerate(widths[:2]):
       # No conv bias: the following BatchNorm's offset subsumes it.
       x = nn.Conv(width, (3, 3), padding=1, use_bias=False, dtype=self.dtype,
                   param_dtype=jnp.float32, kernel_init=self.kernel_init,
@@ -44,7 +50,7 @@ class SmallCNN(nn.Module):
       if max(x.shape[1:3]) > 8:
         x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
     x = x.reshape(x.shape[0], -1)
-    x = nn.Dense(128, use_bias=False, dtype=self.dtype,
+    x = nn.Dense(widths[2], use_bias=False, dtype=self.dtype,
                  param_dtype=jnp.float32, kernel_init=self.kernel_init,
                  name="hidden")(x)
     x = nn.relu(batch_norm(train, self.dtype, "bn_hidden")(x))

@@ -7,7 +7,7 @@ in the CIFAR VGG-16/19 models the paper's experiments follow.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -32,11 +32,14 @@ class VGG(nn.Module):
     depth: 16 or 19.
     dtype: compute dtype; parameters are always float32.
     kernel_init: initializer of every conv and dense kernel.
+    widths: the conv widths in order (13 for depth 16, 16 for depth 19);
+      default: ``CONFIGS[depth]``. Slimmed models (``models.slim``) set it.
   """
   num_classes: int
   depth: int = 16
   dtype: Any = jnp.float32
   kernel_init: Callable = default_kernel_init
+  widths: Optional[Sequence[int]] = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -45,6 +48,11 @@ class VGG(nn.Module):
       raise ValueError(
           f"depth must be one of {sorted(CONFIGS)}, got {self.depth!r}")
     x = as_nhwc(x, self.dtype)
+    widths = tuple(self.widths or (v for v in CONFIGS[self.depth] if v != "M"))
+    n_convs = sum(v != "M" for v in CONFIGS[self.depth])
+    if len(widths) != n_convs:
+      raise ValueError(
+          f"VGG-{self.depth} takes {n_convs} widths, got {len(widths)}")
     k = 0
     for v in CONFIGS[self.depth]:
       if v == "M":
@@ -52,7 +60,7 @@ class VGG(nn.Module):
         # 28x28 input to 0x0 with "VALID"; on even sizes the two agree.
         x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
         continue
-      x = nn.Conv(v, (3, 3), padding=1, dtype=self.dtype,
+      x = nn.Conv(widths[k], (3, 3), padding=1, dtype=self.dtype,
                   param_dtype=jnp.float32, kernel_init=self.kernel_init,
                   name=f"conv{k}")(x)
       x = nn.relu(batch_norm(train, self.dtype, f"bn{k}")(x))

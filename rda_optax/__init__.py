@@ -9,6 +9,12 @@ from rda_optax._asr import FreezeZerosState
 from rda_optax._asr import freeze_zeros
 from rda_optax._gmp import GMPState
 from rda_optax._gmp import gmp
+from rda_optax._group import GroupSpec
+from rda_optax._group import channel_groups
+from rda_optax._group import group_norms
+from rda_optax._group import group_sizes
+from rda_optax._group import group_soft_threshold
+from rda_optax._group import sparse_group_soft_threshold
 from rda_optax._init import rescale
 from rda_optax._init import scaled_uniform
 from rda_optax._masks import default_l1_mask
@@ -28,14 +34,19 @@ __version__ = "0.1.0"
 __all__ = (
     "FreezeZerosState",
     "GMPState",
+    "GroupSpec",
     "LeafSparsity",
     "ProxSGDState",
     "RDAState",
     "RigLState",
+    "channel_groups",
     "default_l1_mask",
     "freeze_zeros",
     "global_top_k_masks",
     "gmp",
+    "group_norms",
+    "group_sizes",
+    "group_soft_threshold",
     "keep_counts",
     "prox_sgd",
     "rda",
@@ -43,6 +54,7 @@ __all__ = (
     "rigl",
     "scaled_uniform",
     "soft_threshold",
+    "sparse_group_soft_threshold",
     "sparsity",
     "sparsity_allocation",
     "sparsity_report",

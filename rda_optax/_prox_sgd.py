@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +10,8 @@ import optax
 
 from rda_optax import _common
 from rda_optax._common import NO_PARAMS_MSG, at_step, check_hyper, guard
+from rda_optax._group import (GroupsOrFn, check_group_args, prox_leaves,
+                              resolve_groups)
 from rda_optax._masks import MaskOrFn, resolve_mask
 from rda_optax._soft_threshold import shrink
 
@@ -32,6 +34,8 @@ def prox_sgd(
     *,
     momentum: float | jax.Array = 0.0,
     l1_mask: MaskOrFn = None,
+    groups: GroupsOrFn = None,
+    group_l1: Optional[optax.ScalarOrSchedule] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Proximal SGD, Algorithm 1 / equations (11)-(12).
 
@@ -48,6 +52,12 @@ def prox_sgd(
   buffer averages the gradient but not the l1 subgradient: at a fixed point
   ``v = g/(1 - mu)``, so the limit solves the problem with penalty
   ``(1 - mu) lambda`` (10x weaker at ``mu = 0.9``).
+
+  With ``groups`` (as in :func:`rda_optax.rda`) the backward step is the
+  sparse-group threshold on the grouped leaves, ``w_{t+1} =
+  P_{alpha_t lambda, alpha_t lambda_G}(w_{t+1/2})``, and a group is zeroed
+  when ``||S_{alpha_t lambda}(w_{t+1/2})_g|| <= alpha_t lambda_g``: the
+  group form of criterion (19), whose threshold vanishes with ``alpha_t``.
 
   The step is computed in float32 and rounded once to the params' dtype;
   updates carry the params' dtype and a thresholded weight becomes exactly
@@ -67,6 +77,9 @@ def prox_sgd(
     l1: ``lambda`` >= 0, float, array or schedule.
     momentum: heavy-ball coefficient ``mu`` in [0, 1), float or array.
     l1_mask: as in :func:`rda_optax.rda`.
+    groups: as in :func:`rda_optax.rda`.
+    group_l1: as in :func:`rda_optax.rda` (``lambda_g = group_l1
+      sqrt(|g|)``); given exactly when ``groups`` is.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs
@@ -88,6 +101,7 @@ def prox_sgd(
   check_hyper("learning_rate", learning_rate, positive=True)
   check_hyper("l1", l1, positive=False)
   _common.check_range("momentum", momentum, 0.0, 1.0)
+  check_group_args(groups, group_l1)
   # Decided on the argument's type, never on an array's value, so that the
   # state has one structure in init and update under inject_hyperparams.
   use_trace = not (isinstance(momentum, (int, float)) and momentum == 0)
@@ -97,6 +111,8 @@ def prox_sgd(
       return jax.eval_shape(init_fn, params)
     _common.check_float_params(params, "prox_sgd")
     resolve_mask(l1_mask, params)
+    if groups is not None:
+      resolve_groups(groups, params)
     trace = (jax.tree.map(lambda p: jnp.zeros_like(p, dtype=_trace_dtype(p)),
                           params) if use_trace else ())
     return ProxSGDState(count=jnp.zeros([], jnp.int32), trace=trace)
@@ -128,11 +144,30 @@ def prox_sgd(
       w_new = shrink(half, (lr * lam).astype(ct)) if penalized else half
       return w_new.astype(w.dtype) - w
 
-    new_updates = jax.tree.map(leaf, direction, params, mask)
+    if groups is None:
+      new_updates = jax.tree.map(leaf, direction, params, mask)
+    else:
+      new_updates = _grouped_step(direction, params, mask, groups, lr, lam,
+                                  at_step(group_l1, state.count))
     return new_updates, ProxSGDState(
         count=optax.safe_increment(state.count), trace=trace)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _grouped_step(direction, params, mask, groups, lr, lam, glam):
+  """The update onto the sparse-group threshold of the SGD half-step."""
+  treedef = jax.tree.structure(params)
+  ws = treedef.flatten_up_to(params)
+  half = [w.astype(_common.compute_dtype(w.dtype))
+          - lr * d.astype(_common.compute_dtype(w.dtype))
+          for d, w in zip(treedef.flatten_up_to(direction), ws)]
+  specs = resolve_groups(groups, params)
+  flags = treedef.flatten_up_to(mask)
+  glam = guard(glam, glam >= 0)
+  out = prox_leaves(half, specs, flags, lr * lam, lr * glam)
+  return jax.tree.unflatten(
+      treedef, [w_new.astype(w.dtype) - w for w_new, w in zip(out, ws)])
 
 
 def _trace_dtype(p):

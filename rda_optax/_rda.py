@@ -12,6 +12,8 @@ from jax.typing import DTypeLike
 
 from rda_optax import _common
 from rda_optax._common import NO_PARAMS_MSG, at_step, check_hyper, guard
+from rda_optax._group import (GroupsOrFn, check_group_args, prox_leaves,
+                              resolve_groups)
 from rda_optax._masks import MaskOrFn, resolve_mask
 from rda_optax._soft_threshold import shrink
 
@@ -48,6 +50,8 @@ def rda(
     l1_mask: MaskOrFn = None,
     l2: float | jax.Array = 0.0,
     state_dtype: Optional[DTypeLike] = None,
+    groups: GroupsOrFn = None,
+    group_l1: Optional[optax.ScalarOrSchedule] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""l1-regularized dual averaging, Algorithm 2 / equation (13).
 
@@ -84,7 +88,27 @@ def rda(
   gradients, and it rebuilds the iterate from its state, so nothing before
   it may rescale the gradient in a way that is not meant to be averaged).
 
-  Schedules: ``gamma`` and ``l1`` may be optax schedules of the 0-based
+  Structured sparsity (beyond the paper): with ``groups`` (e.g.
+  :func:`rda_optax.channel_groups`, one group per output channel with its
+  BatchNorm scale and bias) the penalty becomes ``lambda ||w_M||_1 +
+  sum_g lambda_g ||w_g||_2`` with ``lambda_g = group_l1 sqrt(|g|)``, and the
+  subproblem (13) is still solved in closed form by the sparse-group
+  threshold ``P`` (:func:`rda_optax.sparse_group_soft_threshold`):
+
+  .. math::
+    w_{t+1} = \frac{P_{\lambda, \lambda_G}(b_t c - \bar g_t)}{b_t + \ell_2}
+
+  (``P`` is positively homogeneous in its thresholds, so dividing by
+  ``b_t + l2`` commutes with it). A group is zero exactly when
+  ``||S_lambda(b_t c - gbar_t)_g|| <= lambda_g``; with ``c = 0`` and
+  ``lambda = 0`` that is ``||gbar_{t,g}|| <= lambda_g``, criterion (18) per
+  group, again a threshold on the average that does not decay. Grouped
+  leaves outside ``l1_mask`` (BatchNorm, biases) keep their centre
+  ``c = w_1`` and get no element-wise term, and ``l2`` applies to every
+  grouped leaf (one quadratic weight per group keeps the closed form).
+  ``l1 = 0`` gives the pure group lasso.
+
+  Schedules: ``gamma``, ``l1`` and ``group_l1`` may be optax schedules of the 0-based
   step. Because the iterate is rebuilt from ``gbar_t`` at every step, a step
   change of ``gamma`` rescales the whole displacement ``w - c`` at once and a
   change of ``l1`` re-thresholds the whole average at once (section 5.2's
@@ -117,6 +141,16 @@ def rda(
       promoted to at least float32, because a running average in bfloat16
       stops moving once ``1/t`` is below its precision. ``w_1`` is kept in
       the params' dtype, which holds it exactly.
+    groups: a group-spec tree (a :class:`rda_optax.GroupSpec` or ``None``
+      per params leaf) or a callable of the params returning one; default
+      ``None``: no groups, the paper's algorithm. Under
+      ``optax.inject_hyperparams`` pass the tree (``channel_groups(params)``)
+      or name ``"groups"`` in ``static_args``: it takes a callable argument
+      for a schedule.
+    group_l1: ``group_l1`` of ``lambda_g = group_l1 sqrt(|g|)``, >= 0;
+      float, array or schedule; given exactly when ``groups`` is (``None``
+      otherwise, so that ``optax.inject_hyperparams`` does not inject an
+      argument without effect).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs
@@ -154,6 +188,7 @@ def rda(
   check_hyper("gamma", gamma, positive=True)
   check_hyper("l1", l1, positive=False)
   check_hyper("l2", l2, positive=False)
+  check_group_args(groups, group_l1)
   if center not in _CENTERS:
     raise ValueError(f"center must be one of {_CENTERS}, got {center!r}")
   state_dtype = _common.check_state_dtype(state_dtype, "rda")
@@ -171,6 +206,8 @@ def rda(
       return jax.eval_shape(init_fn, params)
     _common.check_float_params(params, "rda")
     mask = resolve_mask(l1_mask, params)
+    if groups is not None:
+      resolve_groups(groups, params)  # bad specs fail here, not mid-training
     _warn_if_all_zero(params, mask)
     # zeros_like, not zeros: the state follows the params' sharding.
     gbar = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=gbar_dtype(p)),
@@ -197,21 +234,33 @@ def rda(
     l2_t = guard(l2_t, l2_t >= 0)
 
     treedef = jax.tree.structure(params)
-    new_gbar, new_updates = [], []
-    for g, gbar, w1, w, penalized in zip(
+    specs = (resolve_groups(groups, params) if groups is not None
+             else [None] * treedef.num_leaves)
+    new_gbar, new_w = [], []
+    for g, gbar, w1, w, penalized, spec in zip(
         treedef.flatten_up_to(updates), treedef.flatten_up_to(state.gbar),
         treedef.flatten_up_to(state.init_params), treedef.flatten_up_to(params),
-        treedef.flatten_up_to(mask)):
+        treedef.flatten_up_to(mask), specs):
       sd = gbar.dtype
       ct = _common.compute_dtype(sd)
       avg = gbar.astype(ct)
       gbar = (avg + (g.astype(ct) - avg) / t.astype(ct)).astype(sd)
       w1 = None if isinstance(w1, optax.MaskedNode) else w1.astype(ct)
-      w_new = closed_form(gbar.astype(ct), w1, b.astype(ct), lam.astype(ct),
-                          l2_t.astype(ct), penalized=penalized, center=center)
+      if spec is None:
+        w_new = closed_form(gbar.astype(ct), w1, b.astype(ct),
+                            lam.astype(ct), l2_t.astype(ct),
+                            penalized=penalized, center=center)
+      else:  # the argument of the group prox, applied jointly below
+        avg = gbar.astype(ct)
+        w_new = -avg if w1 is None else b.astype(ct) * w1 - avg
       new_gbar.append(gbar)
-      # Round the iterate once, then step onto it in the params' dtype.
-      new_updates.append(w_new.astype(w.dtype) - w)
+      new_w.append(w_new)
+    if groups is not None:
+      new_w = _group_iterates(new_w, specs, treedef.flatten_up_to(mask), b,
+                              lam, at_step(group_l1, state.count), l2_t)
+    # Round the iterate once, then step onto it in the params' dtype.
+    new_updates = [w_new.astype(w.dtype) - w
+                   for w_new, w in zip(new_w, treedef.flatten_up_to(params))]
     return jax.tree.unflatten(treedef, new_updates), RDAState(
         count=optax.safe_increment(state.count),
         gbar=jax.tree.unflatten(treedef, new_gbar),
@@ -235,6 +284,18 @@ def closed_form(gbar: jax.Array, w1: Optional[jax.Array], b: jax.Array,
   # Unpenalized leaves: w_1 - gbar/b, written so that w stays at w_1
   # exactly while gbar is zero.
   return w1 - gbar / b
+
+
+def _group_iterates(z, specs, penalized, b, lam, glam, l2):
+  """``P(z) / (b + l2)`` on the grouped leaves; the others pass through."""
+  idx = [i for i, s in enumerate(specs) if s is not None]
+  glam = guard(glam, glam >= 0)
+  shrunk = prox_leaves([z[i] for i in idx], [specs[i] for i in idx],
+                       [penalized[i] for i in idx], lam, glam)
+  out = list(z)
+  for i, w in zip(idx, shrunk):
+    out[i] = w / (b + l2).astype(w.dtype)
+  return out
 
 
 def _warn_if_all_zero(params: Any, mask: Any) -> None:

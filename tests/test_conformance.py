@@ -666,7 +666,9 @@ def test_docstring_examples_run():
   import rda_optax._asr, rda_optax._init, rda_optax._masks  # noqa: E401
   import rda_optax._prox_sgd, rda_optax._rda  # noqa: E401
   import rda_optax._soft_threshold, rda_optax._sparsity  # noqa: E401
-  modules = [rda_optax._asr, rda_optax._init, rda_optax._masks,
+  import rda_optax._group  # noqa: E401
+  modules = [rda_optax._asr, rda_optax._group, rda_optax._init,
+             rda_optax._masks,
              rda_optax._prox_sgd, rda_optax._rda, rda_optax._soft_threshold,
              rda_optax._sparsity]
   attempted = 0

@@ -1,0 +1,167 @@
+"""Parameters, FLOPs and CPU inference latency of a slimmed model vs dense.
+
+Builds a VGG-16bn (CIFAR form, 32x32 inputs) with random weights and random
+BatchNorm statistics, kills a given fraction of the channels of every layer
+at random (BatchNorm scale and bias set to 0, as group RDA with
+``rda_optax.channel_groups`` leaves them), slims it with ``models.slim`` and
+times both models side by side in one run: jitted eval-mode forward passes at
+batch 1 and batch 64, dense and slim interleaved, median of the repeats.
+
+This shows the mechanics of slimming (what removing channels buys on this
+CPU); it is NOT a trained result: which channels a trained model loses, and
+at what accuracy, is for the trainer.
+
+  python benchmarks/slim_latency.py [--fractions 0.5 0.75] [--repeats 7]
+      [--side 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+import models
+
+
+
+def random_variables(model, rng, shape):
+  """Random kernels (fan-in scaled) and BatchNorm statistics, no compile."""
+  x = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
+  abstract = jax.eval_shape(functools.partial(model.init, train=False),
+                            jax.random.key(0), x)
+  p = traverse_util.flatten_dict(abstract["params"], sep="/")
+  st = traverse_util.flatten_dict(abstract["batch_stats"], sep="/")
+  for k, a in p.items():
+    fan_in = np.prod(a.shape[:-1]) if len(a.shape) > 1 else 1
+    p[k] = rng.normal(size=a.shape) / np.sqrt(fan_in)
+  for k, a in st.items():
+    st[k] = (rng.uniform(0.5, 2.0, a.shape) if k.endswith("var")
+             else rng.normal(0, 0.5, a.shape))
+  return {"params": traverse_util.unflatten_dict(p, sep="/"),
+          "batch_stats": traverse_util.unflatten_dict(st, sep="/")}
+
+
+def kill_channels(variables, fraction, rng):
+  """Sets BatchNorm scale and bias to 0 on ``fraction`` of each layer."""
+  p = traverse_util.flatten_dict(variables["params"], sep="/")
+  for path in [k for k in p if k.endswith("/scale")]:
+    bn = path[:-len("/scale")]
+    n = p[path].shape[0]
+    gone = rng.choice(n, int(round(fraction * n)), replace=False)
+    for name in ("scale", "bias"):
+      a = np.array(p[f"{bn}/{name}"])
+      a[gone] = 0.0
+      p[f"{bn}/{name}"] = a
+  return {"params": traverse_util.unflatten_dict(p, sep="/"),
+          "batch_stats": variables["batch_stats"]}
+
+
+def as_f32(tree):
+  return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), tree)
+
+
+def time_call(fn, x, min_seconds=0.2):
+  """Seconds per call: loops until ``min_seconds`` have passed."""
+  n, t0 = 0, time.perf_counter()
+  while True:
+    fn(x).block_until_ready()
+    n += 1
+    dt = time.perf_counter() - t0
+    if dt >= min_seconds:
+      return dt / n
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.75],
+                  help="fraction of each layer's channels removed")
+  ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
+  ap.add_argument("--repeats", type=int, default=7)
+  ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--side", type=int, default=32,
+                  help="input height = width (CIFAR: 32)")
+  args = ap.parse_args(argv)
+  for f in args.fractions:
+    if not 0.0 <= f < 1.0:
+      ap.error(f"--fractions: each must be in [0, 1), got {f}")
+  if args.side < 1:
+    ap.error(f"--side: must be >= 1, got {args.side}")
+  shape = (args.side, args.side, 3)
+
+  rng = np.random.default_rng(args.seed)
+  dense = models.get("vgg16bn")
+  v_dense = random_variables(dense, rng, shape)
+  variants = {"dense": (dense, as_f32(v_dense))}
+  killed = {}  # the dense model with the channels killed: slim's reference
+  for f in args.fractions:
+    name = f"slim {f:.0%}"
+    killed[name] = as_f32(kill_channels(v_dense, f, rng))
+    m, v = models.slim(dense, killed[name])
+    variants[name] = (m, as_f32(v))
+
+  print(f"VGG-16bn, {shape[0]}x{shape[1]} inputs, random weights (not "
+        f"trained); jax {jax.__version__}, {jax.devices()[0].platform}, "
+        f"float32, median of {args.repeats}")
+  # Variables are arguments, not constants baked into the program, as in
+  # any served model.
+  applies = {k: jax.jit(functools.partial(m.apply, train=False))
+             for k, (m, _) in variants.items()}
+  fns = {k: functools.partial(applies[k], v) for k, (_, v) in variants.items()}
+  xs = {b: jnp.asarray(rng.normal(size=(b, *shape)), jnp.float32)
+        for b in args.batch_sizes}
+  load0 = _loadavg()
+  times = {k: {b: [] for b in xs} for k in fns}
+  for fn in fns.values():
+    for x in xs.values():
+      fn(x).block_until_ready()  # compile
+  for _ in range(args.repeats):
+    for b, x in xs.items():
+      for k, fn in fns.items():  # interleaved: load drifts hit all alike
+        times[k][b].append(time_call(fn, x))
+  load1 = _loadavg()
+
+  base = variants["dense"]
+  p0, f0 = models.param_count(base[1]["params"]), models.flops(base[0], shape)
+  head = (f"{'model':<10} {'params':>10} {'x':>6} {'MFLOPs':>8} {'x':>6}"
+          + "".join(f" {'ms@' + str(b):>9} {'x':>6}" for b in xs)
+          + f" {'max|dlogit|':>11}")
+  print(head)
+  med0 = {b: statistics.median(times["dense"][b]) for b in xs}
+  for k, (m, v) in variants.items():
+    p, fl = models.param_count(v["params"]), models.flops(m, shape)
+    row = f"{k:<10} {p:>10,} {p0 / p:>6.2f} {fl / 1e6:>8.1f} {f0 / fl:>6.2f}"
+    for b in xs:
+      med = statistics.median(times[k][b])
+      row += f" {med * 1e3:>9.2f} {med0[b] / med:>6.2f}"
+    diff = 0.0
+    if k != "dense":  # against the dense model with the same dead channels
+      x = xs[args.batch_sizes[0]]
+      ref = applies["dense"](killed[k], x)
+      diff = float(np.abs(np.asarray(fns[k](x)) - np.asarray(ref)).max())
+    print(row + f" {diff:>11.1e}")
+  print("x: dense / this model (parameters, FLOPs, latency). max|dlogit|: "
+        "slim vs the dense model with the same channels dead, float32 "
+        "(summation order only).")
+  print(f"load average (1 min) before/after timing: {load0} / {load1}")
+
+
+def _loadavg():
+  try:
+    return Path("/proc/loadavg").read_text().split()[0]
+  except OSError:
+    return "n/a"
+
+
+if __name__ == "__main__":
+  main()

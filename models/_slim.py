@@ -1,0 +1,222 @@
+"""Exact channel slimming, and FLOPs from shapes.
+
+A channel is *dead* when its BatchNorm has ``scale == 0`` and ``bias == 0``
+exactly (in ``variables["params"]``). In eval mode BatchNorm computes
+``(x - mean) * (scale * rsqrt(var + eps)) + bias``, which is then exactly 0
+for every finite input, whatever the producing kernel holds; ReLU, max-pool
+and mean-pool keep it 0, so every consumer multiplies it by its weights and
+adds exact zeros. Removing the channel from the producing conv, from its
+BatchNorm and from the consumer's input therefore leaves every remaining sum
+the same up to the order of its terms.
+
+Why not also remove channels with ``scale == 0`` but ``bias != 0``: such a
+channel carries the constant ``relu(bias)``, and folding a constant input into
+the next conv is exact only away from the borders, where zero padding makes
+the conv see a mix of the constant and zeros (and in a ResNet it would add
+to the residual stream). ``rda_optax.channel_groups`` puts the BatchNorm scale
+and bias into the channel's group, so group RDA zeroes both together.
+
+ResNet's residual stream: a stream channel is removed only where every layer
+writing into it (the stem or the stage's projection, and each block's
+``conv2``) has it dead; then ``relu(0 + 0)`` keeps it 0 through the whole
+stage. A stream channel that one contributor still writes stays, with its
+dead contributors' zeros (exact, but not smaller); ``channel_groups`` ties the
+contributors into one group so that they die together. Channels inside a
+block (``conv1``/``bn1``) are removed freely.
+
+If every channel of a layer is dead, one (dead) channel is kept, so no array
+has a zero-size axis; it still outputs exact zeros.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from models._resnet import _STAGES, ResNet18
+from models._small_cnn import SmallCNN
+from models._vgg import CONFIGS, VGG
+
+
+def slim(model: nn.Module, variables: Any) -> tuple[nn.Module, dict]:
+  """Removes every dead channel: a physically smaller model and variables.
+
+  Args:
+    model: a ``SmallCNN``, ``VGG`` or ``ResNet18`` (as from ``models.get``),
+      possibly already slimmed.
+    variables: its variables, ``{"params": ..., "batch_stats": ...}``.
+
+  Returns:
+    ``(slim_model, slim_variables)``: the same class with per-layer
+    ``widths``, and variables with the dead channels cut out of each
+    producing kernel (and conv bias), its BatchNorm (scale, bias, mean, var)
+    and the consuming kernel's input axis. In eval mode the slim model's
+    outputs equal the original's up to float rounding (summation order).
+
+  Raises:
+    TypeError: for a model of another class.
+
+  Examples:
+    >>> import jax, models
+    >>> m = models.get("small_cnn")
+    >>> v = models.init(m, jax.random.key(0), (8, 8, 1))
+    >>> v["params"]["bn0"]["scale"] = v["params"]["bn0"]["scale"].at[:8].set(0)
+    >>> v["params"]["bn0"]["bias"] = v["params"]["bn0"]["bias"].at[:8].set(0)
+    >>> small, sv = models.slim(m, v)
+    >>> small.widths, sv["params"]["conv1"]["kernel"].shape
+    ((24, 64, 128), (3, 3, 24, 64))
+  """
+  s = _Slicer(variables)
+  if isinstance(model, SmallCNN):
+    c1 = s.dead("bn1").size
+    k0 = s.layer("conv0", "bn0", None)
+    k1 = s.layer("conv1", "bn1", k0)
+    k2 = s.layer("hidden", "bn_hidden", k1, flat_channels=c1)
+    s.kernel("classifier", k2, None)
+    widths: Any = (len(k0), len(k1), len(k2))
+  elif isinstance(model, VGG):
+    n = sum(v != "M" for v in CONFIGS[model.depth])
+    keep = None
+    widths = []
+    for k in range(n):
+      keep = s.layer(f"conv{k}", f"bn{k}", keep)
+      widths.append(len(keep))
+    s.kernel("classifier", keep, None)
+    widths = tuple(widths)
+  elif isinstance(model, ResNet18):
+    widths, keep = [], None
+    for i, (blocks, _) in enumerate(_STAGES):
+      first = "stem" if i == 0 else f"layer{i + 1}_0/shortcut"
+      writers = [f"{first}_bn"] + [f"layer{i + 1}_{j}/bn2"
+                                   for j in range(blocks)]
+      stream = _keep(np.logical_and.reduce([s.dead(w) for w in writers]))
+      if i == 0:
+        s.kernel("stem_conv", None, stream)
+      else:
+        s.kernel(f"layer{i + 1}_0/shortcut_conv", keep, stream)
+      s.bn(f"{first}_bn", stream)
+      inner = []
+      for j in range(blocks):
+        b = f"layer{i + 1}_{j}"
+        # Block 0 of stages 2-4 reads the previous stage's stream.
+        k_in = keep if i > 0 and j == 0 else stream
+        mid = s.layer(f"{b}/conv1", f"{b}/bn1", k_in)
+        s.kernel(f"{b}/conv2", mid, stream)
+        s.bn(f"{b}/bn2", stream)
+        inner.append(len(mid))
+      keep = stream
+      widths.append((len(stream), *inner))
+    s.kernel("classifier", keep, None)
+    widths = tuple(widths)
+  else:
+    raise TypeError(
+        f"slim: expected SmallCNN, VGG or ResNet18, got {type(model).__name__}")
+  return model.clone(widths=widths), s.variables()
+
+
+def dead_channels(variables: Any) -> dict[str, np.ndarray]:
+  """``{BatchNorm path: bool array}``: which channels are dead (see module)."""
+  s = _Slicer(variables)
+  return {p[:-len("/scale")]: s.dead(p[:-len("/scale")])
+          for p in s.params if p.endswith("/scale")}
+
+
+def flops(model: nn.Module, input_shape: Sequence[int]) -> int:
+  """Multiply-adds of one image through the convs and dense layers.
+
+  Counted from shapes alone (no compute): a conv producing ``H x W x C_out``
+  with a ``k x k`` kernel over ``C_in`` channels costs ``H W C_out k^2
+  C_in``; a dense layer ``C_in C_out``. BatchNorm (foldable into the conv at
+  inference), ReLU, pooling and biases are not counted.
+
+  Examples:
+    >>> import models
+    >>> models.flops(models.get("small_cnn"), (8, 8, 1))
+    1723648
+  """
+  total = []
+
+  def count(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    m = context.module
+    if context.method_name == "__call__" and isinstance(m, (nn.Conv,
+                                                            nn.Dense)):
+      fan_in = args[0].shape[-1]
+      if isinstance(m, nn.Conv):
+        fan_in = fan_in * math.prod(m.kernel_size) // m.feature_group_count
+      total.append(math.prod(out.shape[1:]) * fan_in)
+    return out
+
+  x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+  with nn.intercept_methods(count):
+    jax.eval_shape(functools.partial(model.init, train=False),
+                   jax.random.key(0), x)
+  return int(sum(total))
+
+
+def _keep(dead: np.ndarray) -> np.ndarray:
+  idx = np.flatnonzero(~dead)
+  return idx if idx.size else np.zeros(1, np.int64)
+
+
+class _Slicer:
+  """Cuts channels out of flat ``path -> array`` copies of the variables."""
+
+  def __init__(self, variables):
+    self.params = traverse_util.flatten_dict(variables["params"], sep="/")
+    self.stats = traverse_util.flatten_dict(
+        variables.get("batch_stats", {}), sep="/")
+
+  def dead(self, bn):
+    return ((np.asarray(self.params[f"{bn}/scale"]) == 0)
+            & (np.asarray(self.params[f"{bn}/bias"]) == 0))
+
+  def bn(self, bn, keep):
+    for name in ("scale", "bias"):
+      self.params[f"{bn}/{name}"] = _take(self.params[f"{bn}/{name}"], keep, 0)
+    for name in ("mean", "var"):
+      if f"{bn}/{name}" in self.stats:
+        self.stats[f"{bn}/{name}"] = _take(self.stats[f"{bn}/{name}"], keep, 0)
+
+  def kernel(self, layer, keep_in, keep_out, flat_channels=None):
+    k = self.params[f"{layer}/kernel"]
+    if keep_in is not None:
+      if flat_channels:
+        # A Dense after a flatten of (H, W, C): its rows are (h, w, c)
+        # row-major, so channel c is every C-th row.
+        k = _take(k.reshape(-1, flat_channels, k.shape[-1]), keep_in,
+                  1).reshape(
+            -1, k.shape[-1])
+      else:
+        k = _take(k, keep_in, k.ndim - 2)
+    if keep_out is not None:
+      k = _take(k, keep_out, k.ndim - 1)
+      if f"{layer}/bias" in self.params:
+        self.params[f"{layer}/bias"] = _take(self.params[f"{layer}/bias"],
+                                             keep_out, 0)
+    self.params[f"{layer}/kernel"] = k
+
+  def layer(self, layer, bn, keep_in, flat_channels=None):
+    """Slims a kernel + BatchNorm pair; returns the kept output channels."""
+    keep = _keep(self.dead(bn))
+    self.kernel(layer, keep_in, keep, flat_channels)
+    self.bn(bn, keep)
+    return keep
+
+  def variables(self):
+    out = {"params": traverse_util.unflatten_dict(self.params, sep="/")}
+    if self.stats:
+      out["batch_stats"] = traverse_util.unflatten_dict(self.stats, sep="/")
+    return jax.tree.map(jnp.asarray, out)
+
+
+def _take(x, idx, axis):
+  # numpy, not jnp: one eager XLA compile per distinct shape would dominate.
+  return np.take(np.asarray(x), idx, axis=axis)

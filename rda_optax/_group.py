@@ -1,0 +1,364 @@
+"""Group soft thresholds: the proximal maps of the group lasso and the sparse
+group lasso, and the channel groups of the models in ``models/``.
+
+He et al. (2020) penalize single weights. Replacing the element-wise soft
+threshold (10) by a group one zeroes whole groups, e.g. every weight of an
+output channel, which is what makes a network physically smaller (see
+``models.slim``). The dual-averaging argument of criterion (18) carries over
+group by group: the group threshold acts on the averaged gradient and does
+not decay.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any, Callable, Optional, Union
+
+import jax
+import jax.numpy as jnp
+
+from rda_optax._common import check_hyper
+from rda_optax._masks import MaskOrFn, resolve_mask
+from rda_optax._soft_threshold import shrink
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupSpec:
+  """Puts a leaf's entries into the groups of the family ``key``.
+
+  Group ``i`` of a family holds, from every leaf labelled with that ``key``,
+  the slice ``i`` along the leaf's ``axis``; so all leaves of a family must
+  have the same length along their axes. ``axis=None`` puts the whole leaf
+  into one group (the family then has one group).
+
+  Not a pytree node: a spec is a leaf of the group-spec tree, which has the
+  structure of the params with a ``GroupSpec`` or ``None`` (no group) at
+  each leaf.
+  """
+  key: str
+  axis: Optional[int] = -1
+
+
+GroupsOrFn = Union[Any, Callable[[Any], Any]]
+
+
+def group_norms(tree: Any, groups: GroupsOrFn) -> dict[str, jax.Array]:
+  r"""The Euclidean norm of every group, ``{key: ||z_g||}`` per family.
+
+  Each value is a 1-D array with one entry per group of the family.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import rda_optax
+    >>> w = jnp.array([[3.0, 0.0], [4.0, 1.0]])
+    >>> rda_optax.group_norms(w, rda_optax.GroupSpec("w"))  # columns
+    {'w': Array([5., 1.], dtype=float32)}
+  """
+  specs = resolve_groups(groups, tree)
+  return {k: jnp.sqrt(v)
+          for k, v in _sumsq(jax.tree.leaves(tree), specs).items()}
+
+
+def group_sizes(tree: Any, groups: GroupsOrFn) -> dict[str, int]:
+  """The number of scalars ``|g|`` in each group, ``{key: |g|}`` (static).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import rda_optax
+    >>> tree = {"kernel": jnp.ones((3, 3, 8, 16)), "scale": jnp.ones(16)}
+    >>> spec = {"kernel": rda_optax.GroupSpec("c"),
+    ...         "scale": rda_optax.GroupSpec("c")}
+    >>> rda_optax.group_sizes(tree, spec)  # 3 * 3 * 8 + 1 per channel
+    {'c': 73}
+  """
+  return _sizes(jax.tree.leaves(tree), resolve_groups(groups, tree))
+
+
+def _sizes(leaves, specs):
+  sizes: dict[str, int] = {}
+  for x, spec in zip(leaves, specs):
+    if spec is not None:
+      n = _count(x, spec)
+      sizes[spec.key] = sizes.get(spec.key, 0) + math.prod(jnp.shape(x)) // n
+  return sizes
+
+
+def group_soft_threshold(tree: Any, groups: GroupsOrFn,
+                         tau: jax.Array | float) -> Any:
+  r"""Group soft threshold: the proximal map of the weighted l2,1 norm.
+
+  For every group ``g`` (see :class:`GroupSpec`) with ``|g|`` scalars,
+
+  .. math::
+    T_\tau(z)_g = z_g \max\Big(0,\ 1 - \frac{\lambda_g}{\|z_g\|_2}\Big),
+    \qquad \lambda_g = \tau \sqrt{|g|},
+
+  which is ``argmin_w (1/2)||w - z||^2 + sum_g lambda_g ||w_g||_2``. The
+  ``sqrt(|g|)`` scaling (Yuan & Lin, 2006) makes the threshold of a group of
+  ``|g|`` entries of typical size ``tau`` equal to its norm, so groups of
+  different sizes (a 3x3x512 kernel column vs a 3x3x3 one) are thresholded
+  alike. A group is zero exactly when ``||z_g|| <= lambda_g`` (the group form
+  of criterion (18)); zeros are exact ``+0.0``. A group of zeros gives zeros
+  (never NaN); a NaN in a group makes the whole group NaN. Leaves whose spec
+  is ``None`` are returned unchanged (no penalty).
+
+  Args:
+    tree: a pytree of arrays.
+    groups: a group-spec tree (the structure of ``tree``, a
+      :class:`GroupSpec` or ``None`` per leaf), or a callable of ``tree``
+      returning one, e.g. :func:`channel_groups`.
+    tau: the base threshold ``tau >= 0``.
+
+  Returns:
+    A pytree like ``tree``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import rda_optax
+    >>> z = {"w": jnp.array([[2.0, 2.0, 2.0, 2.0], [1.0, 1.0, 0.0, 0.0]])}
+    >>> spec = {"w": rda_optax.GroupSpec("w", axis=0)}  # groups: rows
+    >>> # lambda_g = 1 * sqrt(4) = 2; the row norms are 4 and sqrt(2).
+    >>> print(rda_optax.group_soft_threshold(z, spec, 1.0)["w"])
+    [[1. 1. 1. 1.]
+     [0. 0. 0. 0.]]
+  """
+  check_hyper("tau", tau, positive=False)
+  specs = resolve_groups(groups, tree)
+  leaves = jax.tree.leaves(tree)
+  return jax.tree.unflatten(jax.tree.structure(tree), prox_leaves(
+      leaves, specs, [False] * len(leaves), 0.0, tau))
+
+
+def sparse_group_soft_threshold(tree: Any, groups: GroupsOrFn,
+                                l1: jax.Array | float,
+                                tau: jax.Array | float,
+                                l1_mask: MaskOrFn = None) -> Any:
+  r"""Sparse-group soft threshold: element-wise, then group shrinkage.
+
+  The proximal map of ``l1 ||w_M||_1 + sum_g lambda_g ||w_g||_2`` (``M``: the
+  leaves selected by ``l1_mask``, default ``ndim >= 2``, i.e. kernels) is
+
+  .. math::
+    P(z) = T_\tau\big(S_{\ell_1 M}(z)\big),
+
+  with ``S`` the element-wise soft threshold (10) on the masked leaves (the
+  identity elsewhere) and ``T`` :func:`group_soft_threshold`. (The
+  composition is exact because ``S`` keeps signs and ``T`` scales each group
+  by a factor in ``[0, 1]``: the optimality conditions of both add up;
+  Friedman, Hastie & Tibshirani, 2010.) A group is zero exactly when
+  ``||S_l1(z)_g|| <= lambda_g``; inside a surviving group, entries with
+  ``|z_i| <= l1`` are zero. Ungrouped masked leaves get the plain soft
+  threshold.
+
+  Args:
+    tree: a pytree of arrays.
+    groups: as in :func:`group_soft_threshold`.
+    l1: element-wise threshold, >= 0.
+    tau: base group threshold, >= 0 (``lambda_g = tau sqrt(|g|)``).
+    l1_mask: pytree of bools like ``tree`` or a callable returning one;
+      default: leaves with ``ndim >= 2``.
+
+  Returns:
+    A pytree like ``tree``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import rda_optax
+    >>> z = jnp.array([[3.0, 0.1], [0.5, 0.1]])  # groups: columns (axis -1)
+    >>> # After S_1 the first column is (2, 0), above lambda_g = sqrt(2).
+    >>> out = rda_optax.sparse_group_soft_threshold(
+    ...     z, rda_optax.GroupSpec("w"), l1=1.0, tau=1.0)
+    >>> print(out.round(3))
+    [[0.586 0.   ]
+     [0.    0.   ]]
+  """
+  check_hyper("l1", l1, positive=False)
+  check_hyper("tau", tau, positive=False)
+  treedef = jax.tree.structure(tree)
+  mask = treedef.flatten_up_to(resolve_mask(l1_mask, tree))
+  return jax.tree.unflatten(treedef, prox_leaves(
+      jax.tree.leaves(tree), resolve_groups(groups, tree), mask, l1, tau))
+
+
+def prox_leaves(leaves: list, specs: list, l1_flags: list,
+                l1: jax.Array | float, tau: jax.Array | float) -> list:
+  """:func:`sparse_group_soft_threshold` on flat lists (for the optimizers).
+
+  ``specs`` and ``l1_flags`` give each leaf's group spec and whether it has
+  the element-wise term; leaves in no group get ``S_l1`` or the identity.
+  """
+  leaves = [shrink(x, jnp.asarray(l1, jnp.asarray(x).dtype)) if m else x
+            for x, m in zip(leaves, l1_flags)]
+  sumsq = _sumsq(leaves, specs)
+  sizes = _sizes(leaves, specs)
+  factors = {}
+  for key, s in sumsq.items():
+    lam = jnp.asarray(tau, s.dtype) * math.sqrt(sizes[key])
+    norm = jnp.sqrt(s)
+    # ``~(norm <= lam)`` rather than ``norm > lam``: a NaN norm keeps its
+    # group, whose entries then all become NaN instead of silently zero.
+    keep = ~(norm <= lam)
+    safe = jnp.where(keep, norm, 1.0)
+    factors[key] = (keep, 1.0 - lam / safe)
+  out = []
+  for x, spec in zip(leaves, specs):
+    if spec is None:
+      out.append(x)
+      continue
+    keep, f = factors[spec.key]
+    shape = [1] * jnp.ndim(x)
+    if spec.axis is not None:
+      shape[_axis(x, spec)] = -1
+    keep, f = keep.reshape(shape), f.reshape(shape)
+    out.append(jnp.where(keep, x * f.astype(x.dtype), jnp.zeros_like(x)))
+  return out
+
+
+def check_group_args(groups: GroupsOrFn, group_l1: Any) -> None:
+  """``groups`` and ``group_l1`` come together, and ``group_l1 >= 0``."""
+  if groups is None and group_l1 is not None:
+    raise ValueError(
+        "group_l1 needs groups= (e.g. rda_optax.channel_groups)")
+  if groups is not None and group_l1 is None:
+    raise ValueError("groups= needs group_l1, the group strength (>= 0)")
+  if group_l1 is not None:
+    check_hyper("group_l1", group_l1, positive=False)
+
+
+def resolve_groups(groups: GroupsOrFn, tree: Any) -> list:
+  """The group spec (or ``None``) of each leaf of ``tree``, in leaf order.
+
+  Raises:
+    ValueError: if the spec tree does not match ``tree`` or holds something
+      other than :class:`GroupSpec` or ``None``.
+  """
+  treedef = jax.tree.structure(tree)
+  spec_tree = groups(tree) if callable(groups) and not isinstance(
+      groups, GroupSpec) else groups
+  try:
+    specs = treedef.flatten_up_to(spec_tree)
+  except (ValueError, TypeError) as e:
+    raise ValueError(
+        f"groups: the group-spec tree does not match the params' structure "
+        f"{treedef}: {e}") from None
+  for s in specs:
+    if s is not None and not isinstance(s, GroupSpec):
+      raise ValueError(
+          f"groups: leaves must be GroupSpec or None, got {type(s).__name__}")
+  return specs
+
+
+def _axis(x, spec):
+  nd = jnp.ndim(x)
+  if not -nd <= spec.axis < nd:
+    raise ValueError(
+        f"groups: axis {spec.axis} of family {spec.key!r} is out of range "
+        f"for a leaf of shape {jnp.shape(x)}")
+  return spec.axis % nd
+
+
+def _count(x, spec):
+  return 1 if spec.axis is None else jnp.shape(x)[_axis(x, spec)]
+
+
+def _sumsq(leaves, specs):
+  """{key: per-group sum of squares}, checking that each family agrees."""
+  out: dict[str, jax.Array] = {}
+  for x, spec in zip(leaves, specs):
+    if spec is None:
+      continue
+    x = jnp.asarray(x)
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    if spec.axis is None:
+      s = jnp.sum(jnp.square(x)).reshape(1)
+    else:
+      ax = _axis(x, spec)
+      s = jnp.sum(jnp.square(x), axis=tuple(i for i in range(x.ndim)
+                                              if i != ax))
+    if spec.key in out:
+      if out[spec.key].shape != s.shape:
+        raise ValueError(
+            f"groups: family {spec.key!r} has {out[spec.key].shape[0]} "
+            f"groups in one leaf and {s.shape[0]} in another")
+      s = out[spec.key] + s
+    out[spec.key] = s
+  return out
+
+
+# Residual-stream members of a ResNet: the stem and each block's last conv
+# and projection write into the stream of their stage.
+_STREAM = re.compile(r"^(?:(stem)_conv|layer(\d+)_\d+/(?:conv2|shortcut_conv))$")
+
+
+def channel_groups(params: Any, *, tie_residual: bool = True) -> Any:
+  """One group per output channel of each kernel that feeds a BatchNorm.
+
+  Group ``c`` of a layer holds the layer's kernel ``[..., c]`` (its last
+  axis), its bias ``[c]`` if it has one, and the paired BatchNorm's
+  ``scale[c]`` and ``bias[c]``. Pairs are found by name within a module, as
+  the models in ``models/`` name them: kernel ``conv1`` with BatchNorm
+  ``bn1``, ``stem_conv``/``stem_bn``, ``shortcut_conv``/``shortcut_bn``,
+  ``conv3``/``bn3``, ``hidden``/``bn_hidden``. Kernels without a BatchNorm
+  (the classifier, whose outputs are the logits) belong to no group.
+
+  When a whole group is zero, the channel's BatchNorm output is exactly 0 for
+  any input, so ``models.slim`` can remove the channel exactly.
+
+  Args:
+    params: the ``"params"`` collection of a model.
+    tie_residual: in a ResNet (``stem_conv`` and ``layer{i}_{j}`` blocks),
+      make channel ``c`` of a stage's residual stream one group over every
+      layer writing into it (the stem or the stage's projection, and each
+      block's ``conv2``), because the stream channel is removable only when
+      all of them are zero. ``False``: one group per layer.
+
+  Returns:
+    A group-spec tree for :func:`group_soft_threshold` and ``rda(groups=)``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import rda_optax
+    >>> params = {"conv0": {"kernel": jnp.ones((3, 3, 1, 32))},
+    ...           "bn0": {"scale": jnp.ones(32), "bias": jnp.zeros(32)},
+    ...           "classifier": {"kernel": jnp.ones((32, 10)),
+    ...                          "bias": jnp.zeros(10)}}
+    >>> spec = rda_optax.channel_groups(params)
+    >>> spec["conv0"]["kernel"], spec["bn0"]["scale"], spec["classifier"]
+    (GroupSpec(key='conv0', axis=-1), GroupSpec(key='conv0', axis=-1), \
+{'bias': None, 'kernel': None})
+    >>> rda_optax.group_sizes(params, spec)  # 3 * 3 * 1 + 2 per channel
+    {'conv0': 11}
+  """
+  flat = {_path_name(p): leaf
+          for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+  specs: dict[str, Optional[GroupSpec]] = {k: None for k in flat}
+  for path, leaf in flat.items():
+    *mod, name = path.split("/")
+    if name != "kernel" or jnp.ndim(leaf) < 2:
+      continue
+    parent, layer = "/".join(mod[:-1]), mod[-1]
+    bn = None
+    for cand in (layer.replace("conv", "bn"), "bn_" + layer):
+      cpath = f"{parent}/{cand}" if parent else cand
+      if f"{cpath}/scale" in flat:
+        bn = cpath
+        break
+    if bn is None:
+      continue
+    lpath = "/".join(mod)
+    key = lpath
+    m = _STREAM.match(lpath) if tie_residual else None
+    if m:
+      key = f"stream{1 if m.group(1) else m.group(2)}"
+    for member in (f"{lpath}/kernel", f"{lpath}/bias", f"{bn}/scale",
+                   f"{bn}/bias"):
+      if member in flat:
+        specs[member] = GroupSpec(key, -1)
+  return jax.tree_util.tree_map_with_path(lambda p, _: specs[_path_name(p)],
+                                         params)
+
+
+def _path_name(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
