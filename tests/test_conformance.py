@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import doctest
 import functools
+import importlib
 import inspect
+import pkgutil
 import subprocess
 import sys
 import textwrap
@@ -663,14 +665,9 @@ def test_sharding_on_8_simulated_devices():
 
 def test_docstring_examples_run():
   """Every public docstring's ``Examples:`` section runs as written."""
-  import rda_optax._asr, rda_optax._init, rda_optax._masks  # noqa: E401
-  import rda_optax._prox_sgd, rda_optax._rda  # noqa: E401
-  import rda_optax._soft_threshold, rda_optax._sparsity  # noqa: E401
-  import rda_optax._group  # noqa: E401
-  modules = [rda_optax._asr, rda_optax._group, rda_optax._init,
-             rda_optax._masks,
-             rda_optax._prox_sgd, rda_optax._rda, rda_optax._soft_threshold,
-             rda_optax._sparsity]
+  # Every module of the package, so a new one cannot be forgotten here.
+  modules = [importlib.import_module(f"rda_optax.{m.name}")
+             for m in pkgutil.iter_modules(rda_optax.__path__)]
   attempted = 0
   with_examples = set()
   for m in modules:
