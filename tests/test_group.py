@@ -265,6 +265,7 @@ def test_rda_with_channel_groups_matches_the_closed_form():
   tx = rda_optax.rda(gamma, l1, l2=l2, groups=rda_optax.channel_groups,
                      group_l1=glam)
   state = tx.init(params)
+  update = jax.jit(tx.update)  # one compile instead of many eager ops
   size = np.array([0.01, 0.01, 1.0, 1.0])  # channels 0, 1: small gradients
   grads = []
   p = params
@@ -274,7 +275,7 @@ def test_rda_with_channel_groups_matches_the_closed_form():
     g["conv"]["kernel"] = g["conv"]["kernel"] * size
     g["bn"] = jax.tree.map(lambda a: a * size, g["bn"])
     grads.append(g)
-    u, state = tx.update(g, state, p)
+    u, state = update(g, state, p)
     p = optax.apply_updates(p, u)
 
   gbar = jax.tree.map(lambda *a: np.mean(np.asarray(a, np.float64), 0),
@@ -369,3 +370,23 @@ def test_group_l1_without_groups_is_refused():
   with pytest.raises(ValueError, match="groups: the group-spec tree"):
     rda_optax.rda(1.0, 0.0, groups={"x": None}, group_l1=0.1).init(
         {"w": jnp.ones((2, 2))})
+
+
+def test_grouped_rda_keeps_nan_visible_and_inits_abstractly():
+  params = {"conv": {"kernel": jnp.ones((3, 3, 1, 2))},
+            "bn": {"scale": jnp.ones(2), "bias": jnp.zeros(2)}}
+  for tx in (rda_optax.rda(1.0, 0.0, groups=rda_optax.channel_groups,
+                           group_l1=10.0),
+             rda_optax.prox_sgd(0.1, 0.0, groups=rda_optax.channel_groups,
+                                group_l1=10.0)):
+    abstract = jax.eval_shape(lambda p: p, params)
+    assert jax.tree.structure(tx.init(abstract)) == jax.tree.structure(
+        tx.init(params))
+    g = jax.tree.map(jnp.zeros_like, params)
+    g["conv"]["kernel"] = g["conv"]["kernel"].at[0, 0, 0, 0].set(jnp.nan)
+    u, _ = jax.jit(tx.update)(g, tx.init(params), params)
+    w = optax.apply_updates(params, u)
+    # A threshold this large zeroes the finite channel; the NaN one stays NaN.
+    assert np.all(np.isnan(np.asarray(w["conv"]["kernel"])[..., 0]))
+    assert np.isnan(float(w["bn"]["scale"][0]))
+    np.testing.assert_array_equal(np.asarray(w["conv"]["kernel"])[..., 1], 0)

@@ -140,16 +140,23 @@ def test_slim_model_computes_the_same_logits(name):
     np.testing.assert_allclose(got32, ref, rtol=0, atol=1e-4 * scale)
 
 
-def test_slimmed_vgg19_variables_fit_the_slim_model():
-  """VGG-19 shares VGG-16's code path; check the shapes without compiling."""
-  model = models.get("vgg19bn", widths=(5,) * 16)
-  v = _trained_like(model, (8, 8, 3), seed=7)
+@pytest.mark.parametrize("name,kw", [
+    ("vgg19bn", {"widths": (5,) * 16}),
+    ("resnet18_imagenet", {"widths": ((8, 6, 6),) * 4})])
+def test_slimmed_variables_fit_the_slim_model(name, kw):
+  """VGG-19 and the ImageNet-stem ResNet share code paths with the cases
+  above; check their shapes without compiling."""
+  model = models.get(name, **kw)
+  v = _trained_like(model, (16, 16, 3), seed=7)
   small, sv = models.slim(model, v)
   want = jax.eval_shape(functools.partial(small.init, train=False), KEY,
-                        jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32))
+                        jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32))
   assert (jax.tree.map(jnp.shape, want) == jax.tree.map(jnp.shape, sv))
-  dead = models.dead_channels(v)
-  assert small.widths == tuple(int((~dead[f"bn{k}"]).sum()) for k in range(16))
+  assert models.param_count(sv) < models.param_count(v)
+  if name == "vgg19bn":
+    dead = models.dead_channels(v)
+    assert small.widths == tuple(int((~dead[f"bn{k}"]).sum())
+                                 for k in range(16))
 
 
 def _vgg_flops(widths, depth, side, classes=10):
