@@ -3,6 +3,9 @@ transformations (He, Jia, Xu, Zhang, Zhao, 2020)."""
 
 from rda_optax._asr import FreezeZerosState
 from rda_optax._asr import freeze_zeros
+from rda_optax._export import SparseFormatError
+from rda_optax._export import load_sparse
+from rda_optax._export import save_sparse
 from rda_optax._init import rescale
 from rda_optax._init import scaled_uniform
 from rda_optax._masks import default_l1_mask
@@ -22,11 +25,14 @@ __all__ = (
     "LeafSparsity",
     "ProxSGDState",
     "RDAState",
+    "SparseFormatError",
     "default_l1_mask",
     "freeze_zeros",
+    "load_sparse",
     "prox_sgd",
     "rda",
     "rescale",
+    "save_sparse",
     "scaled_uniform",
     "soft_threshold",
     "sparsity",
