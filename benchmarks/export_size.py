@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -99,7 +100,8 @@ def main(argv=None) -> None:
           if l.strip()]
   per_layer = {k.removeprefix("['params']"): v
                for k, v in rows[-1]["sparsity_per_layer"].items()}
-  measure(f"resnet18, per-layer sparsity of {args.layers}",
+  layers = os.path.relpath(args.layers, ROOT)
+  measure(f"resnet18, per-layer sparsity of {layers}",
           resnet18_variables(per_layer))
   measure("resnet18, 97% uniform", resnet18_variables(0.97))
 
