@@ -10,7 +10,9 @@ import jax.numpy as jnp
 import optax
 from jax.typing import DTypeLike
 
+from rda_optax import _allocation
 from rda_optax import _common
+from rda_optax import _target
 from rda_optax._common import NO_PARAMS_MSG, at_step, check_hyper, guard
 from rda_optax._masks import MaskOrFn, resolve_mask
 from rda_optax._soft_threshold import shrink
@@ -34,10 +36,15 @@ class RDAState(NamedTuple):
       memory. ``optax.tree_utils.tree_map_params`` over this field with
       extra trees needs ``is_leaf=lambda v: isinstance(v, optax.MaskedNode)``,
       as for ``optax.masked``.
+    l1: with ``target_sparsity``, the ``lambda_t`` of the last step per leaf
+      (float32 scalars like the params, ``optax.MaskedNode`` on unpenalized
+      leaves; one value throughout for ``"global"``). Otherwise ``()``, so a
+      plain ``rda`` state has the same leaves as before the field existed.
   """
   count: jax.Array
   gbar: optax.Updates
   init_params: optax.Params
+  l1: Any = ()
 
 
 def rda(
@@ -48,6 +55,9 @@ def rda(
     l1_mask: MaskOrFn = None,
     l2: float | jax.Array = 0.0,
     state_dtype: Optional[DTypeLike] = None,
+    target_sparsity: Optional[optax.ScalarOrSchedule] = None,
+    sparsity_distribution: str = "global",
+    threshold_every: int = 1,
 ) -> optax.GradientTransformationExtraArgs:
   r"""l1-regularized dual averaging, Algorithm 2 / equation (13).
 
@@ -97,6 +107,34 @@ def rda(
   untouched, wrap it: ``optax.apply_if_finite(rda(...),
   max_consecutive_errors)``; the trainer does.
 
+  Target sparsity: with ``target_sparsity = s_t`` (a float or a schedule of
+  the step, e.g. a cubic ramp as in gradual pruning) and ``l1=None``,
+  ``lambda`` is chosen at each step from the data. Write
+  ``z_t = b_t c - \bar g_t`` for the argument of :math:`S_\lambda` (``-gbar``
+  with ``center="zero"``); a penalized weight is zero exactly when
+  :math:`|z_t| \le \lambda`, whatever ``l2``. So with ``k_t`` the number of
+  entries the allocation says to zero,
+
+  .. math::
+    \lambda_t = |z_t|_{(k_t)}, \quad \text{the } k_t\text{-th smallest}
+
+  gives exactly ``k_t`` zeros (more only where ``|z|`` ties at
+  ``lambda_t``), at once, with no controller lag: the iterate is rebuilt
+  from ``gbar_t`` each step. It is l1-RDA with a data-chosen
+  ``lambda_t``: ``rda(gamma, l1=f)`` with a schedule ``f(t) = lambda_t``
+  read from ``state.l1`` produces the same iterates bit for bit, and
+  ``lambda_t`` is the smallest l1 that reaches ``s_t`` at step ``t``, so
+  the kept weights are shrunk as little as that sparsity allows.
+  Allocation over the penalized leaves (``rda_optax.keep_counts``):
+  ``"global"`` one threshold over all of them, ``k_t = N - round(N(1 -
+  s_t))``; ``"uniform"`` each leaf at ``s_t``; ``"erk"`` per-leaf counts
+  from Erdos-Renyi-Kernel densities. The order statistic is a radix select
+  (two histogram passes, no sort). ``threshold_every = k > 1`` recomputes it
+  only every ``k`` steps and holds ``lambda`` in between, trading exactness
+  for cost: between recomputes the sparsity moves with ``gbar`` (by the
+  entries whose ``|z|`` crosses the held ``lambda``; each entry of
+  ``gbar`` moves by at most ``(k/t) max|g - gbar|`` in ``k`` steps).
+
   Hyper-parameters: Python numbers and concrete arrays are checked here
   (``ValueError``). A traced value (``optax.inject_hyperparams`` under
   ``jit``) or a schedule's value cannot be checked; ``gamma <= 0``,
@@ -106,7 +144,8 @@ def rda(
     gamma: ``gamma`` of ``beta_t = gamma sqrt(t)``, > 0; float, array or
       schedule. It plays the role of an inverse learning rate: the first
       step moves by ``1/gamma`` times the thresholded gradient.
-    l1: ``lambda``, the l1 strength, >= 0; float, array or schedule.
+    l1: ``lambda``, the l1 strength, >= 0; float, array or schedule. Must
+      be ``None`` with ``target_sparsity``.
     center: ``"zero"`` (the paper's) or ``"init"``.
     l1_mask: pytree of bools like the params (or a prefix of them), or a
       callable of the params returning one; default: every leaf with
@@ -117,6 +156,14 @@ def rda(
       promoted to at least float32, because a running average in bfloat16
       stops moving once ``1/t`` is below its precision. ``w_1`` is kept in
       the params' dtype, which holds it exactly.
+    target_sparsity: fraction of the penalized entries that are zero after
+      each step, in ``[0, 1]``; float or schedule of the 0-based step
+      (a value outside ``[0, 1]`` from a schedule makes the iterate NaN).
+      ``None`` (default): the fixed ``l1``.
+    sparsity_distribution: ``"global"``, ``"uniform"`` or ``"erk"``: how the
+      target is spread over the penalized leaves.
+    threshold_every: recompute ``lambda_t`` every this many steps (>= 1;
+      default 1, exact at every step).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs
@@ -152,6 +199,20 @@ def rda(
     JMLR 11 (2010).
   """
   check_hyper("gamma", gamma, positive=True)
+  if target_sparsity is None:
+    if l1 is None:
+      raise ValueError("rda: l1 is None; pass l1, or target_sparsity")
+  else:
+    if l1 is not None:
+      raise ValueError("rda: pass l1=None with target_sparsity: lambda_t is "
+                       "then chosen to reach the target")
+    if not callable(target_sparsity):
+      _allocation.check_target(target_sparsity, "target_sparsity")
+    _allocation.check_distribution(sparsity_distribution)
+    if (not isinstance(threshold_every, int) or isinstance(threshold_every, bool)
+        or threshold_every < 1):
+      raise ValueError(f"threshold_every must be an int >= 1, got "
+                       f"{threshold_every!r}")
   check_hyper("l1", l1, positive=False)
   check_hyper("l2", l2, positive=False)
   if center not in _CENTERS:
@@ -179,8 +240,11 @@ def rda(
     init_params = jax.tree.map(
         lambda p, m: jnp.array(p, copy=True) if keeps_w1(m)
         else optax.MaskedNode(), params, mask)
+    l1_state = () if target_sparsity is None else jax.tree.map(
+        lambda p, m: jnp.zeros([], jnp.float32) if m else optax.MaskedNode(),
+        params, mask)
     return RDAState(count=jnp.zeros([], jnp.int32), gbar=gbar,
-                    init_params=init_params)
+                    init_params=init_params, l1=l1_state)
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
@@ -191,31 +255,65 @@ def rda(
     t = (state.count + 1).astype(jnp.float32)
     g_t = at_step(gamma, state.count)
     b = guard(g_t / jnp.sqrt(t), g_t > 0)
-    lam = at_step(l1, state.count)
-    lam = guard(lam, lam >= 0)
     l2_t = jnp.asarray(l2, jnp.float32)
     l2_t = guard(l2_t, l2_t >= 0)
 
     treedef = jax.tree.structure(params)
-    new_gbar, new_updates = [], []
-    for g, gbar, w1, w, penalized in zip(
-        treedef.flatten_up_to(updates), treedef.flatten_up_to(state.gbar),
-        treedef.flatten_up_to(state.init_params), treedef.flatten_up_to(params),
-        treedef.flatten_up_to(mask)):
-      sd = gbar.dtype
-      ct = _common.compute_dtype(sd)
+    flags = treedef.flatten_up_to(mask)
+    new_gbar = []
+    for g, gbar in zip(treedef.flatten_up_to(updates),
+                       treedef.flatten_up_to(state.gbar)):
+      ct = _common.compute_dtype(gbar.dtype)
       avg = gbar.astype(ct)
-      gbar = (avg + (g.astype(ct) - avg) / t.astype(ct)).astype(sd)
-      w1 = None if isinstance(w1, optax.MaskedNode) else w1.astype(ct)
-      w_new = closed_form(gbar.astype(ct), w1, b.astype(ct), lam.astype(ct),
-                          l2_t.astype(ct), penalized=penalized, center=center)
-      new_gbar.append(gbar)
+      new_gbar.append(
+          (avg + (g.astype(ct) - avg) / t.astype(ct)).astype(gbar.dtype))
+    w1s = [None if isinstance(w1, optax.MaskedNode) else w1
+           for w1 in treedef.flatten_up_to(state.init_params)]
+    if target_sparsity is None:
+      lam = at_step(l1, state.count)
+      lams = [guard(lam, lam >= 0)] * len(flags)
+      l1_state = ()
+    else:
+      lams = _target_lambdas(state, new_gbar, w1s, flags, b, treedef)
+      l1_state = jax.tree.unflatten(treedef, [
+          l if f else optax.MaskedNode() for l, f in zip(lams, flags)])
+    new_updates = []
+    for gbar, w1, w, lam, penalized in zip(
+        new_gbar, w1s, treedef.flatten_up_to(params), lams, flags):
+      ct = _common.compute_dtype(gbar.dtype)
+      w_new = closed_form(gbar.astype(ct),
+                          None if w1 is None else w1.astype(ct), b.astype(ct),
+                          lam.astype(ct), l2_t.astype(ct),
+                          penalized=penalized, center=center)
       # Round the iterate once, then step onto it in the params' dtype.
       new_updates.append(w_new.astype(w.dtype) - w)
     return jax.tree.unflatten(treedef, new_updates), RDAState(
         count=optax.safe_increment(state.count),
         gbar=jax.tree.unflatten(treedef, new_gbar),
-        init_params=state.init_params)
+        init_params=state.init_params, l1=l1_state)
+
+  def _target_lambdas(state, gbars, w1s, flags, b, treedef):
+    """lambda_t per leaf (unpenalized leaves get an unused 0)."""
+    def choose():
+      scores = [jnp.abs(gbar if center == "zero" else b * w1 - gbar)
+                for gbar, w1, f in zip(gbars, w1s, flags) if f]
+      if not scores:
+        return []
+      s_t = at_step(target_sparsity, state.count)
+      s_t = guard(s_t, (s_t >= 0) & (s_t <= 1))
+      target = s_t if callable(target_sparsity) else target_sparsity
+      lams = _target.thresholds(scores, target, sparsity_distribution)
+      # A NaN target (guarded above) poisons lambda, hence the iterate.
+      return [jnp.where(jnp.isnan(s_t), jnp.nan, l) for l in lams]
+
+    held = [l for l, f in zip(treedef.flatten_up_to(state.l1), flags) if f]
+    if threshold_every == 1:
+      chosen = choose()
+    else:
+      chosen = jax.lax.cond(state.count % threshold_every == 0, choose,
+                            lambda: held)
+    it = iter(chosen)
+    return [next(it) if f else jnp.zeros([], jnp.float32) for f in flags]
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
