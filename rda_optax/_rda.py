@@ -58,6 +58,7 @@ def rda(
     target_sparsity: Optional[optax.ScalarOrSchedule] = None,
     sparsity_distribution: str = "global",
     threshold_every: int = 1,
+    threshold_samples: Optional[int] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""l1-regularized dual averaging, Algorithm 2 / equation (13).
 
@@ -129,7 +130,8 @@ def rda(
   ``"global"`` one threshold over all of them, ``k_t = N - round(N(1 -
   s_t))``; ``"uniform"`` each leaf at ``s_t``; ``"erk"`` per-leaf counts
   from Erdos-Renyi-Kernel densities. The order statistic is a radix select
-  (two histogram passes, no sort). ``threshold_every = k > 1`` recomputes it
+  (two histogram passes, no sort), or, with ``threshold_samples``, an
+  estimate from a fixed random sample. ``threshold_every = k > 1`` recomputes it
   only every ``k`` steps and holds ``lambda`` in between, trading exactness
   for cost: between recomputes the sparsity moves with ``gbar`` (by the
   entries whose ``|z|`` crosses the held ``lambda``; each entry of
@@ -164,6 +166,13 @@ def rda(
       target is spread over the penalized leaves.
     threshold_every: recompute ``lambda_t`` every this many steps (>= 1;
       default 1, exact at every step).
+    threshold_samples: ``None`` (default): ``lambda_t`` is the exact order
+      statistic. An int ``m``: estimated from ``m`` fixed random entries
+      (per leaf for ``"uniform"``/``"erk"``), a gather and a sort of ``m``
+      values instead of two histogram passes over every entry; exact for
+      leaves (``"global"``: all penalized entries) of at most ``m``
+      entries, and otherwise off the target by about ``sqrt(s(1-s)/m)``
+      (``rda_optax._target.sampled_kth_smallest`` states the tail bound).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs
@@ -209,10 +218,11 @@ def rda(
     if not callable(target_sparsity):
       _allocation.check_target(target_sparsity, "target_sparsity")
     _allocation.check_distribution(sparsity_distribution)
-    if (not isinstance(threshold_every, int) or isinstance(threshold_every, bool)
-        or threshold_every < 1):
-      raise ValueError(f"threshold_every must be an int >= 1, got "
-                       f"{threshold_every!r}")
+    for name, v in (("threshold_every", threshold_every),
+                    ("threshold_samples",
+                     1 if threshold_samples is None else threshold_samples)):
+      if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {v!r}")
   check_hyper("l1", l1, positive=False)
   check_hyper("l2", l2, positive=False)
   if center not in _CENTERS:
@@ -302,7 +312,8 @@ def rda(
       s_t = at_step(target_sparsity, state.count)
       s_t = guard(s_t, (s_t >= 0) & (s_t <= 1))
       target = s_t if callable(target_sparsity) else target_sparsity
-      lams = _target.thresholds(scores, target, sparsity_distribution)
+      lams = _target.thresholds(scores, target, sparsity_distribution,
+                                threshold_samples)
       # A NaN target (guarded above) poisons lambda, hence the iterate.
       return [jnp.where(jnp.isnan(s_t), jnp.nan, l) for l in lams]
 

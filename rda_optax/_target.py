@@ -9,15 +9,18 @@ target (a schedule of the step) gets the same counts from jnp arithmetic.
 many scores to be at or below it, without a sort: a radix select on the
 float32 bit patterns, which order non-negative floats as integers do, in two
 histogram passes (the high 15 bits, then the low 16 within the chosen bin).
+:func:`sampled_kth_smallest` estimates it from a fixed random subset, for
+when the exact select costs too much (XLA's scatter-add on CPU).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rda_optax import _allocation
 
@@ -118,11 +121,50 @@ def kth_smallest(scores: Sequence[jax.Array], k: Any) -> jax.Array:
   return jnp.where(k > 0, value, jnp.float32(0))
 
 
-def thresholds(scores: Sequence[jax.Array], target: Any,
-               distribution: str) -> list[jax.Array]:
+def sampled_kth_smallest(scores: Sequence[jax.Array], k: Any,
+                         samples: int, seed: int = 0) -> jax.Array:
+  """An estimate of :func:`kth_smallest` from about ``samples`` entries.
+
+  The positions are drawn once, at trace time (uniformly without
+  replacement, each array in proportion to its size), so the cost is a
+  gather and a sort of ``samples`` values. When ``samples`` covers every
+  entry the result is exact. Otherwise the fraction of entries at or below
+  the estimate misses ``k / n`` by the sampling error of a quantile: about
+  ``sqrt(q (1 - q) / samples)`` (q = k/n) typically, and by more than
+  ``eps`` with probability at most ``2 exp(-2 samples eps^2)`` (the
+  Dvoretzky-Kiefer-Wolfowitz inequality, for a with-replacement sample;
+  without replacement is no worse).
+  """
+  sizes = [math.prod(s.shape) for s in scores]
+  n = sum(sizes)
+  if samples >= n:
+    picked = [s.ravel() for s in scores]
+  else:
+    rng = np.random.default_rng(seed)
+    picked = []
+    for s, size in zip(scores, sizes):
+      m = min(size, max(1, round(samples * size / n)))
+      idx = np.sort(rng.choice(size, m, replace=False)).astype(np.int32)
+      picked.append(s.ravel()[idx])
+  values = jnp.sort(jnp.concatenate(picked).astype(jnp.float32))
+  m = values.shape[0]
+  # Rank in the sample with the same share of entries below it.
+  r = k if m == n else jnp.round(jnp.asarray(k, jnp.float32) * (m / n))
+  r = jnp.clip(jnp.asarray(r, jnp.int32), 0, m)
+  return jnp.where(r > 0, values[jnp.maximum(r - 1, 0)], jnp.float32(0))
+
+
+def thresholds(scores: Sequence[jax.Array], target: Any, distribution: str,
+               samples: Optional[int] = None) -> list[jax.Array]:
   """Per-leaf threshold ``lambda_l`` such that ``#{|score| <= lambda_l}``
-  meets the allocation of ``target`` (one shared value for ``global``)."""
+  meets the allocation of ``target`` (one shared value for ``global``):
+  exactly (:func:`kth_smallest`), or estimated from ``samples`` entries
+  (:func:`sampled_kth_smallest`)."""
   zeros = zero_counts([tuple(s.shape) for s in scores], target, distribution)
+  if samples is None:
+    select = kth_smallest
+  else:
+    select = lambda ss, z: sampled_kth_smallest(ss, z, samples)
   if distribution == "global":
-    return [kth_smallest(scores, zeros[0])] * len(scores)
-  return [kth_smallest([s], z) for s, z in zip(scores, zeros)]
+    return [select(scores, zeros[0])] * len(scores)
+  return [select([s], z) for s, z in zip(scores, zeros)]
