@@ -180,14 +180,15 @@ def test_sampled_threshold():
   assert int(sum(jnp.sum(params[k] == 0) for k in SHAPES)) == n - round(n * 0.1)
 
 
+ERK_SHAPES = [(3, 3, 3, 64), (3, 3, 64, 64), (3, 3, 64, 128), (1, 1, 64, 128),
+              (3, 3, 128, 128), (512, 10), (4096, 128), (128, 10)]
+_erk_traced = jax.jit(lambda t: _target.zero_counts(ERK_SHAPES, t, "erk"))
+
+
 @pytest.mark.parametrize("s", [0.3, 0.5, 0.8, 0.9, 0.95, 0.97, 0.99])
 def test_traced_erk_counts_match_the_allocation_module(s):
-  shapes = [(3, 3, 3, 64), (3, 3, 64, 64), (3, 3, 64, 128), (1, 1, 64, 128),
-            (3, 3, 128, 128), (512, 10), (4096, 128), (128, 10)]
-  static = _target.zero_counts(shapes, s, "erk")
-  traced = jax.jit(lambda t: _target.zero_counts(shapes, t, "erk"))(
-      jnp.float32(s))
-  assert [int(c) for c in traced] == static
+  static = _target.zero_counts(ERK_SHAPES, s, "erk")
+  assert [int(c) for c in _erk_traced(jnp.float32(s))] == static
 
 
 @pytest.mark.parametrize("kwargs,needle", [
