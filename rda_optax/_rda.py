@@ -265,66 +265,74 @@ def rda(
     t = (state.count + 1).astype(jnp.float32)
     g_t = at_step(gamma, state.count)
     b = guard(g_t / jnp.sqrt(t), g_t > 0)
+    lam = at_step(0.0 if l1 is None else l1, state.count)
+    lam = guard(lam, lam >= 0)
     l2_t = jnp.asarray(l2, jnp.float32)
     l2_t = guard(l2_t, l2_t >= 0)
 
     treedef = jax.tree.structure(params)
     flags = treedef.flatten_up_to(mask)
-    new_gbar = []
-    for g, gbar in zip(treedef.flatten_up_to(updates),
-                       treedef.flatten_up_to(state.gbar)):
-      ct = _common.compute_dtype(gbar.dtype)
+    new_gbar, new_w = [], []
+    for g, gbar, w1, w, penalized in zip(
+        treedef.flatten_up_to(updates), treedef.flatten_up_to(state.gbar),
+        treedef.flatten_up_to(state.init_params), treedef.flatten_up_to(params),
+        flags):
+      sd = gbar.dtype
+      ct = _common.compute_dtype(sd)
       avg = gbar.astype(ct)
-      new_gbar.append(
-          (avg + (g.astype(ct) - avg) / t.astype(ct)).astype(gbar.dtype))
-    w1s = [None if isinstance(w1, optax.MaskedNode) else w1
-           for w1 in treedef.flatten_up_to(state.init_params)]
-    if target_sparsity is None:
-      lam = at_step(l1, state.count)
-      lams = [guard(lam, lam >= 0)] * len(flags)
-      l1_state = ()
-    else:
-      lams = _target_lambdas(state, new_gbar, w1s, flags, b, treedef)
-      l1_state = jax.tree.unflatten(treedef, [
-          l if f else optax.MaskedNode() for l, f in zip(lams, flags)])
-    new_updates = []
-    for gbar, w1, w, lam, penalized in zip(
-        new_gbar, w1s, treedef.flatten_up_to(params), lams, flags):
-      ct = _common.compute_dtype(gbar.dtype)
-      w_new = closed_form(gbar.astype(ct),
-                          None if w1 is None else w1.astype(ct), b.astype(ct),
-                          lam.astype(ct), l2_t.astype(ct),
-                          penalized=penalized, center=center)
-      # Round the iterate once, then step onto it in the params' dtype.
-      new_updates.append(w_new.astype(w.dtype) - w)
+      gbar = (avg + (g.astype(ct) - avg) / t.astype(ct)).astype(sd)
+      w1 = None if isinstance(w1, optax.MaskedNode) else w1.astype(ct)
+      if target_sparsity is None or not penalized:
+        w_new = closed_form(gbar.astype(ct), w1, b.astype(ct),
+                            lam.astype(ct), l2_t.astype(ct),
+                            penalized=penalized, center=center)
+      else:  # the argument of S_lambda, thresholded jointly below
+        avg = gbar.astype(ct)
+        w_new = -avg if w1 is None else b.astype(ct) * w1 - avg
+      new_gbar.append(gbar)
+      new_w.append(w_new)
+    l1_state = ()
+    if target_sparsity is not None:
+      new_w, l1_state = _target_iterates(new_w, flags, state, b, l2_t,
+                                         treedef)
+    # Round the iterate once, then step onto it in the params' dtype.
+    new_updates = [w_new.astype(w.dtype) - w
+                   for w_new, w in zip(new_w, treedef.flatten_up_to(params))]
     return jax.tree.unflatten(treedef, new_updates), RDAState(
         count=optax.safe_increment(state.count),
         gbar=jax.tree.unflatten(treedef, new_gbar),
         init_params=state.init_params, l1=l1_state)
 
-  def _target_lambdas(state, gbars, w1s, flags, b, treedef):
-    """lambda_t per leaf (unpenalized leaves get an unused 0)."""
+  def _target_iterates(new_w, flags, state, b, l2_t, treedef):
+    """Chooses lambda_t per penalized leaf from its ``z = b c - gbar`` and
+    returns the iterates ``S_lambda(z) / (b + l2)`` and the ``l1`` state."""
+    zs = [z for z, f in zip(new_w, flags) if f]
+
     def choose():
-      scores = [jnp.abs(gbar if center == "zero" else b * w1 - gbar)
-                for gbar, w1, f in zip(gbars, w1s, flags) if f]
-      if not scores:
-        return []
       s_t = at_step(target_sparsity, state.count)
       s_t = guard(s_t, (s_t >= 0) & (s_t <= 1))
       target = s_t if callable(target_sparsity) else target_sparsity
-      lams = _target.thresholds(scores, target, sparsity_distribution,
-                                threshold_samples)
+      lams = _target.thresholds([jnp.abs(z) for z in zs], target,
+                                sparsity_distribution, threshold_samples)
       # A NaN target (guarded above) poisons lambda, hence the iterate.
       return [jnp.where(jnp.isnan(s_t), jnp.nan, l) for l in lams]
 
     held = [l for l, f in zip(treedef.flatten_up_to(state.l1), flags) if f]
-    if threshold_every == 1:
-      chosen = choose()
+    if not zs or threshold_every == 1:
+      lams = choose() if zs else []
     else:
-      chosen = jax.lax.cond(state.count % threshold_every == 0, choose,
-                            lambda: held)
-    it = iter(chosen)
-    return [next(it) if f else jnp.zeros([], jnp.float32) for f in flags]
+      lams = jax.lax.cond(state.count % threshold_every == 0, choose,
+                          lambda: held)
+    it = iter(zip(zs, lams))
+    out, l1_leaves = [], []
+    for w, f in zip(new_w, flags):
+      if f:
+        z, lam = next(it)
+        out.append(shrink(z, lam.astype(z.dtype)) / (b + l2_t).astype(z.dtype))
+      else:
+        out.append(w)
+      l1_leaves.append(lam if f else optax.MaskedNode())
+    return out, jax.tree.unflatten(treedef, l1_leaves)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
