@@ -201,6 +201,17 @@ def rda(
     >>> rda_optax.sparsity(params)
     Array(0.5, dtype=float32)
 
+    Asking for a sparsity instead of an l1 strength: 3 of the 4 kernel
+    entries at zero, lambda_t the 3rd smallest ``|gbar|``:
+
+    >>> tx = rda_optax.rda(gamma=1.0, l1=None, target_sparsity=0.75)
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update(grads, state, params)
+    >>> rda_optax.sparsity(optax.apply_updates(params, updates))
+    Array(0.75, dtype=float32)
+    >>> state.l1["kernel"]
+    Array(0.3, dtype=float32)
+
   References:
     He, Jia, Xu, Zhang, Zhao, "Make l1 regularization effective in training
     sparse CNN", Comput. Optim. Appl. 77 (2020); Xiao, "Dual averaging
