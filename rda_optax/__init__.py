@@ -7,6 +7,9 @@ from rda_optax._allocation import sparsity_allocation
 from rda_optax._allocation import top_k_mask
 from rda_optax._asr import FreezeZerosState
 from rda_optax._asr import freeze_zeros
+from rda_optax._export import SparseFormatError
+from rda_optax._export import load_sparse
+from rda_optax._export import save_sparse
 from rda_optax._gmp import GMPState
 from rda_optax._gmp import gmp
 from rda_optax._group import GroupSpec
@@ -39,6 +42,7 @@ __all__ = (
     "ProxSGDState",
     "RDAState",
     "RigLState",
+    "SparseFormatError",
     "channel_groups",
     "default_l1_mask",
     "freeze_zeros",
@@ -48,10 +52,12 @@ __all__ = (
     "group_sizes",
     "group_soft_threshold",
     "keep_counts",
+    "load_sparse",
     "prox_sgd",
     "rda",
     "rescale",
     "rigl",
+    "save_sparse",
     "scaled_uniform",
     "soft_threshold",
     "sparse_group_soft_threshold",

@@ -10,7 +10,9 @@ import jax.numpy as jnp
 import optax
 from jax.typing import DTypeLike
 
+from rda_optax import _allocation
 from rda_optax import _common
+from rda_optax import _target
 from rda_optax._common import NO_PARAMS_MSG, at_step, check_hyper, guard
 from rda_optax._group import (GroupsOrFn, check_group_args, prox_leaves,
                               resolve_groups)
@@ -36,10 +38,15 @@ class RDAState(NamedTuple):
       memory. ``optax.tree_utils.tree_map_params`` over this field with
       extra trees needs ``is_leaf=lambda v: isinstance(v, optax.MaskedNode)``,
       as for ``optax.masked``.
+    l1: with ``target_sparsity``, the ``lambda_t`` of the last step per leaf
+      (float32 scalars like the params, ``optax.MaskedNode`` on unpenalized
+      leaves; one value throughout for ``"global"``). Otherwise ``()``, so a
+      plain ``rda`` state has the same leaves as before the field existed.
   """
   count: jax.Array
   gbar: optax.Updates
   init_params: optax.Params
+  l1: Any = ()
 
 
 def rda(
@@ -52,6 +59,10 @@ def rda(
     state_dtype: Optional[DTypeLike] = None,
     groups: GroupsOrFn = None,
     group_l1: Optional[optax.ScalarOrSchedule] = None,
+    target_sparsity: Optional[optax.ScalarOrSchedule] = None,
+    sparsity_distribution: str = "global",
+    threshold_every: int = 1,
+    threshold_samples: Optional[int] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""l1-regularized dual averaging, Algorithm 2 / equation (13).
 
@@ -121,6 +132,35 @@ def rda(
   untouched, wrap it: ``optax.apply_if_finite(rda(...),
   max_consecutive_errors)``; the trainer does.
 
+  Target sparsity: with ``target_sparsity = s_t`` (a float or a schedule of
+  the step, e.g. a cubic ramp as in gradual pruning) and ``l1=None``,
+  ``lambda`` is chosen at each step from the data. Write
+  ``z_t = b_t c - \bar g_t`` for the argument of :math:`S_\lambda` (``-gbar``
+  with ``center="zero"``); a penalized weight is zero exactly when
+  :math:`|z_t| \le \lambda`, whatever ``l2``. So with ``k_t`` the number of
+  entries the allocation says to zero,
+
+  .. math::
+    \lambda_t = |z_t|_{(k_t)}, \quad \text{the } k_t\text{-th smallest}
+
+  gives exactly ``k_t`` zeros (more only where ``|z|`` ties at
+  ``lambda_t``), at once, with no controller lag: the iterate is rebuilt
+  from ``gbar_t`` each step. It is l1-RDA with a data-chosen
+  ``lambda_t``: ``rda(gamma, l1=f)`` with a schedule ``f(t) = lambda_t``
+  read from ``state.l1`` produces the same iterates bit for bit, and
+  ``lambda_t`` is the smallest l1 that reaches ``s_t`` at step ``t``, so
+  the kept weights are shrunk as little as that sparsity allows.
+  Allocation over the penalized leaves (``rda_optax.keep_counts``):
+  ``"global"`` one threshold over all of them, ``k_t = N - round(N(1 -
+  s_t))``; ``"uniform"`` each leaf at ``s_t``; ``"erk"`` per-leaf counts
+  from Erdos-Renyi-Kernel densities. The order statistic is a radix select
+  (two histogram passes, no sort), or, with ``threshold_samples``, an
+  estimate from a fixed random sample. ``threshold_every = k > 1`` recomputes it
+  only every ``k`` steps and holds ``lambda`` in between, trading exactness
+  for cost: between recomputes the sparsity moves with ``gbar`` (by the
+  entries whose ``|z|`` crosses the held ``lambda``; each entry of
+  ``gbar`` moves by at most ``(k/t) max|g - gbar|`` in ``k`` steps).
+
   Hyper-parameters: Python numbers and concrete arrays are checked here
   (``ValueError``). A traced value (``optax.inject_hyperparams`` under
   ``jit``) or a schedule's value cannot be checked; ``gamma <= 0``,
@@ -130,7 +170,8 @@ def rda(
     gamma: ``gamma`` of ``beta_t = gamma sqrt(t)``, > 0; float, array or
       schedule. It plays the role of an inverse learning rate: the first
       step moves by ``1/gamma`` times the thresholded gradient.
-    l1: ``lambda``, the l1 strength, >= 0; float, array or schedule.
+    l1: ``lambda``, the l1 strength, >= 0; float, array or schedule. Must
+      be ``None`` with ``target_sparsity``.
     center: ``"zero"`` (the paper's) or ``"init"``.
     l1_mask: pytree of bools like the params (or a prefix of them), or a
       callable of the params returning one; default: every leaf with
@@ -151,6 +192,21 @@ def rda(
       float, array or schedule; given exactly when ``groups`` is (``None``
       otherwise, so that ``optax.inject_hyperparams`` does not inject an
       argument without effect).
+    target_sparsity: fraction of the penalized entries that are zero after
+      each step, in ``[0, 1]``; float or schedule of the 0-based step
+      (a value outside ``[0, 1]`` from a schedule makes the iterate NaN).
+      ``None`` (default): the fixed ``l1``.
+    sparsity_distribution: ``"global"``, ``"uniform"`` or ``"erk"``: how the
+      target is spread over the penalized leaves.
+    threshold_every: recompute ``lambda_t`` every this many steps (>= 1;
+      default 1, exact at every step).
+    threshold_samples: ``None`` (default): ``lambda_t`` is the exact order
+      statistic. An int ``m``: estimated from ``m`` fixed random entries
+      (per leaf for ``"uniform"``/``"erk"``), a gather and a sort of ``m``
+      values instead of two histogram passes over every entry; exact for
+      leaves (``"global"``: all penalized entries) of at most ``m``
+      entries, and otherwise off the target by about ``sqrt(s(1-s)/m)``
+      (``rda_optax._target.sampled_kth_smallest`` states the tail bound).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs
@@ -179,6 +235,17 @@ def rda(
     >>> rda_optax.sparsity(params)
     Array(0.5, dtype=float32)
 
+    Asking for a sparsity instead of an l1 strength: 3 of the 4 kernel
+    entries at zero, lambda_t the 3rd smallest ``|gbar|``:
+
+    >>> tx = rda_optax.rda(gamma=1.0, l1=None, target_sparsity=0.75)
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update(grads, state, params)
+    >>> rda_optax.sparsity(optax.apply_updates(params, updates))
+    Array(0.75, dtype=float32)
+    >>> state.l1["kernel"]
+    Array(0.3, dtype=float32)
+
   References:
     He, Jia, Xu, Zhang, Zhao, "Make l1 regularization effective in training
     sparse CNN", Comput. Optim. Appl. 77 (2020); Xiao, "Dual averaging
@@ -186,9 +253,28 @@ def rda(
     JMLR 11 (2010).
   """
   check_hyper("gamma", gamma, positive=True)
+  if target_sparsity is None:
+    if l1 is None:
+      raise ValueError("rda: l1 is None; pass l1, or target_sparsity")
+  else:
+    if l1 is not None:
+      raise ValueError("rda: pass l1=None with target_sparsity: lambda_t is "
+                       "then chosen to reach the target")
+    if not callable(target_sparsity):
+      _allocation.check_target(target_sparsity, "target_sparsity")
+    _allocation.check_distribution(sparsity_distribution)
+    for name, v in (("threshold_every", threshold_every),
+                    ("threshold_samples",
+                     1 if threshold_samples is None else threshold_samples)):
+      if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {v!r}")
   check_hyper("l1", l1, positive=False)
   check_hyper("l2", l2, positive=False)
   check_group_args(groups, group_l1)
+  if groups is not None and target_sparsity is not None:
+    # The target picks lambda_t from element-wise |z|; a group threshold
+    # would then zero other entries than the ones it counted.
+    raise ValueError("rda: groups and target_sparsity cannot be combined")
   if center not in _CENTERS:
     raise ValueError(f"center must be one of {_CENTERS}, got {center!r}")
   state_dtype = _common.check_state_dtype(state_dtype, "rda")
@@ -216,8 +302,11 @@ def rda(
     init_params = jax.tree.map(
         lambda p, m: jnp.array(p, copy=True) if keeps_w1(m)
         else optax.MaskedNode(), params, mask)
+    l1_state = () if target_sparsity is None else jax.tree.map(
+        lambda p, m: jnp.zeros([], jnp.float32) if m else optax.MaskedNode(),
+        params, mask)
     return RDAState(count=jnp.zeros([], jnp.int32), gbar=gbar,
-                    init_params=init_params)
+                    init_params=init_params, l1=l1_state)
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
@@ -228,43 +317,79 @@ def rda(
     t = (state.count + 1).astype(jnp.float32)
     g_t = at_step(gamma, state.count)
     b = guard(g_t / jnp.sqrt(t), g_t > 0)
-    lam = at_step(l1, state.count)
+    lam = at_step(0.0 if l1 is None else l1, state.count)
     lam = guard(lam, lam >= 0)
     l2_t = jnp.asarray(l2, jnp.float32)
     l2_t = guard(l2_t, l2_t >= 0)
 
     treedef = jax.tree.structure(params)
+    flags = treedef.flatten_up_to(mask)
     specs = (resolve_groups(groups, params) if groups is not None
              else [None] * treedef.num_leaves)
     new_gbar, new_w = [], []
     for g, gbar, w1, w, penalized, spec in zip(
         treedef.flatten_up_to(updates), treedef.flatten_up_to(state.gbar),
         treedef.flatten_up_to(state.init_params), treedef.flatten_up_to(params),
-        treedef.flatten_up_to(mask), specs):
+        flags, specs):
       sd = gbar.dtype
       ct = _common.compute_dtype(sd)
       avg = gbar.astype(ct)
       gbar = (avg + (g.astype(ct) - avg) / t.astype(ct)).astype(sd)
       w1 = None if isinstance(w1, optax.MaskedNode) else w1.astype(ct)
-      if spec is None:
+      if spec is None and (target_sparsity is None or not penalized):
         w_new = closed_form(gbar.astype(ct), w1, b.astype(ct),
                             lam.astype(ct), l2_t.astype(ct),
                             penalized=penalized, center=center)
-      else:  # the argument of the group prox, applied jointly below
+      else:  # the argument of the (group) threshold, applied jointly below
         avg = gbar.astype(ct)
         w_new = -avg if w1 is None else b.astype(ct) * w1 - avg
       new_gbar.append(gbar)
       new_w.append(w_new)
     if groups is not None:
-      new_w = _group_iterates(new_w, specs, treedef.flatten_up_to(mask), b,
+      new_w = _group_iterates(new_w, specs, flags, b,
                               lam, at_step(group_l1, state.count), l2_t)
+    l1_state = ()
+    if target_sparsity is not None:
+      new_w, l1_state = _target_iterates(new_w, flags, state, b, l2_t,
+                                         treedef)
     # Round the iterate once, then step onto it in the params' dtype.
     new_updates = [w_new.astype(w.dtype) - w
                    for w_new, w in zip(new_w, treedef.flatten_up_to(params))]
     return jax.tree.unflatten(treedef, new_updates), RDAState(
         count=optax.safe_increment(state.count),
         gbar=jax.tree.unflatten(treedef, new_gbar),
-        init_params=state.init_params)
+        init_params=state.init_params, l1=l1_state)
+
+  def _target_iterates(new_w, flags, state, b, l2_t, treedef):
+    """Chooses lambda_t per penalized leaf from its ``z = b c - gbar`` and
+    returns the iterates ``S_lambda(z) / (b + l2)`` and the ``l1`` state."""
+    zs = [z for z, f in zip(new_w, flags) if f]
+
+    def choose():
+      s_t = at_step(target_sparsity, state.count)
+      s_t = guard(s_t, (s_t >= 0) & (s_t <= 1))
+      target = s_t if callable(target_sparsity) else target_sparsity
+      lams = _target.thresholds([jnp.abs(z) for z in zs], target,
+                                sparsity_distribution, threshold_samples)
+      # A NaN target (guarded above) poisons lambda, hence the iterate.
+      return [jnp.where(jnp.isnan(s_t), jnp.nan, l) for l in lams]
+
+    held = [l for l, f in zip(treedef.flatten_up_to(state.l1), flags) if f]
+    if not zs or threshold_every == 1:
+      lams = choose() if zs else []
+    else:
+      lams = jax.lax.cond(state.count % threshold_every == 0, choose,
+                          lambda: held)
+    it = iter(zip(zs, lams))
+    out, l1_leaves = [], []
+    for w, f in zip(new_w, flags):
+      if f:
+        z, lam = next(it)
+        out.append(shrink(z, lam.astype(z.dtype)) / (b + l2_t).astype(z.dtype))
+      else:
+        out.append(w)
+      l1_leaves.append(lam if f else optax.MaskedNode())
+    return out, jax.tree.unflatten(treedef, l1_leaves)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

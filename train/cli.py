@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 import jax
 
 from train import config as config_lib
+from train import export
 from train import parallel
 from train import report
 from train import run as run_lib
@@ -24,7 +25,12 @@ prox-SGD + ASR, dense SGD and prune-finetune side by side (about a minute on 2
 CPU cores), a table on stdout and a comparison plot under runs/. Without
 --preset, --config, --model or --dataset, the digits-demo preset applies.
 
-Precedence: built-in defaults < --preset < --config FILE.json < flags."""
+Precedence: built-in defaults < --preset < --config FILE.json < flags.
+
+rda-train export RUN_DIR [--out FILE] [--values float32|bfloat16] [--force]
+  writes the run's final variables as a compressed sparse file
+rda-train evaluate FILE --run RUN_DIR
+  test accuracy of the run's model with the variables of that file"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -169,6 +175,9 @@ _RESUME_FLAGS = ("devices", "fsdp", "data_sharding", "progress")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+  words = sys.argv[1:] if argv is None else list(argv)
+  if words and words[0] in export.COMMANDS:
+    return export.main(words)
   args = parser().parse_args(argv)
   try:
     if args.list_presets:

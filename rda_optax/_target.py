@@ -1,0 +1,170 @@
+"""The threshold that gives a target sparsity: the helpers behind
+``rda(..., target_sparsity=...)``.
+
+Two parts. :func:`zero_counts` turns a target sparsity into how many entries
+of each penalized leaf must be zero, under the allocations of
+``rda_optax._allocation`` (``global``, ``uniform``, ``erk``); a traced
+target (a schedule of the step) gets the same counts from jnp arithmetic.
+:func:`kth_smallest` finds the value a threshold must take for exactly that
+many scores to be at or below it, without a sort: a radix select on the
+float32 bit patterns, which order non-negative floats as integers do, in two
+histogram passes (the high 15 bits, then the low 16 within the chosen bin).
+:func:`sampled_kth_smallest` estimates it from a fixed random subset, for
+when the exact select costs too much (XLA's scatter-add on CPU).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rda_optax import _allocation
+
+
+def zero_counts(shapes: Sequence[tuple[int, ...]], target: Any,
+                distribution: str) -> list[Any]:
+  """Entries of each leaf to zero at sparsity ``target``.
+
+  ``global`` returns one count for the union of the leaves. A Python
+  ``target`` gives Python ints equal to ``_allocation.keep_counts``'s
+  complements; an array (a schedule's value, traced under ``jit``) gives
+  int32 scalars computed the same way in
+  float32 (equal except where a product lands within float32 rounding of
+  a half, which then moves one entry between leaves or off the total).
+  """
+  sizes = [math.prod(s) for s in shapes]
+  if isinstance(target, (int, float)):
+    s = float(target)
+    if distribution == "global":
+      n = sum(sizes)
+      return [n - int(round(n * (1.0 - s)))]
+    if distribution == "uniform":
+      return [n - int(round(n * (1.0 - s))) for n in sizes]
+    return [n - k for n, k in zip(sizes, _allocation.erk_counts(shapes, s))]
+  keep = 1.0 - jnp.asarray(target, jnp.float32)
+  if distribution == "global":
+    n = sum(sizes)
+    return [n - jnp.round(n * keep).astype(jnp.int32)]
+  if distribution == "uniform":
+    return [n - jnp.round(n * keep).astype(jnp.int32) for n in sizes]
+  return [n - k for n, k in zip(sizes, _erk_keep(shapes, keep))]
+
+
+def _erk_keep(shapes: Sequence[tuple[int, ...]], keep: jax.Array) -> list[Any]:
+  """``_allocation.erk_counts`` for a traced density ``keep``.
+
+  That loop caps, round after round, the leaves of the largest remaining
+  raw density until no density exceeds 1. The capped set is therefore
+  always a prefix of the leaves ordered by raw density (ties together), so
+  each prefix is tried at once and the first that fits is taken.
+  """
+  sizes = [math.prod(s) for s in shapes]
+  raw = [sum(s) / n if n else 0.0 for s, n in zip(shapes, sizes)]
+  budget = jnp.round(sum(sizes) * keep)
+  levels = sorted({r for r, n in zip(raw, sizes) if n}, reverse=True)
+  eps_list, fits = [], []
+  for g in range(len(levels) + 1):
+    capped = [n > 0 and r in levels[:g] for r, n in zip(raw, sizes)]
+    dense = sum(n for n, c in zip(sizes, capped) if c)
+    div = sum(r * n for r, n, c in zip(raw, sizes, capped) if not c and n)
+    eps = (budget - dense) / div if div > 0 else jnp.zeros_like(budget)
+    top = levels[g] if g < len(levels) else 0.0
+    eps_list.append(eps)
+    fits.append(eps * top <= 1.0)
+  g = jnp.argmax(jnp.stack(fits))  # the first prefix that fits
+  eps = jnp.stack(eps_list)[g]
+  level = jnp.asarray(levels + [0.0], jnp.float32)[g]
+  raw_a = jnp.asarray(raw, jnp.float32)
+  size_a = jnp.asarray(sizes, jnp.float32)
+  capped = (raw_a > level) & (size_a > 0)
+  exact = jnp.where(capped, size_a, eps * raw_a * size_a)
+  counts = jnp.minimum(jnp.floor(exact), size_a)
+  short = budget - jnp.sum(counts)
+  # Largest remainder, ties by leaf order, never above a leaf's size.
+  room = counts < size_a
+  key = jnp.where(room, -(exact - counts), jnp.inf)
+  order = jnp.argsort(key, stable=True)
+  rank = jnp.zeros(len(sizes), jnp.int32).at[order].set(
+      jnp.arange(len(sizes), dtype=jnp.int32))
+  counts = counts + (room & (rank < short))
+  counts = counts.astype(jnp.int32)
+  return [counts[i] for i in range(len(sizes))]
+
+
+def kth_smallest(scores: Sequence[jax.Array], k: Any) -> jax.Array:
+  """The ``k``-th smallest entry (1-based) of the non-negative ``scores``
+  taken together, as float32; 0 when ``k <= 0``.
+
+  At least ``k`` entries are ``<=`` the result and fewer than ``k`` are
+  ``<`` it, so a threshold at it zeros ``k`` entries plus the ties at that
+  value. NaN ranks above every number. Cost: two passes of a histogram
+  (scatter-add) over every entry, and no sort.
+  """
+  bits = [jax.lax.bitcast_convert_type(
+      s.astype(jnp.float32), jnp.int32).ravel() for s in scores]
+  k = jnp.asarray(k, jnp.int32)
+  high = sum(jnp.bincount(b >> 16, length=1 << 15) for b in bits)
+  c_high = jnp.cumsum(high)
+  bin_ = jnp.searchsorted(c_high, k).astype(jnp.int32)
+  below = jnp.where(bin_ > 0, c_high[jnp.maximum(bin_ - 1, 0)], 0)
+  # Entries outside the chosen high bin go to index 1 << 16, past the end,
+  # where bincount drops them.
+  low = sum(jnp.bincount(jnp.where((b >> 16) == bin_, b & 0xFFFF, 1 << 16),
+                         length=1 << 16) for b in bits)
+  c_low = below + jnp.cumsum(low)
+  sub = jnp.searchsorted(c_low, k).astype(jnp.int32)
+  value = jax.lax.bitcast_convert_type((bin_ << 16) | sub, jnp.float32)
+  return jnp.where(k > 0, value, jnp.float32(0))
+
+
+def sampled_kth_smallest(scores: Sequence[jax.Array], k: Any,
+                         samples: int, seed: int = 0) -> jax.Array:
+  """An estimate of :func:`kth_smallest` from about ``samples`` entries.
+
+  The positions are drawn once, at trace time (uniformly without
+  replacement, each array in proportion to its size), so the cost is a
+  gather and a sort of ``samples`` values. When ``samples`` covers every
+  entry the result is exact. Otherwise the fraction of entries at or below
+  the estimate misses ``k / n`` by the sampling error of a quantile: about
+  ``sqrt(q (1 - q) / samples)`` (q = k/n) typically, and by more than
+  ``eps`` with probability at most ``2 exp(-2 samples eps^2)`` (the
+  Dvoretzky-Kiefer-Wolfowitz inequality, for a with-replacement sample;
+  without replacement is no worse).
+  """
+  sizes = [math.prod(s.shape) for s in scores]
+  n = sum(sizes)
+  if samples >= n:
+    picked = [s.ravel() for s in scores]
+  else:
+    rng = np.random.default_rng(seed)
+    picked = []
+    for s, size in zip(scores, sizes):
+      m = min(size, max(1, round(samples * size / n)))
+      idx = np.sort(rng.choice(size, m, replace=False)).astype(np.int32)
+      picked.append(s.ravel()[idx])
+  values = jnp.sort(jnp.concatenate(picked).astype(jnp.float32))
+  m = values.shape[0]
+  # Rank in the sample with the same share of entries below it.
+  r = k if m == n else jnp.round(jnp.asarray(k, jnp.float32) * (m / n))
+  r = jnp.clip(jnp.asarray(r, jnp.int32), 0, m)
+  return jnp.where(r > 0, values[jnp.maximum(r - 1, 0)], jnp.float32(0))
+
+
+def thresholds(scores: Sequence[jax.Array], target: Any, distribution: str,
+               samples: Optional[int] = None) -> list[jax.Array]:
+  """Per-leaf threshold ``lambda_l`` such that ``#{|score| <= lambda_l}``
+  meets the allocation of ``target`` (one shared value for ``global``):
+  exactly (:func:`kth_smallest`), or estimated from ``samples`` entries
+  (:func:`sampled_kth_smallest`)."""
+  zeros = zero_counts([tuple(s.shape) for s in scores], target, distribution)
+  if samples is None:
+    select = kth_smallest
+  else:
+    select = lambda ss, z: sampled_kth_smallest(ss, z, samples)
+  if distribution == "global":
+    return [select(scores, zeros[0])] * len(scores)
+  return [select([s], z) for s, z in zip(scores, zeros)]

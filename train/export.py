@@ -1,0 +1,176 @@
+"""``rda-train export`` and ``rda-train evaluate``: a finished run's
+variables as a compressed sparse file (``rda_optax.save_sparse``), and the
+test accuracy of the model rebuilt from such a file.
+
+  rda-train export RUN_DIR [--out FILE] [--values float32|bfloat16] [--force]
+  rda-train evaluate FILE --run RUN_DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import types
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import models
+import rda_optax
+from train import engine
+from train import parallel
+from train import run as run_lib
+from train._errors import UsageError
+from train.checkpoint import Checkpoints
+from train.config import Config, validate
+
+COMMANDS = ("export", "evaluate")
+DEFAULT_NAME = "model.rdasparse"
+
+
+def _config(run_dir: Path, flag: str) -> Config:
+  path = run_dir / "config.json"
+  if not path.is_file():
+    raise UsageError(f"{flag} {run_dir}: no config.json there (not an "
+                     "rda-train run directory)")
+  try:
+    cfg = Config(**json.loads(path.read_text()))
+    validate(cfg)
+  except (OSError, ValueError, TypeError) as e:
+    raise UsageError(f"{flag} {run_dir}: cannot read {path}: {e}") from None
+  return cfg
+
+
+def final_variables(run_dir: Path, flag: str = "RUN_DIR") -> dict[str, Any]:
+  """``{"params", "batch_stats"}`` of the run's latest checkpoint, as numpy
+  arrays: the variables the run's final summary was evaluated with."""
+  _config(run_dir, flag)
+  if not (run_dir / "checkpoints").is_dir():
+    # Checkpoints() would create the directory: refuse before that.
+    raise UsageError(f"{flag} {run_dir}: no checkpoints directory")
+  ckpts = Checkpoints(run_dir)
+  try:
+    if ckpts.latest() is None:
+      raise UsageError(f"{flag} {run_dir}: no complete checkpoint")
+    state = ckpts.restore_local()
+  finally:
+    ckpts.close()
+  return {k: jax.device_get(state[k]) for k in ("params", "batch_stats")}
+
+
+def export(run_dir: Path, out: Optional[Path] = None, values: str = "float32",
+           force: bool = False) -> tuple[Path, int, int]:
+  """Writes the run's final variables to ``out`` (default
+  ``run_dir/model.rdasparse``); returns the path, its size and the dense
+  float32 size of the same variables."""
+  out = run_dir / DEFAULT_NAME if out is None else out
+  if out.exists() and not force:
+    raise UsageError(f"--out {out} already exists (pass --force to replace "
+                     "it)")
+  if out.is_dir():
+    raise UsageError(f"--out {out} is a directory")
+  if not out.parent.is_dir():
+    raise UsageError(f"--out {out}: directory {out.parent} does not exist")
+  variables = final_variables(run_dir)
+  try:
+    size = rda_optax.save_sparse(out, variables, values=values)
+  except OSError as e:
+    raise UsageError(f"--out {out}: cannot write: {e.strerror or e}") from None
+  dense = sum(np.asarray(x).nbytes for x in jax.tree.leaves(variables))
+  return out, size, dense
+
+
+def evaluate_file(path: Path, run_dir: Path) -> tuple[float, float]:
+  """Test (top-1 %, top-5 %) of the run's model with the variables in
+  ``path``, on the run's test split, computed as the run computed it."""
+  cfg = _config(run_dir, "--run")
+  try:
+    variables = rda_optax.load_sparse(path)
+  except rda_optax.SparseFormatError as e:
+    raise UsageError(str(e)) from None
+  except OSError as e:
+    raise UsageError(f"{path}: cannot read: {e.strerror or e}") from None
+  splits = run_lib.load_data(cfg)
+  if splits.test is None or not splits.test.images.shape[0]:
+    raise UsageError(f"--run {run_dir}: the run's data has no test split")
+  # The run's own precision, layout and normalization, so that the counts
+  # match its summary exactly on the same machine.
+  dtype = run_lib._dtype(cfg)
+  devices = cfg.devices if (cfg.devices or 0) <= jax.device_count() else None
+  topo = parallel.topology(devices, 1)
+  model = models.get(cfg.model, num_classes=splits.num_classes, dtype=dtype)
+  train = splits.train
+  if run_lib.data_sharding(cfg) == "sharded":
+    mine = parallel.local_rows(train.images.shape[0], topo, cfg.seed)
+    mean, std = engine.channel_stats(train.images, rows=mine,
+                                     reduce=parallel.sum_over_processes)
+  else:
+    mean, std = engine.channel_stats(train.images)
+  shapes = jax.eval_shape(model.init, jax.random.key(0),
+                          jnp.zeros((1,) + train.images.shape[1:]))
+  want = {k: jax.tree.map(lambda s: (s.shape, s.dtype.name), shapes.get(k, {}))
+          for k in ("params", "batch_stats")}
+  got = {k: jax.tree.map(lambda a: (a.shape, a.dtype.name), variables.get(k, {}))
+         for k in ("params", "batch_stats")}
+  if want != got:
+    raise UsageError(f"{path} does not hold the variables of the "
+                     f"{cfg.model} of --run {run_dir}")
+  rep = topo.replicated()
+  state = types.SimpleNamespace(**{
+      k: jax.tree.map(lambda a: parallel.put_global(a, rep), variables[k])
+      for k in ("params", "batch_stats")})
+  test = splits.test
+  xi, yi, b = engine.pad_for_eval(test.images, test.labels,
+                                  cfg.eval_batch_size, topo.size)
+  evaluate = engine.make_evaluate(model, mean, std, dtype, topo=topo)
+  return evaluate(state, parallel.put_global(xi, rep),
+                  parallel.put_global(yi, rep), test.images.shape[0], b)
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message: str):  # one line, exit code 2
+    self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def parser() -> argparse.ArgumentParser:
+  p = _Parser(prog="rda-train")
+  sub = p.add_subparsers(dest="command", required=True)
+  e = sub.add_parser("export", help="write a run's final variables as a "
+                     "compressed sparse file (docs/EXPORT.md)")
+  e.error = p.error  # type: ignore[method-assign]
+  e.add_argument("run_dir", metavar="RUN_DIR")
+  e.add_argument("--out", help=f"file to write (default RUN_DIR/{DEFAULT_NAME})")
+  e.add_argument("--values", choices=("float32", "bfloat16"),
+                 default="float32", help="float32: exact; bfloat16: non-zeros "
+                 "rounded to bfloat16, about half the size")
+  e.add_argument("--force", action="store_true",
+                 help="replace --out if it exists")
+  v = sub.add_parser("evaluate", help="test accuracy of a run's model with "
+                     "the variables of an exported file")
+  v.error = p.error  # type: ignore[method-assign]
+  v.add_argument("file", metavar="FILE")
+  v.add_argument("--run", required=True, metavar="RUN_DIR",
+                 help="the run whose model, data and test split to use")
+  return p
+
+
+def main(argv: Sequence[str]) -> int:
+  args = parser().parse_args(argv)
+  try:
+    if args.command == "export":
+      out, size, dense = export(Path(args.run_dir),
+                                None if args.out is None else Path(args.out),
+                                args.values, args.force)
+      print(f"wrote {out}: {size} bytes, {100 * size / dense:.2f}% of the "
+            f"{dense} bytes of the dense variables")
+    else:
+      top1, top5 = evaluate_file(Path(args.file), Path(args.run))
+      print(f"{args.file}: test top-1 {top1:.2f}%, top-5 {top5:.2f}%")
+  except UsageError as e:
+    print(f"rda-train {args.command}: error: {e}", file=sys.stderr)
+    return 2
+  return 0
