@@ -200,6 +200,8 @@ def test_traced_erk_counts_match_the_allocation_module(s):
     (dict(l1=None, target_sparsity=0.9, threshold_every=0), "threshold_every"),
     (dict(l1=None, target_sparsity=0.9, threshold_samples=0),
      "threshold_samples"),
+    (dict(l1=None, target_sparsity=0.9, groups=lambda p: None, group_l1=0.1),
+     "cannot be combined"),
 ])
 def test_bad_arguments(kwargs, needle):
   with pytest.raises(ValueError, match=needle):
