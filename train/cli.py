@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 import jax
 
 from train import config as config_lib
+from train import methods
 from train import parallel
 from train import report
 from train import run as run_lib
@@ -45,10 +46,9 @@ def parser() -> argparse.ArgumentParser:
                  "with '_' for '-'), between the preset and the flags")
   g.add_argument("--model", help="resnet18, resnet18_imagenet, vgg16bn, "
                  "vgg19bn or small_cnn (default small_cnn)")
-  g.add_argument("--method", help="rda (RDA, then ASR), prox-sgd (prox-SGD, "
-                 "then ASR), sgd (dense, momentum, weight decay) or "
-                 "prune-finetune (dense, magnitude pruning, fine-tuning); "
-                 "default rda")
+  g.add_argument("--method", help="; ".join(
+      f"{m.name}: {m.help}" for m in methods.REGISTRY.values())
+                 + " (default rda)")
   g.add_argument("--compare", help="comma-separated methods to run side by "
                  "side with the same settings, e.g. rda,sgd")
   g.add_argument("--resume", metavar="RUN_DIR",
@@ -202,7 +202,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       no_args = len(sys.argv[1:] if argv is None else argv) == 0
       if no_args:
         # The embedded default: a side-by-side comparison on digits.
-        flags["compare"] = "rda,prox-sgd,sgd,prune-finetune"
+        flags["compare"] = methods.demo()
       cfg = config_lib.build(preset, args.config, flags)
       summaries = run_lib.run(cfg)
   except UsageError as e:

@@ -17,7 +17,6 @@ import models
 from train._errors import UsageError
 from train.presets import PRESETS
 
-METHODS = ("rda", "prox-sgd", "sgd", "prune-finetune")
 DATASETS = ("digits", "mnist", "cifar10", "cifar100", "imagenet2012", "folder")
 LR_SCHEDULES = ("constant", "cosine", "onecycle")
 # Decoded images are held in memory as uint8: even 1,000 images of 1024 px
@@ -76,9 +75,6 @@ class Config:
   @property
   def total_epochs(self) -> int:
     return self.epochs + self.asr_epochs
-
-  def to_json(self) -> str:
-    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -194,14 +190,23 @@ def validate(cfg: Config) -> None:
          f"--model: unknown model {cfg.model!r}; valid: {', '.join(models.names())}")
   _check(cfg.dataset in DATASETS,
          f"--dataset: unknown data set {cfg.dataset!r}; valid: {', '.join(DATASETS)}")
-  _check(cfg.method in METHODS,
-         f"--method: unknown method {cfg.method!r}; valid: {', '.join(METHODS)}")
+  # The registry imports this module (its optimizers take a Config).
+  from train import methods as methods_lib  # pylint: disable=g-import-not-at-top
+  known = methods_lib.names()
+  _check(cfg.method in known,
+         f"--method: unknown method {cfg.method!r}; valid: {', '.join(known)}")
   if cfg.compare:
     methods = cfg.compare.split(",")
     for m in methods:
-      _check(m in METHODS, f"--compare: unknown method {m!r}; valid: {', '.join(METHODS)}")
+      _check(m in known, f"--compare: unknown method {m!r}; valid: {', '.join(known)}")
     dup = sorted({m for m in methods if methods.count(m) > 1})
     _check(not dup, f"--compare: {', '.join(dup)} given more than once")
+    if (cfg.target_sparsity is None and cfg.target_sparsity_from is None
+        and "rda" not in methods):
+      for m in methods:
+        _check(not methods_lib.get(m).needs_target,
+               f"--compare: {m} needs --target-sparsity, "
+               "--target-sparsity-from, or rda in --compare")
   _check(cfg.epochs >= 0, f"--epochs must be >= 0, got {cfg.epochs}")
   _check(cfg.asr_epochs >= 0, f"--asr-epochs must be >= 0, got {cfg.asr_epochs}")
   _check(cfg.total_epochs >= 1, "--epochs + --asr-epochs must be >= 1")
@@ -245,9 +250,9 @@ def validate(cfg: Config) -> None:
   if cfg.target_sparsity is not None:
     _check(_finite(cfg.target_sparsity) and 0 <= cfg.target_sparsity < 1,
            f"--target-sparsity must be in [0, 1), got {cfg.target_sparsity}")
-  if cfg.method == "prune-finetune" and not cfg.compare:
+  if methods_lib.get(cfg.method).needs_target and not cfg.compare:
     _check(cfg.target_sparsity is not None or cfg.target_sparsity_from is not None,
-           "--method prune-finetune needs --target-sparsity or --target-sparsity-from")
+           f"--method {cfg.method} needs --target-sparsity or --target-sparsity-from")
     if cfg.target_sparsity_from is not None:
       target_from_run(cfg.target_sparsity_from)
   _check(0 <= cfg.debias_epochs <= cfg.asr_epochs,
