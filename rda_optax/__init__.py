@@ -16,6 +16,8 @@ from rda_optax._prox_sgd import ProxSGDState
 from rda_optax._prox_sgd import prox_sgd
 from rda_optax._rda import RDAState
 from rda_optax._rda import rda
+from rda_optax._rigl import RigLState
+from rda_optax._rigl import rigl
 from rda_optax._soft_threshold import soft_threshold
 from rda_optax._sparsity import LeafSparsity
 from rda_optax._sparsity import sparsity
@@ -29,6 +31,7 @@ __all__ = (
     "LeafSparsity",
     "ProxSGDState",
     "RDAState",
+    "RigLState",
     "default_l1_mask",
     "freeze_zeros",
     "global_top_k_masks",
@@ -37,6 +40,7 @@ __all__ = (
     "prox_sgd",
     "rda",
     "rescale",
+    "rigl",
     "scaled_uniform",
     "soft_threshold",
     "sparsity",
