@@ -32,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train import cli, report  # noqa: E402
+from train import methods as methods_lib  # noqa: E402
 
 
 def _summary(run_dir: Path) -> dict:
@@ -64,8 +65,9 @@ def main(argv=None) -> int:
   seeds = [int(s) for s in args.seeds.split(",")]
   flag = "--" + args.vary.replace("_", "-")
   results: dict[tuple[str, str], list[dict]] = {}
-  # RDA first: prune-finetune prunes to the sparsity RDA reached.
-  order = sorted(methods, key=lambda m: m.startswith("prune-finetune"))
+  # RDA first: the methods with a target sparsity (prune-finetune, gmp,
+  # rigl) train to the sparsity RDA reached.
+  order = sorted(methods, key=_needs_target)
   for method in order:
     # Dense SGD ignores l1: one point per seed, not one per value.
     vals = values if not (method == "sgd" and args.vary == "l1") else ["-"]
@@ -83,7 +85,7 @@ def main(argv=None) -> int:
             a += _noasr(extra)
           if method == "prune-finetune-global":
             a += ["--prune-scope", "global"]
-          if m == "prune-finetune":
+          if _needs_target(method):
             a += ["--target-sparsity-from",
                   str(runs / f"rda-{args.vary}{value}-seed{seed}")]
           print(f"frontier: {name}", file=sys.stderr, flush=True)
@@ -123,6 +125,10 @@ def main(argv=None) -> int:
 
 # Frontier methods that are another method of rda-train with extra flags.
 _TRAINER_METHOD = {"rda-noasr": "rda", "prune-finetune-global": "prune-finetune"}
+
+
+def _needs_target(method: str) -> bool:
+  return methods_lib.get(_TRAINER_METHOD.get(method, method)).needs_target
 
 
 def _noasr(extra: list[str]) -> list[str]:

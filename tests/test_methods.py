@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from train import cli, methods, optim
+from train import cli, methods, optim, report
 from train import config as config_lib
 from train.run import Decision, after_epoch
 
@@ -74,7 +74,7 @@ def test_every_method_builds_and_is_known_to_config_and_cli(capsys):
   cfg = config_lib.Config(epochs=2, asr_epochs=1)
   for name, m in methods.REGISTRY.items():
     assert f"{name}:{''.join(m.help.split())}" in help_text
-    opt = optim.build(cfg, name, 5)
+    opt = optim.build(cfg, name, 5, 0.5)
     assert opt.tx.init is not None
     assert methods.phase(name, 1, cfg) == m.phases[0]
     assert methods.phase(name, 2, cfg) == m.phases[1]
@@ -98,3 +98,63 @@ def test_a_new_method_is_one_entry(monkeypatch):
   assert methods.init_scale("toy", config_lib.Config()) is None
   assert methods.init_scale("rda", config_lib.Config()) == 2.0
   assert methods.init_scale("rda", config_lib.Config(init_scale=5.0)) == 5.0
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--method", "gmp"], "--method gmp needs --target-sparsity"),
+    (["--compare", "sgd,gmp"], "--compare: gmp needs"),
+    (["--method", "gmp", "--target-sparsity", "0.5", "--gmp-end-epoch", "9"],
+     "--gmp-end-epoch 9"),
+    (["--method", "gmp", "--target-sparsity", "0.5", "--gmp-start-epoch", "2",
+      "--gmp-end-epoch", "1"], "--gmp-start-epoch 2"),
+    (["--gmp-every", "0"], "--gmp-every"),
+    (["--sparsity-distribution", "random"], "--sparsity-distribution"),
+    (["--rigl-alpha", "0"], "--rigl-alpha"),
+    (["--rigl-alpha", "1.5"], "--rigl-alpha"),
+    (["--rigl-delta-t", "0"], "--rigl-delta-t"),
+    (["--method", "rigl", "--target-sparsity", "0.5",
+      "--sparsity-distribution", "global"], "--method rigl"),
+    (["--rigl-t-end-fraction", "0"], "--rigl-t-end-fraction"),
+    (["--rigl-t-end-fraction", "nan"], "--rigl-t-end-fraction"),
+])
+def test_bad_pruning_flags_one_line_exit_2(tmp_path, capsys, args, needle):
+  code = cli.main(["--out", str(tmp_path / "runs"), "--epochs", "2",
+                   "--asr-epochs", "1", *args])
+  err = capsys.readouterr().err.strip()
+  assert code == 2 and len(err.splitlines()) == 1 and needle in err, err
+  assert not (tmp_path / "runs").exists()
+
+
+def test_gmp_reaches_its_target_gradually(tmp_path):
+  """One epoch of pruning (every 5 of its 20 steps, the cubic schedule),
+  one at the final mask: every kernel at the target (uniform), the first
+  epoch short of it."""
+  out = tmp_path / "runs"
+  assert cli.main(["--out", str(out), "--run-name", "g", "--method", "gmp",
+                   "--target-sparsity", "0.8", "--epochs", "1",
+                   "--asr-epochs", "1", "--batch-size", "64",
+                   "--gmp-every", "5", "--progress", "none"]) == 0
+  rows = report.read_metrics(out / "g")
+  assert [r["phase"] for r in rows] == ["gmp", "finetune"]
+  assert 0.5 < rows[0]["sparsity"] < 0.8 - 1e-3
+  # Each kernel keeps round(n (1 - 0.8)) weights.
+  assert rows[1]["sparsity"] == pytest.approx(0.8, abs=1e-3)
+  for s in rows[1]["sparsity_per_layer"].values():
+    assert s == pytest.approx(0.8, abs=5e-3)
+
+
+def test_rigl_is_sparse_from_the_start_and_keeps_its_target(tmp_path):
+  """ERK budgets: the target over all kernels at once, from the first
+  epoch on, while the mask moves (every 5 steps to 75% of 40)."""
+  out = tmp_path / "runs"
+  assert cli.main(["--out", str(out), "--run-name", "r", "--method", "rigl",
+                   "--target-sparsity", "0.8", "--epochs", "1",
+                   "--asr-epochs", "1", "--batch-size", "64",
+                   "--rigl-delta-t", "5", "--progress", "none"]) == 0
+  rows = report.read_metrics(out / "r")
+  assert [r["phase"] for r in rows] == ["rigl", "rigl"]
+  for r in rows:
+    assert r["sparsity"] == pytest.approx(0.8, abs=1e-3)
+  layers = rows[-1]["sparsity_per_layer"].values()
+  assert max(layers) - min(layers) > 0.05  # ERK, not uniform
+  assert rows[-1]["val_top1"] > 50.0  # chance is 10%

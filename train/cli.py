@@ -21,8 +21,9 @@ Train sparse CNNs with l1-regularized dual averaging (RDA) and adaptive sparse
 retraining (ASR), He et al. 2020, or with the paper's baselines.
 
 With no arguments: the small CNN on scikit-learn's digits, RDA + ASR,
-prox-SGD + ASR, dense SGD and prune-finetune side by side (about a minute on 2
-CPU cores), a table on stdout and a comparison plot under runs/. Without
+prox-SGD + ASR, dense SGD and gradual magnitude pruning (GMP) at the sparsity
+RDA reached, side by side (about a minute on 2 CPU cores), a table on stdout
+and a comparison plot under runs/. Without
 --preset, --config, --model or --dataset, the digits-demo preset applies.
 
 Precedence: built-in defaults < --preset < --config FILE.json < flags."""
@@ -105,22 +106,44 @@ def parser() -> argparse.ArgumentParser:
   g.add_argument("--init-scale", type=float, help="s of the scaled uniform "
                  "init (29); default 2 for rda, the framework's own init "
                  "for the other methods")
-  g = p.add_argument_group("SGD, prox-SGD, prune-finetune")
+  g = p.add_argument_group("SGD, prox-SGD and the pruning methods")
   g.add_argument("--lr", type=float, help="peak learning rate (default 0.1)")
   g.add_argument("--lr-schedule", help="constant, cosine, onecycle or "
                  "EPOCH:VALUE,... (default cosine)")
   g.add_argument("--momentum", type=float, help="momentum (default 0.9)")
   g.add_argument("--weight-decay", type=float, help="l2 weight decay of the "
                  "kernels for sgd and prune-finetune (default 5e-4)")
-  g.add_argument("--target-sparsity", type=float, help="prune-finetune: "
-                 "fraction of kernel weights to prune")
+  g.add_argument("--target-sparsity", type=float, help="prune-finetune, "
+                 "gmp, rigl: fraction of kernel weights to prune (in "
+                 "--compare, default: the sparsity the rda run reached)")
   g.add_argument("--target-sparsity-from", metavar="RUN_DIR",
-                 help="prune-finetune: prune to the sparsity that run reached")
-  g.add_argument("--prune-scope", help="layer (each kernel to the target, "
-                 "(default; Han et al.'s per-layer pruning at one rate) or global (one "
-                 "magnitude threshold over all kernels)")
+                 help="prune-finetune, gmp, rigl: prune to the sparsity that "
+                 "run reached")
+  g.add_argument("--prune-scope", help="prune-finetune: layer (each kernel "
+                 "to the target; default, Han et al.'s per-layer pruning at "
+                 "one rate) or global (one magnitude threshold over all "
+                 "kernels)")
   g.add_argument("--finetune-lr-scale", type=float, help="fine-tuning peak "
                  "lr = lr x this (default 0.1)")
+  g.add_argument("--sparsity-distribution", help="gmp, rigl: how the target "
+                 "is spread over the kernels: uniform (every kernel at the "
+                 "target), erk (Erdos-Renyi-Kernel) or global (one magnitude "
+                 "threshold); default auto: uniform for gmp, erk for rigl")
+  g = p.add_argument_group("GMP (Zhu & Gupta 2017), RigL (Evci et al. 2020)")
+  g.add_argument("--gmp-start-epoch", type=int, help="gmp: the epoch the "
+                 "cubic sparsity schedule starts at (default 0)")
+  g.add_argument("--gmp-end-epoch", type=int, help="gmp: the epoch it "
+                 "reaches the target at; the rest trains at the final mask "
+                 "(default 0: at --epochs, so --asr-epochs fine-tune)")
+  g.add_argument("--gmp-every", type=int, help="gmp: prune every N steps "
+                 "(default 100)")
+  g.add_argument("--rigl-alpha", type=float, help="rigl: fraction of the "
+                 "kept weights dropped and regrown at the first update, "
+                 "cosine-decayed (default 0.3)")
+  g.add_argument("--rigl-delta-t", type=int, help="rigl: steps between mask "
+                 "updates (default 100)")
+  g.add_argument("--rigl-t-end-fraction", type=float, help="rigl: mask "
+                 "updates stop after this fraction of the steps (default 0.75)")
   g = p.add_argument_group("devices and hosts (docs/SCALING.md)")
   g.add_argument("--devices", type=int, help="use the first N devices "
                  "(default: every visible device, data-parallel)")

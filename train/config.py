@@ -19,6 +19,8 @@ from train.presets import PRESETS
 
 DATASETS = ("digits", "mnist", "cifar10", "cifar100", "imagenet2012", "folder")
 LR_SCHEDULES = ("constant", "cosine", "onecycle")
+# How a target sparsity is spread over the kernels (rda_optax._allocation).
+SPARSITY_DISTRIBUTIONS = ("uniform", "erk", "global")
 # Decoded images are held in memory as uint8: even 1,000 images of 1024 px
 # take 3 GB. Larger sizes are a typo far more often than an intent.
 MAX_IMAGE_SIZE = 1024
@@ -57,6 +59,13 @@ class Config:
   target_sparsity: Optional[float] = None
   target_sparsity_from: Optional[str] = None
   prune_scope: str = "layer"
+  sparsity_distribution: str = "auto"
+  gmp_start_epoch: int = 0
+  gmp_end_epoch: int = 0
+  gmp_every: int = 100
+  rigl_alpha: float = 0.3
+  rigl_delta_t: int = 100
+  rigl_t_end_fraction: float = 0.75
   seed: int = 0
   out: str = "runs"
   run_name: Optional[str] = None
@@ -250,6 +259,24 @@ def validate(cfg: Config) -> None:
   if cfg.target_sparsity is not None:
     _check(_finite(cfg.target_sparsity) and 0 <= cfg.target_sparsity < 1,
            f"--target-sparsity must be in [0, 1), got {cfg.target_sparsity}")
+  _check(cfg.sparsity_distribution in ("auto",) + SPARSITY_DISTRIBUTIONS,
+         f"--sparsity-distribution must be auto, "
+         f"{', '.join(SPARSITY_DISTRIBUTIONS)}, got {cfg.sparsity_distribution!r}")
+  _check(cfg.gmp_start_epoch >= 0,
+         f"--gmp-start-epoch must be >= 0, got {cfg.gmp_start_epoch}")
+  _check(cfg.gmp_end_epoch >= 0,
+         f"--gmp-end-epoch must be >= 0 (0: --epochs), got {cfg.gmp_end_epoch}")
+  _check(cfg.gmp_every >= 1, f"--gmp-every must be >= 1, got {cfg.gmp_every}")
+  _check(_finite(cfg.rigl_alpha) and 0 < cfg.rigl_alpha <= 1,
+         f"--rigl-alpha must be in (0, 1], got {cfg.rigl_alpha}")
+  _check(cfg.rigl_delta_t >= 1,
+         f"--rigl-delta-t must be >= 1, got {cfg.rigl_delta_t}")
+  _check(_finite(cfg.rigl_t_end_fraction) and 0 < cfg.rigl_t_end_fraction <= 1,
+         f"--rigl-t-end-fraction must be in (0, 1], got {cfg.rigl_t_end_fraction}")
+  for m in (cfg.compare.split(",") if cfg.compare else [cfg.method]):
+    check = methods_lib.get(m).check
+    if check is not None:
+      check(cfg)
   if methods_lib.get(cfg.method).needs_target and not cfg.compare:
     _check(cfg.target_sparsity is not None or cfg.target_sparsity_from is not None,
            f"--method {cfg.method} needs --target-sparsity or --target-sparsity-from")

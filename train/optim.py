@@ -76,8 +76,9 @@ def dense_sgd(cfg: Config, lr: optax.Schedule) -> list[optax.GradientTransformat
           optax.sgd(lr, momentum=cfg.momentum, nesterov=True)]
 
 
-def build(cfg: Config, method: str, spe: int) -> Optimizer:
+def build(cfg: Config, method: str, spe: int,
+          target: Optional[float] = None) -> Optimizer:
   """Builds ``method``'s optimizer (``train.methods``) for ``spe`` steps per
-  epoch."""
+  epoch; ``target``: the target sparsity of the methods that have one."""
   from train import methods  # pylint: disable=g-import-not-at-top
-  return methods.get(method).optimizer(cfg, spe)
+  return methods.get(method).optimizer(cfg, spe, target)

@@ -169,6 +169,7 @@ class Run(NamedTuple):
 
 
 def build_run(cfg: Config, method: str, splits: data_lib.Splits, *,
+              target: Optional[float] = None,
               scan: Optional[bool] = None) -> Run:
   """The model, the initial state on the mesh, the training images on the
   devices, the compiled epoch and the evaluator of ``method`` on ``splits``.
@@ -189,7 +190,7 @@ def build_run(cfg: Config, method: str, splits: data_lib.Splits, *,
   kinit = {} if scale is None else {"kernel_init": rda_optax.scaled_uniform(scale)}
   model = models.get(cfg.model, num_classes=splits.num_classes, dtype=dtype,
                      **kinit)
-  opt = optim.build(cfg, method, spe)
+  opt = optim.build(cfg, method, spe, target)
   tx = engine.wrap_finite(opt.tx)
 
   key = jax.random.key(cfg.seed)
@@ -371,7 +372,7 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
       return train_one(cfg, method, splits, run_dir, resume=resume,
                        target=target, interrupted=got)
   t_start = time.time()
-  r = build_run(cfg, method, splits)
+  r = build_run(cfg, method, splits, target=target)
   hook = methods.get(method).before_epoch
   ckpts = Checkpoints(run_dir)
   state, start_epoch = _start_epoch(ckpts, run_dir, r.state, resume)
