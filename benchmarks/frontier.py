@@ -9,11 +9,12 @@ the remaining flags, and writes to ``--out``:
 - ``frontier.png``: top-1 against sparsity, one curve per method;
 - ``frontier.md``: the same as a markdown table, with the command.
 
-Methods: ``rda``, ``prox-sgd``, ``sgd``, ``prune-finetune`` (pruned to the
-sparsity that the RDA run of the same value and seed reached, at the same
-total epochs), ``prune-finetune-global`` (the same with ``--prune-scope
-global``) and ``rda-noasr`` (RDA for all epochs, no ASR phase: the
-paper's Table 4 ablation).
+Methods: every method of ``rda-train``; those with a target sparsity
+(``prune-finetune``, ``gmp``, ``rigl``) prune to the sparsity that the RDA
+run of the same value and seed reached, at the same total epochs, unless
+``--target-sparsity`` is passed through. Also ``prune-finetune-global``
+(the same with ``--prune-scope global``) and ``rda-noasr`` (RDA for all
+epochs, no ASR phase: the paper's Table 4 ablation).
 
   python benchmarks/frontier.py --out runs/frontier-digits \\
       --methods rda,prox-sgd,prune-finetune,sgd --values 1e-4,3e-4,1e-3,3e-3 \\
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
             a += _noasr(extra)
           if method == "prune-finetune-global":
             a += ["--prune-scope", "global"]
-          if _needs_target(method):
+          if _needs_target(method) and "--target-sparsity" not in extra:
             a += ["--target-sparsity-from",
                   str(runs / f"rda-{args.vary}{value}-seed{seed}")]
           print(f"frontier: {name}", file=sys.stderr, flush=True)
