@@ -133,7 +133,8 @@ def test_gmp_reaches_its_target_gradually(tmp_path):
   assert cli.main(["--out", str(out), "--run-name", "g", "--method", "gmp",
                    "--target-sparsity", "0.8", "--epochs", "1",
                    "--asr-epochs", "1", "--batch-size", "64",
-                   "--gmp-every", "5", "--progress", "none"]) == 0
+                   "--gmp-every", "5", "--sparsity-distribution", "uniform",
+                   "--progress", "none"]) == 0
   rows = report.read_metrics(out / "g")
   assert [r["phase"] for r in rows] == ["gmp", "finetune"]
   assert 0.5 < rows[0]["sparsity"] < 0.8 - 1e-3

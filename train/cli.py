@@ -128,7 +128,9 @@ def parser() -> argparse.ArgumentParser:
   g.add_argument("--sparsity-distribution", help="gmp, rigl: how the target "
                  "is spread over the kernels: uniform (every kernel at the "
                  "target), erk (Erdos-Renyi-Kernel) or global (one magnitude "
-                 "threshold); default auto: uniform for gmp, erk for rigl")
+                 "threshold; not rigl); default auto: the method's, erk "
+                 "for both (at 0.99 on digits, uniform leaves the first "
+                 "conv 3 weights)")
   g = p.add_argument_group("GMP (Zhu & Gupta 2017), RigL (Evci et al. 2020)")
   g.add_argument("--gmp-start-epoch", type=int, help="gmp: the epoch the "
                  "cubic sparsity schedule starts at (default 0)")

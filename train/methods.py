@@ -220,7 +220,7 @@ register(Method(
     "gmp", "gradual magnitude pruning (Zhu & Gupta 2017) to the target on a "
     "cubic schedule over --epochs, then training at the final mask, with "
     "sgd's update and lr schedule", _gmp, ("gmp", "finetune"),
-    needs_target=True, demo=3, check=_check_gmp))
+    needs_target=True, demo=3, distribution="erk", check=_check_gmp))
 register(Method(
     "rigl", "RigL (Evci et al. 2020): sparse at the target from the start, "
     "drop-and-grow every --rigl-delta-t steps, with sgd's update and lr "
