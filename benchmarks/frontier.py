@@ -86,7 +86,8 @@ def main(argv=None) -> int:
             a += _noasr(extra)
           if method == "prune-finetune-global":
             a += ["--prune-scope", "global"]
-          if _needs_target(method) and "--target-sparsity" not in extra:
+          if _needs_target(method) and "--target-sparsity" not in (
+              extra + [flag]):
             a += ["--target-sparsity-from",
                   str(runs / f"rda-{args.vary}{value}-seed{seed}")]
           print(f"frontier: {name}", file=sys.stderr, flush=True)
