@@ -856,3 +856,123 @@ def test_resume_of_a_locked_run_dir_is_refused(twice, tmp_path):
   _one_error_line(err, f"{run_dir} is in use by another rda-train process "
                        f"(pid {p.pid})")
   assert (run_dir / "metrics.jsonl").read_text() == before
+
+
+# --- Resume of a damaged or finished run (issue 13) -------------------------------
+
+
+def _unfinished_copy(twice, tmp_path, name="r") -> Path:
+  """A copy of a 2-epoch run with checkpoints 1 and 2 and no summary: what a
+  run killed right after its last checkpoint leaves."""
+  run_dir = tmp_path / name
+  shutil.copytree(twice[0], run_dir)
+  (run_dir / "summary.json").unlink()
+  return run_dir
+
+
+def _snapshot(run_dir: Path) -> dict[str, bytes]:
+  return {str(p.relative_to(run_dir)): p.read_bytes()
+          for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def test_resume_of_a_finished_run_changes_nothing(twice, tmp_path):
+  run_dir = tmp_path / "done"
+  shutil.copytree(twice[0], run_dir)
+  before = _snapshot(run_dir)
+  code, err = _main(["--resume", run_dir])
+  assert code == 0, err
+  assert _lines(err) == [f"rda-train: {run_dir} is finished (2 epochs); "
+                         "nothing to do"]
+  assert _snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("damage, needle", [
+    ("not-an-object", "must hold a JSON object, not list"),
+    ("wrong-type", "epochs: expected an integer, got '3'"),
+    ("corrupt-metrics", "metrics.jsonl:1: not valid JSON"),
+    ("renumbered-metrics", "row 2 has epoch 5, expected 2"),
+    ("lost-metrics-lines", "metrics.jsonl holds epochs 1-1 but the checkpoint "
+                           "is of epoch 2: the log lost lines"),
+    ("missing-metrics", "metrics.jsonl holds no epochs but the checkpoint is "
+                        "of epoch 2"),
+])
+def test_resume_of_a_damaged_run_dir_is_one_line_exit_2(twice, tmp_path,
+                                                        damage, needle):
+  run_dir = _unfinished_copy(twice, tmp_path)
+  cfg, metrics = run_dir / "config.json", run_dir / "metrics.jsonl"
+  rows = metrics.read_text().splitlines()
+  if damage == "not-an-object":
+    cfg.write_text("[1, 2]")
+  elif damage == "wrong-type":
+    cfg.write_text(json.dumps(dict(json.loads(cfg.read_text()), epochs="3")))
+  elif damage == "corrupt-metrics":
+    metrics.write_text("{garbage\n" + rows[1] + "\n")
+  elif damage == "renumbered-metrics":
+    metrics.write_text(rows[0] + "\n" + rows[1].replace('"epoch": 2',
+                                                        '"epoch": 5') + "\n")
+  elif damage == "lost-metrics-lines":
+    metrics.write_text(rows[0] + "\n")
+  else:
+    metrics.unlink()
+  before = _snapshot(run_dir)
+  code, err = _main(["--resume", run_dir])
+  assert code == 2, err
+  _one_error_line(err, needle)
+  assert _snapshot(run_dir) == before
+
+
+_FALLBACK = """
+import sys
+from pathlib import Path
+import numpy as np
+from train.checkpoint import Checkpoints
+run, how = Path(sys.argv[1]), sys.argv[2].split(",")
+like = {"w": np.zeros((64, 64), np.float32), "b": np.zeros(64, np.int32)}
+ck = Checkpoints(run)
+for epoch in (1, 2):
+  ck.save(epoch, {k: v + epoch for k, v in like.items()})
+ck.close()
+for epoch, kind in zip((2, 1), how):
+  d = run / "checkpoints" / str(epoch) / "default"
+  if kind == "missing":
+    (d / "manifest.ocdbt").unlink()
+  elif kind == "truncated":
+    for f in d.rglob("d/*"):
+      f.write_bytes(f.read_bytes()[:10])
+ck = Checkpoints(run)
+notes = []
+epoch, state = ck.restore_newest_intact(like, notes.append)
+print(epoch, float(state["w"][0, 0]), int(state["b"][0]), ck.latest(), notes)
+ck.save(2, state)  # the damaged epoch's number is free again
+ck.close()
+"""
+
+
+def _fallback(run_dir: Path, how: str) -> subprocess.CompletedProcess:
+  # A subprocess: after a failed read, orbax's late reports are kept off
+  # descriptor 2 for the rest of the process, which must not be pytest's.
+  return subprocess.run([PY, "-c", _FALLBACK, str(run_dir), how], cwd=ROOT,
+                        env=ENV, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("how", ["truncated"])
+def test_restore_falls_back_from_a_damaged_latest_checkpoint(tmp_path, how):
+  r = _fallback(tmp_path, how + ",intact")
+  assert r.returncode == 0, r.stderr
+  assert "Traceback" not in r.stderr
+  epoch, w, b, latest, notes = r.stdout.split(" ", 4)
+  assert (epoch, w, b, latest) == ("1", "1.0", "1", "1")
+  assert notes.startswith(f"['checkpoint 2 (")
+  assert notes.rstrip().endswith(
+      f"in {tmp_path}/checkpoints is damaged; moved to {tmp_path}/"
+      "checkpoints-damaged and resuming from checkpoint 1']")
+  assert (tmp_path / "checkpoints-damaged" / "2").is_dir()
+
+
+def test_resume_with_no_intact_checkpoint_is_one_line_exit_2(tmp_path):
+  r = _fallback(tmp_path, "missing,truncated")
+  assert r.returncode == 1
+  assert r.stderr.splitlines()[-1].startswith(
+      f"train._errors.UsageError: no intact checkpoint in {tmp_path}/"
+      "checkpoints: checkpoint 2 (")
+  assert "start the run again" in r.stderr

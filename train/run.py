@@ -25,6 +25,7 @@ from train import optim
 from train import parallel
 from train import prune
 from train import report
+from train import resume_checks
 from train._errors import UsageError
 from train._lock import run_lock
 from train.checkpoint import Checkpoints
@@ -241,14 +242,10 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
   metrics_path = run_dir / "metrics.jsonl"
   start_epoch = 0
   if resume:
-    last = ckpts.latest()
-    if last is not None:
-      state = ckpts.restore(last, state)
-      start_epoch = last
+    last, state = ckpts.restore_newest_intact(state, note=_note)
+    start_epoch = last or 0
     if is_main():
-      # A run killed before its first epoch has no metrics file yet.
-      logged = report.read_metrics(run_dir) if metrics_path.exists() else []
-      kept = [l for l in logged if l["epoch"] <= start_epoch]
+      kept = resume_checks.rows_up_to(run_dir, start_epoch)
       _write_atomic(metrics_path, "".join(json.dumps(l) + "\n" for l in kept))
   elif is_main():
     _write_atomic(metrics_path, "")
@@ -373,6 +370,11 @@ def _lock(run_dir: Path) -> contextlib.AbstractContextManager:
   return run_lock(run_dir) if is_main() else contextlib.nullcontext()
 
 
+def _note(line: str) -> None:
+  if is_main():
+    print(f"rda-train: {line}", file=sys.stderr)
+
+
 def is_main() -> bool:
   """Process 0 writes the logs; every process takes part in checkpoints."""
   return jax.process_index() == 0
@@ -456,22 +458,15 @@ def _run(cfg: Config, interrupted: list[int]) -> list[dict[str, Any]]:
 def resume(run_dir: str, **overrides: Any) -> list[dict[str, Any]]:
   """Continues the run in ``run_dir`` from its latest complete checkpoint."""
   path = Path(run_dir)
-  cfg_path = path / "config.json"
-  if not cfg_path.is_file():
-    raise UsageError(f"--resume: {cfg_path} does not exist (not a run directory)")
-  try:
-    raw = json.loads(cfg_path.read_text())
-  except (OSError, ValueError) as e:
-    raise UsageError(f"--resume: cannot read {cfg_path}: {e}") from None
-  raw.update({k: v for k, v in overrides.items() if v is not None})
-  try:
-    cfg = Config(**raw)
-    validate(cfg)
-  except TypeError as e:
-    raise UsageError(f"--resume: {cfg_path} is not a config of this version: {e}") from None
+  cfg = resume_checks.load_config(path, overrides)
   with catch_signals() as interrupted, _lock(path):
     # Locked before anything is read or rewritten: a second process on the
     # same directory is refused here, before it touches metrics.jsonl.
+    done = resume_checks.finished(path, cfg)
+    if done is not None:
+      _note(f"{path} is finished ({cfg.total_epochs} epochs); nothing to do")
+      return [done]
+    resume_checks.read_rows(path)  # a corrupt log stops before the data loads
     splits = load_data(cfg)
     check_data(cfg, splits)
     _check_interrupted(interrupted, "while loading the data")
