@@ -976,3 +976,85 @@ def test_resume_with_no_intact_checkpoint_is_one_line_exit_2(tmp_path):
       f"train._errors.UsageError: no intact checkpoint in {tmp_path}/"
       "checkpoints: checkpoint 2 (")
   assert "start the run again" in r.stderr
+
+
+# --- Caught before anything is written (issue 13) ---------------------------------
+
+
+def _refused(tmp_path, argv, needle, env=None) -> None:
+  out = tmp_path / "runs"
+  old = {k: os.environ.get(k) for k in (env or {})}
+  os.environ.update(env or {})
+  try:
+    code, err = _main(["--out", out, *SMALL, *argv])
+  finally:
+    for k, v in old.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+  assert code == 2, (code, err[-2000:])
+  _one_error_line(err, needle)
+  assert _runs(out) == []
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--devices", "64"], "--devices 64: 1 device(s) visible"),
+    (["--fsdp", "3"], "--fsdp 3 must divide the device count 1"),
+    (["--compare", "sgd,prune-finetune", *RDA1, 0],
+     "--compare: prune-finetune needs --target-sparsity"),
+    (["--epochs", "10000000000"], "--epochs + --asr-epochs 10000000010 is "
+     "more than the 2147483647 steps"),
+    (["--epochs", "200000000"], "--epochs + --asr-epochs 200000010 x 21 "
+     "steps per epoch is more than"),
+    (["--gamma-schedule", "0:1,99999999999999999999:1"],
+     "--gamma-schedule: epoch 99999999999999999999 is more than"),
+    (["--data-dir", "/tmp"], "data_dir /tmp is not used by the digits data "
+     "set; to train on an image folder or tarball, add --dataset folder"),
+    (["--coordinator", "no port", "--num-processes", "2", "--process-id", "1"],
+     "--coordinator: expected HOST:PORT with a port in [1, 65535], got "
+     "'no port'"),
+    (["--coordinator", "localhost:70000", "--num-processes", "2",
+      "--process-id", "1"], "got 'localhost:70000'"),
+])
+def test_bad_launch_is_refused_before_anything_is_written(tmp_path, argv,
+                                                          needle):
+  _refused(tmp_path, argv, needle)
+
+
+def test_unreachable_coordinator_times_out_with_one_line(tmp_path):
+  t0 = time.monotonic()
+  _refused(tmp_path, ["--coordinator", "127.0.0.1:1", "--num-processes", "2",
+                      "--process-id", "1"],
+           "--coordinator 127.0.0.1:1: no answer after 1 s (Connection "
+           "refused); is process 0 running there?",
+           env={"RDA_COORDINATOR_TIMEOUT": "1"})
+  assert time.monotonic() - t0 < 30
+
+
+def test_compare_whose_later_run_dir_exists_trains_nothing(tmp_path):
+  (tmp_path / "runs" / "x-sgd").mkdir(parents=True)
+  code, err = _main(["--out", tmp_path / "runs", *SMALL, "--run-name", "x",
+                     "--compare", "rda,sgd", *RDA1, 0])
+  assert code == 2, err
+  _one_error_line(err, f"run directory {tmp_path}/runs/x-sgd already exists")
+  assert [p.name for p in _runs(tmp_path / "runs")] == ["x-sgd"]
+
+
+def test_target_sparsity_from_another_model_is_refused(twice, tmp_path):
+  source = tmp_path / "src"
+  shutil.copytree(twice[0], source)
+  cfg = json.loads((source / "config.json").read_text())
+  (source / "config.json").write_text(json.dumps(dict(cfg, model="vgg16bn")))
+  _refused(tmp_path, ["--method", "prune-finetune", "--target-sparsity-from",
+                      source],
+           f"--target-sparsity-from: {source} trained model 'vgg16bn', this "
+           "run model 'small_cnn'")
+
+
+def test_default_run_names_differ_by_seed():
+  from train import preflight, run as run_lib
+  now = __import__("datetime").datetime(2026, 11, 27, 14, 0, 0)
+  a, b = (Config(seed=s) for s in (0, 1))
+  dirs = {run_lib._run_dir(c, "rda", preflight.stamp(c, now)) for c in (a, b)}
+  assert len(dirs) == 2, dirs

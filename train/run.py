@@ -23,6 +23,7 @@ from train import data as data_lib
 from train import engine
 from train import optim
 from train import parallel
+from train import preflight
 from train import prune
 from train import report
 from train import resume_checks
@@ -415,17 +416,20 @@ def run(cfg: Config) -> list[dict[str, Any]]:
 
 
 def _run(cfg: Config, interrupted: list[int]) -> list[dict[str, Any]]:
-  splits = load_data(cfg)
-  check_data(cfg, splits)
-  _check_interrupted(interrupted, "while loading the data")
   methods = cfg.compare.split(",") if cfg.compare else [cfg.method]
-  target = cfg.target_sparsity
-  if target is None and cfg.target_sparsity_from:
-    target = target_from_run(cfg.target_sparsity_from)
-  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
   # Methods that others compare against run first: prune-finetune prunes to
   # the sparsity the RDA run reached, at the same total epochs.
   order = sorted(methods, key=lambda m: m == "prune-finetune")
+  stamp = preflight.stamp(cfg)
+  preflight.check(cfg, order, [_run_dir(cfg, m, stamp) for m in order],
+                  main=is_main())
+  splits = load_data(cfg)
+  check_data(cfg, splits)
+  preflight.check_steps(cfg, splits.train.images.shape[0])
+  _check_interrupted(interrupted, "while loading the data")
+  target = cfg.target_sparsity
+  if target is None and cfg.target_sparsity_from:
+    target = target_from_run(cfg.target_sparsity_from)
   summaries, dirs = [], []
   for method in order:
     t = target
