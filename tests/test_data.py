@@ -689,3 +689,28 @@ def test_symlink_loops_and_aliases_add_no_images(tmp_path, cache):
   assert_labels_match_pixels(
       splits.train._replace(images=splits.train.images[:3 * PER_CLASS],
                             labels=splits.train.labels[:3 * PER_CLASS]))
+
+
+def test_tfds_offline_is_one_line_naming_the_folder_alternative(
+    tfds, tmp_path, monkeypatch):
+  del tfds
+  from train.data import _tfds
+  monkeypatch.setattr(_tfds, "_unreachable", lambda host: f"{host}: test")
+  with pytest.raises(UsageError) as info:
+    data.load("cifar10", data_dir=str(tmp_path), progress=False)
+  message = str(info.value)
+  assert "\n" not in message
+  assert message.startswith(f"data set cifar10 is not in {tmp_path}")
+  assert "(www.cs.toronto.edu: test)" in message
+  assert "--dataset folder --data-dir" in message
+
+
+def test_tfds_failed_download_is_one_line(tfds, tmp_path, monkeypatch):
+  from train.data import _tfds
+  monkeypatch.setattr(_tfds, "_unreachable", lambda host: None)
+  def fail(*args, **kwargs):
+    raise ConnectionError("connection reset\nsecond line")
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", fail)
+  with pytest.raises(UsageError, match=r"could not be downloaded "
+                     r"\(ConnectionError: connection reset\);"):
+    data.load("mnist", data_dir=str(tmp_path), progress=False)
