@@ -116,9 +116,9 @@ def parser() -> argparse.ArgumentParser:
                  "fraction of kernel weights to prune")
   g.add_argument("--target-sparsity-from", metavar="RUN_DIR",
                  help="prune-finetune: prune to the sparsity that run reached")
-  g.add_argument("--prune-scope", help="layer (each kernel to the target, "
-                 "(default; Han et al.'s per-layer pruning at one rate) or global (one "
-                 "magnitude threshold over all kernels)")
+  g.add_argument("--prune-scope", help="layer (the default: each kernel "
+                 "pruned to the target, Han et al.'s per-layer pruning at one "
+                 "rate) or global (one magnitude threshold over all kernels)")
   g.add_argument("--finetune-lr-scale", type=float, help="fine-tuning peak "
                  "lr = lr x this (default 0.1)")
   g = p.add_argument_group("devices and hosts (docs/SCALING.md)")

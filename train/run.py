@@ -191,6 +191,8 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
   variables = jax.jit(lambda k: model.init(
       k, jnp.zeros((1,) + image_shape, jnp.float32)))(jax.random.fold_in(key, 0))
   params = variables["params"]
+  if is_main():
+    report.write_layers(run_dir, model, image_shape, params)  # layers.png
   state = engine.TrainState(params, variables.get("batch_stats", {}),
                             tx.init(params), jnp.zeros([], jnp.int32))
   # Every process builds the same initial state from the same seed, then
