@@ -1058,3 +1058,12 @@ def test_default_run_names_differ_by_seed():
   a, b = (Config(seed=s) for s in (0, 1))
   dirs = {run_lib._run_dir(c, "rda", preflight.stamp(c, now)) for c in (a, b)}
   assert len(dirs) == 2, dirs
+
+
+def test_no_lock_file_is_left_behind(twice, tmp_path):
+  assert not (twice[0] / ".lock").exists()
+  with run_lock(tmp_path) as path:
+    assert path.exists()
+  assert not path.exists()
+  with run_lock(tmp_path):  # and the directory can be locked again
+    pass
