@@ -18,6 +18,7 @@ training process that never opens a window.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+import contextlib
 import datetime
 import json
 import math
@@ -297,7 +298,7 @@ LAYERS_FILE = "layers.json"
 
 
 def write_layers(run_dir: PathLike, model: Any, image_shape: Sequence[int],
-                 params: Any) -> Path:
+                 params: Any) -> Path | None:
   """Writes ``run_dir/layers.json``: the kernels in network order, with their
   weight counts, for the per-layer plot.
 
@@ -313,7 +314,8 @@ def write_layers(run_dir: PathLike, model: Any, image_shape: Sequence[int],
 
   Returns:
     The file written: a JSON list of ``[path, weights]`` pairs, the path as
-    in ``metrics.jsonl``'s ``sparsity_per_layer``.
+    in ``metrics.jsonl``'s ``sparsity_per_layer``; None when it could not be
+    written (the plot then falls back to the log's order).
   """
   # pylint: disable=g-import-not-at-top
   import flax.linen as nn
@@ -342,7 +344,14 @@ def write_layers(run_dir: PathLike, model: Any, image_shape: Sequence[int],
   rows = sorted(rda_optax.sparsity_report(params),
                 key=lambda r: position(r.path))
   out = Path(run_dir) / LAYERS_FILE
-  out.write_text(json.dumps([[r.path, r.size] for r in rows]))
+  try:
+    out.write_text(json.dumps([[r.path, r.size] for r in rows]))
+  except OSError:
+    # Only the plot's order and labels depend on it: a full disk is
+    # reported by the next file the run cannot do without.
+    with contextlib.suppress(OSError):
+      out.unlink()
+    return None
   return out
 
 
