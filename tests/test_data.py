@@ -714,3 +714,44 @@ def test_tfds_failed_download_is_one_line(tfds, tmp_path, monkeypatch):
   with pytest.raises(UsageError, match=r"could not be downloaded "
                      r"\(ConnectionError: connection reset\);"):
     data.load("mnist", data_dir=str(tmp_path), progress=False)
+
+
+# --- Interrupts and progress while decoding (issue 13) -------------------------
+
+
+def test_decode_workers_ignore_ctrl_c(tmp_path, cache, monkeypatch):
+  import concurrent.futures
+  import signal
+  made = []
+
+  class Recording(concurrent.futures.ProcessPoolExecutor):
+    def __init__(self, *args, **kwargs):
+      made.append(kwargs)
+      super().__init__(*args, **kwargs)
+
+  monkeypatch.setattr(_folder.concurrent.futures, "ProcessPoolExecutor",
+                      Recording)
+  source = write_folder(tmp_path / "imgs")
+  _folder.read_folder(str(source), cache_dir=cache, progress=False,
+                      workers=2, chunk_size=4)
+  assert len(made) == 1
+  # Ctrl-C reaches the whole process group: a worker that did not ignore it
+  # would print a KeyboardInterrupt traceback of its own.
+  with concurrent.futures.ProcessPoolExecutor(**made[0]) as pool:
+    assert pool.submit(signal.getsignal, signal.SIGINT).result() == \
+        signal.SIG_IGN
+
+
+def test_decode_progress_is_one_line_per_update_in_a_log(capsys):
+  bar = _folder._progress_bar(100, "decoding x", True)  # stderr: not a tty
+  assert isinstance(bar, _folder._LineProgress)
+  bar._interval = 0
+  bar.update(40)
+  bar.update(60)
+  bar.close()
+  err = capsys.readouterr().err
+  assert "\r" not in err
+  lines = err.splitlines()
+  assert [l.split(",")[0] for l in lines] == [
+      "decoding x: 40/100 images", "decoding x: 100/100 images",
+      "decoding x: 100/100 images"]

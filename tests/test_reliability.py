@@ -1067,3 +1067,18 @@ def test_no_lock_file_is_left_behind(twice, tmp_path):
   assert not path.exists()
   with run_lock(tmp_path):  # and the directory can be locked again
     pass
+
+
+def test_each_signal_is_acknowledged_at_once_with_one_line(capfd):
+  from train import interrupts
+  got = []
+  handler = interrupts.recorder(got)
+  handler(signal.SIGINT, None)
+  handler(signal.SIGINT, None)
+  assert got == [signal.SIGINT, signal.SIGINT]
+  assert capfd.readouterr().err.splitlines() == [
+      "rda-train: SIGINT received: stopping at the end of this epoch, with a "
+      "checkpoint",
+      "rda-train: SIGINT received again: still stopping at the end of this "
+      "epoch (SIGKILL stops at once, losing the epochs since the last "
+      "checkpoint)"]

@@ -20,7 +20,7 @@ Train sparse CNNs with l1-regularized dual averaging (RDA) and adaptive sparse
 retraining (ASR), He et al. 2020, or with the paper's baselines.
 
 With no arguments: the small CNN on scikit-learn's digits, RDA + ASR,
-prox-SGD + ASR, dense SGD and prune-finetune side by side (about a minute on 2
+prox-SGD + ASR, dense SGD and prune-finetune side by side (about 2 minutes on 2
 CPU cores), a table on stdout and a comparison plot under runs/. Without
 --preset, --config, --model or --dataset, the digits-demo preset applies.
 

@@ -21,6 +21,7 @@ import models
 import rda_optax
 from train import data as data_lib
 from train import engine
+from train import interrupts
 from train import optim
 from train import parallel
 from train import preflight
@@ -63,7 +64,7 @@ def catch_signals() -> Iterator[list[int]]:
   loop checks the list after every epoch and before the first.
   """
   got: list[int] = []
-  old = {s: signal.signal(s, lambda signum, frame: got.append(signum))
+  old = {s: signal.signal(s, interrupts.recorder(got))
          for s in (signal.SIGINT, signal.SIGTERM)}
   try:
     yield got
