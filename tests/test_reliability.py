@@ -765,7 +765,8 @@ def twice(tmp_path_factory):
 
 def test_same_seed_same_metrics_on_cpu(twice):
   a, b = twice
-  strip = lambda rows: [{k: v for k, v in r.items() if k != "images_per_sec"}
+  strip = lambda rows: [{k: v for k, v in r.items()
+                         if k not in ("images_per_sec", "compile_s")}
                         for r in rows]
   assert strip(report.read_metrics(a)) == strip(report.read_metrics(b))
   sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
@@ -1082,3 +1083,17 @@ def test_each_signal_is_acknowledged_at_once_with_one_line(capfd):
       "rda-train: SIGINT received again: still stopping at the end of this "
       "epoch (SIGKILL stops at once, losing the epochs since the last "
       "checkpoint)"]
+
+
+def test_compile_time_is_reported_apart_from_images_per_sec(twice):
+  from train import timing
+  timing.take_compile_seconds()
+  f = jax.jit(lambda x: jnp.tanh(x) * 3.0 + x)  # new: compiled on first call
+  f(jnp.ones(7)).block_until_ready()
+  assert timing.take_compile_seconds() > 0
+  f(jnp.ones(7)).block_until_ready()  # compiled already
+  assert timing.take_compile_seconds() == 0
+  rows = report.read_metrics(twice[0])
+  # Epoch 1 compiles the training step; epoch 2 reuses it.
+  assert rows[0]["compile_s"] > 0
+  assert rows[1]["compile_s"] < rows[0]["compile_s"]

@@ -695,6 +695,9 @@ def _postfix(metrics: Mapping[str, Any]) -> str:
   speed = _number(metrics, "images_per_sec")
   if speed is not None and math.isfinite(speed):
     parts.append(f"{speed:,.0f} img/s")
+  compile_s = _number(metrics, "compile_s")
+  if compile_s is not None and compile_s >= 0.05:
+    parts.append(f"(+{compile_s:.1f} s compiling)")
   skipped = _number(metrics, "skipped_steps")
   if skipped:
     # Non-finite steps being skipped is the first sign of a diverging run.

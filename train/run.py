@@ -27,6 +27,7 @@ from train import parallel
 from train import preflight
 from train import prune
 from train import report
+from train import timing
 from train import resume_checks
 from train._errors import UsageError
 from train._lock import run_lock
@@ -278,10 +279,12 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
         progress.write(f"pruned to {float(rda_optax.sparsity(pruned)):.4f} "
                        f"sparsity ({cfg.prune_scope} magnitude pruning)")
       t0 = time.time()
+      timing.take_compile_seconds()
       state, m = train_epoch(state, d_images, d_labels,
                              jax.random.fold_in(key, epoch + 1))
       m = jax.device_get(m)
       dt = time.time() - t0
+      compile_s = min(timing.take_compile_seconds(), dt)
       row = dict(epoch=epoch + 1, phase=_phase(method, epoch, cfg),
                  loss=_finite(m["loss"]), train_top1=_finite(m["train_top1"]))
       if "val" in evals:
@@ -295,7 +298,8 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
       for k in ("gamma", "l1", "lr"):
         f = getattr(opt, k)
         row[k] = f(step) if f is not None else None
-      row["images_per_sec"] = spe * cfg.batch_size / dt
+      row["images_per_sec"] = spe * cfg.batch_size / max(dt - compile_s, 1e-6)
+      row["compile_s"] = compile_s  # not counted in images_per_sec
       row["skipped_steps"] = int(m["skipped_steps"])
       if int(m["halted_steps"]):
         row["halted_steps"] = int(m["halted_steps"])
