@@ -755,3 +755,27 @@ def test_decode_progress_is_one_line_per_update_in_a_log(capsys):
   assert [l.split(",")[0] for l in lines] == [
       "decoding x: 40/100 images", "decoding x: 100/100 images",
       "decoding x: 100/100 images"]
+
+
+def test_ctrl_c_while_decoding_stops_the_decode(tmp_path, cache, monkeypatch):
+  import signal
+  from train import interrupts
+  source = write_folder(tmp_path / "imgs")
+  decoded = []
+  real = _folder._decode.decode_chunk
+  monkeypatch.setattr(_folder._decode, "decode_chunk", lambda chunk, size: (
+      decoded.append(len(chunk)) or real(chunk, size)))
+  got = []
+  handler = interrupts.recorder(got)
+  old = signal.signal(signal.SIGINT, handler)
+  try:
+    got.append(signal.SIGINT)  # as the handler does when Ctrl-C arrives
+    with pytest.raises(interrupts.Interrupted):
+      _folder.read_folder(str(source), cache_dir=cache, progress=False,
+                          workers=1, chunk_size=4)
+  finally:
+    signal.signal(signal.SIGINT, old)
+  assert decoded == [4]  # stopped after the first chunk of 8
+  # Once the handler is gone (the run ended), its signals count for nothing.
+  assert len(_folder.read_folder(str(source), cache_dir=cache,
+                                 progress=False).arrays.labels) == 30

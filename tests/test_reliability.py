@@ -1079,7 +1079,7 @@ def test_each_signal_is_acknowledged_at_once_with_one_line(capfd):
   assert got == [signal.SIGINT, signal.SIGINT]
   assert capfd.readouterr().err.splitlines() == [
       "rda-train: SIGINT received: stopping at the end of this epoch, with a "
-      "checkpoint",
+      "checkpoint (at once while the data loads)",
       "rda-train: SIGINT received again: still stopping at the end of this "
       "epoch (SIGKILL stops at once, losing the epochs since the last "
       "checkpoint)"]

@@ -50,6 +50,9 @@ def load_data(cfg: Config) -> data_lib.Splits:
         val_fraction=cfg.val_fraction, seed=cfg.seed, cache_dir=cfg.cache_dir,
         skip_bad_images=cfg.skip_bad_images, image_size=cfg.image_size,
         progress=cfg.progress != "none")
+  except interrupts.Interrupted:
+    raise Stopped("interrupted while loading the data; nothing was written",
+                  130) from None
   except MemoryError:
     size = f" at --image-size {cfg.image_size}" if cfg.image_size else ""
     raise UsageError(f"--dataset {cfg.dataset}: not enough memory to hold the "

@@ -506,6 +506,7 @@ def _decode_all(payloads: Iterable[bytes | str], total: int | None,
     chunk_results = _decode.decode_chunk(chunk, image_size)
     results.extend(chunk_results)
     bar.update(len(chunk_results))
+    interrupts.check_loading()
 
   def collect_oldest():
     nonlocal pool_broken
@@ -526,6 +527,7 @@ def _decode_all(payloads: Iterable[bytes | str], total: int | None,
       return
     results.extend(chunk_results)
     bar.update(len(chunk_results))
+    interrupts.check_loading()  # Ctrl-C: nothing is worth finishing
 
   def submit(chunk):
     nonlocal executor
