@@ -614,3 +614,168 @@ def test_tfds_with_test_dir(tfds, tmp_path, cache):
                        progress=False)
   assert splits.class_names == names
   assert splits.test.images.shape == (10, 32, 32, 3)
+
+
+# --- folder: split folders, links, all-bad classes (issue 13) ------------------
+
+
+@pytest.mark.parametrize("as_tar", [False, True], ids=["dir", "tar"])
+@pytest.mark.parametrize("test_name", ["test", "validation"])
+def test_split_folders_are_splits_not_classes(tmp_path, cache, as_tar,
+                                              test_name):
+  # The layout CIFAR-10's JPEG tarballs come from: train/ and test/ side by
+  # side. Learned as classes, this is a 2-class "train vs test" problem.
+  source = write_folder(tmp_path / "imgs", split="train")
+  write_folder(tmp_path / "imgs", split=test_name, per_class=4)
+  if as_tar:
+    source = make_tar(source, tmp_path / "imgs.tar.gz")
+  splits = load_folder(source, cache, val_fraction=0)
+  assert splits.class_names == CLASSES
+  assert len(splits.train.labels) == 3 * PER_CLASS
+  assert len(splits.test.labels) == 3 * 4
+  assert_labels_match_pixels(splits.train)
+  assert_labels_match_pixels(splits.test)
+  # --test-dir still wins over the source's own test split.
+  other = write_folder(tmp_path / "other", per_class=2)
+  splits = load_folder(source, cache, val_fraction=0, test_dir=str(other))
+  assert len(splits.test.labels) == 3 * 2
+
+
+def test_split_folders_mixed_with_class_folders_are_refused(tmp_path, cache):
+  source = write_folder(tmp_path / "imgs", split="train")
+  write_folder(tmp_path / "imgs", classes=("cat", "dog"))
+  with pytest.raises(UsageError, match=r"mixes split folders \(train\) with "
+                     r"other top-level folders \(cat, dog\)"):
+    load_folder(source, cache)
+
+
+def test_split_folders_without_train_are_refused(tmp_path, cache):
+  source = write_folder(tmp_path / "imgs", split="test")
+  write_folder(tmp_path / "imgs", split="val")
+  with pytest.raises(UsageError, match=r"split folders \(test, val\) but no "
+                     "train split"):
+    load_folder(source, cache)
+
+
+def test_data_dir_with_digits_is_refused(tmp_path):
+  with pytest.raises(UsageError, match="--dataset folder") as info:
+    data.load("digits", data_dir=str(tmp_path), progress=False)
+  assert str(tmp_path) in str(info.value)
+
+
+def test_class_with_only_unreadable_files_is_an_error(tmp_path, cache):
+  source = write_folder(tmp_path / "imgs")
+  for f in (source / "dog").iterdir():
+    f.write_bytes(b"not an image")
+  with pytest.raises(UsageError, match="every file of class dog is "
+                     rf"unreadable \({PER_CLASS} skipped, the first is "
+                     "dog/0000.png"):
+    load_folder(source, cache, skip_bad_images=True)
+
+
+def test_symlink_loops_and_aliases_add_no_images(tmp_path, cache):
+  source = write_folder(tmp_path / "imgs")
+  (source / "cat" / "loop").symlink_to(source)  # back to the root
+  (source / "dog" / "again").symlink_to(source / "dog")  # to itself
+  (source / "emu" / "cat-too").symlink_to(source / "cat")  # another class
+  (source / "emu" / "one.png").symlink_to(source / "cat" / "0000.png")
+  # A class folder that is a link to where the images live still counts.
+  write_folder(tmp_path / "elsewhere", classes=("fox",))
+  (source / "fox").symlink_to(tmp_path / "elsewhere" / "fox")
+  splits = load_folder(source, cache, val_fraction=0)
+  assert splits.class_names == CLASSES + ("fox",)
+  np.testing.assert_array_equal(np.bincount(splits.train.labels),
+                                [PER_CLASS] * 4)
+  assert_labels_match_pixels(
+      splits.train._replace(images=splits.train.images[:3 * PER_CLASS],
+                            labels=splits.train.labels[:3 * PER_CLASS]))
+
+
+def test_tfds_offline_is_one_line_naming_the_folder_alternative(
+    tfds, tmp_path, monkeypatch):
+  del tfds
+  from train.data import _tfds
+  monkeypatch.setattr(_tfds, "_unreachable", lambda host: f"{host}: test")
+  with pytest.raises(UsageError) as info:
+    data.load("cifar10", data_dir=str(tmp_path), progress=False)
+  message = str(info.value)
+  assert "\n" not in message
+  assert message.startswith(f"data set cifar10 is not in {tmp_path}")
+  assert "(www.cs.toronto.edu: test)" in message
+  assert "--dataset folder --data-dir" in message
+
+
+def test_tfds_failed_download_is_one_line(tfds, tmp_path, monkeypatch):
+  from train.data import _tfds
+  monkeypatch.setattr(_tfds, "_unreachable", lambda host: None)
+  def fail(*args, **kwargs):
+    raise ConnectionError("connection reset\nsecond line")
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", fail)
+  with pytest.raises(UsageError, match=r"could not be downloaded "
+                     r"\(ConnectionError: connection reset\);"):
+    data.load("mnist", data_dir=str(tmp_path), progress=False)
+
+
+# --- Interrupts and progress while decoding (issue 13) -------------------------
+
+
+def test_decode_workers_ignore_ctrl_c(tmp_path, cache, monkeypatch):
+  import concurrent.futures
+  import signal
+  made = []
+
+  class Recording(concurrent.futures.ProcessPoolExecutor):
+    def __init__(self, *args, **kwargs):
+      made.append(kwargs)
+      super().__init__(*args, **kwargs)
+
+  monkeypatch.setattr(_folder.concurrent.futures, "ProcessPoolExecutor",
+                      Recording)
+  source = write_folder(tmp_path / "imgs")
+  _folder.read_folder(str(source), cache_dir=cache, progress=False,
+                      workers=2, chunk_size=4)
+  assert len(made) == 1
+  # Ctrl-C reaches the whole process group: a worker that did not ignore it
+  # would print a KeyboardInterrupt traceback of its own.
+  with concurrent.futures.ProcessPoolExecutor(**made[0]) as pool:
+    assert pool.submit(signal.getsignal, signal.SIGINT).result() == \
+        signal.SIG_IGN
+
+
+def test_decode_progress_is_one_line_per_update_in_a_log(capsys):
+  bar = _folder._progress_bar(100, "decoding x", True)  # stderr: not a tty
+  assert isinstance(bar, _folder._LineProgress)
+  bar._interval = 0
+  bar.update(40)
+  bar.update(60)
+  bar.close()
+  err = capsys.readouterr().err
+  assert "\r" not in err
+  lines = err.splitlines()
+  assert [l.split(",")[0] for l in lines] == [
+      "decoding x: 40/100 images", "decoding x: 100/100 images",
+      "decoding x: 100/100 images"]
+
+
+def test_ctrl_c_while_decoding_stops_the_decode(tmp_path, cache, monkeypatch):
+  import signal
+  from train import interrupts
+  source = write_folder(tmp_path / "imgs")
+  decoded = []
+  real = _folder._decode.decode_chunk
+  monkeypatch.setattr(_folder._decode, "decode_chunk", lambda chunk, size: (
+      decoded.append(len(chunk)) or real(chunk, size)))
+  got = []
+  handler = interrupts.recorder(got)
+  old = signal.signal(signal.SIGINT, handler)
+  try:
+    got.append(signal.SIGINT)  # as the handler does when Ctrl-C arrives
+    with pytest.raises(interrupts.Interrupted):
+      _folder.read_folder(str(source), cache_dir=cache, progress=False,
+                          workers=1, chunk_size=4)
+  finally:
+    signal.signal(signal.SIGINT, old)
+  assert decoded == [4]  # stopped after the first chunk of 8
+  # Once the handler is gone (the run ended), its signals count for nothing.
+  assert len(_folder.read_folder(str(source), cache_dir=cache,
+                                 progress=False).arrays.labels) == 30

@@ -765,7 +765,8 @@ def twice(tmp_path_factory):
 
 def test_same_seed_same_metrics_on_cpu(twice):
   a, b = twice
-  strip = lambda rows: [{k: v for k, v in r.items() if k != "images_per_sec"}
+  strip = lambda rows: [{k: v for k, v in r.items()
+                         if k not in ("images_per_sec", "compile_s")}
                         for r in rows]
   assert strip(report.read_metrics(a)) == strip(report.read_metrics(b))
   sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
@@ -856,3 +857,243 @@ def test_resume_of_a_locked_run_dir_is_refused(twice, tmp_path):
   _one_error_line(err, f"{run_dir} is in use by another rda-train process "
                        f"(pid {p.pid})")
   assert (run_dir / "metrics.jsonl").read_text() == before
+
+
+# --- Resume of a damaged or finished run (issue 13) -------------------------------
+
+
+def _unfinished_copy(twice, tmp_path, name="r") -> Path:
+  """A copy of a 2-epoch run with checkpoints 1 and 2 and no summary: what a
+  run killed right after its last checkpoint leaves."""
+  run_dir = tmp_path / name
+  shutil.copytree(twice[0], run_dir)
+  (run_dir / "summary.json").unlink()
+  return run_dir
+
+
+def _snapshot(run_dir: Path) -> dict[str, bytes]:
+  return {str(p.relative_to(run_dir)): p.read_bytes()
+          for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def test_resume_of_a_finished_run_changes_nothing(twice, tmp_path):
+  run_dir = tmp_path / "done"
+  shutil.copytree(twice[0], run_dir)
+  before = _snapshot(run_dir)
+  code, err = _main(["--resume", run_dir])
+  assert code == 0, err
+  assert _lines(err) == [f"rda-train: {run_dir} is finished (2 epochs); "
+                         "nothing to do"]
+  assert _snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("damage, needle", [
+    ("not-an-object", "must hold a JSON object, not list"),
+    ("wrong-type", "epochs: expected an integer, got '3'"),
+    ("corrupt-metrics", "metrics.jsonl:1: not valid JSON"),
+    ("renumbered-metrics", "row 2 has epoch 5, expected 2"),
+    ("lost-metrics-lines", "metrics.jsonl holds epochs 1-1 but the checkpoint "
+                           "is of epoch 2: the log lost lines"),
+    ("missing-metrics", "metrics.jsonl holds no epochs but the checkpoint is "
+                        "of epoch 2"),
+])
+def test_resume_of_a_damaged_run_dir_is_one_line_exit_2(twice, tmp_path,
+                                                        damage, needle):
+  run_dir = _unfinished_copy(twice, tmp_path)
+  cfg, metrics = run_dir / "config.json", run_dir / "metrics.jsonl"
+  rows = metrics.read_text().splitlines()
+  if damage == "not-an-object":
+    cfg.write_text("[1, 2]")
+  elif damage == "wrong-type":
+    cfg.write_text(json.dumps(dict(json.loads(cfg.read_text()), epochs="3")))
+  elif damage == "corrupt-metrics":
+    metrics.write_text("{garbage\n" + rows[1] + "\n")
+  elif damage == "renumbered-metrics":
+    metrics.write_text(rows[0] + "\n" + rows[1].replace('"epoch": 2',
+                                                        '"epoch": 5') + "\n")
+  elif damage == "lost-metrics-lines":
+    metrics.write_text(rows[0] + "\n")
+  else:
+    metrics.unlink()
+  before = _snapshot(run_dir)
+  code, err = _main(["--resume", run_dir])
+  assert code == 2, err
+  _one_error_line(err, needle)
+  assert _snapshot(run_dir) == before
+
+
+_FALLBACK = """
+import sys
+from pathlib import Path
+import numpy as np
+from train.checkpoint import Checkpoints
+run, how = Path(sys.argv[1]), sys.argv[2].split(",")
+like = {"w": np.zeros((64, 64), np.float32), "b": np.zeros(64, np.int32)}
+ck = Checkpoints(run)
+for epoch in (1, 2):
+  ck.save(epoch, {k: v + epoch for k, v in like.items()})
+ck.close()
+for epoch, kind in zip((2, 1), how):
+  d = run / "checkpoints" / str(epoch) / "default"
+  if kind == "missing":
+    (d / "manifest.ocdbt").unlink()
+  elif kind == "truncated":
+    for f in d.rglob("d/*"):
+      f.write_bytes(f.read_bytes()[:10])
+ck = Checkpoints(run)
+notes = []
+epoch, state = ck.restore_newest_intact(like, notes.append)
+print(epoch, float(state["w"][0, 0]), int(state["b"][0]), ck.latest(), notes)
+ck.save(2, state)  # the damaged epoch's number is free again
+ck.close()
+"""
+
+
+def _fallback(run_dir: Path, how: str) -> subprocess.CompletedProcess:
+  # A subprocess: after a failed read, orbax's late reports are kept off
+  # descriptor 2 for the rest of the process, which must not be pytest's.
+  return subprocess.run([PY, "-c", _FALLBACK, str(run_dir), how], cwd=ROOT,
+                        env=ENV, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("how", ["truncated"])
+def test_restore_falls_back_from_a_damaged_latest_checkpoint(tmp_path, how):
+  r = _fallback(tmp_path, how + ",intact")
+  assert r.returncode == 0, r.stderr
+  assert "Traceback" not in r.stderr
+  epoch, w, b, latest, notes = r.stdout.split(" ", 4)
+  assert (epoch, w, b, latest) == ("1", "1.0", "1", "1")
+  assert notes.startswith(f"['checkpoint 2 (")
+  assert notes.rstrip().endswith(
+      f"in {tmp_path}/checkpoints is damaged; moved to {tmp_path}/"
+      "checkpoints-damaged and resuming from checkpoint 1']")
+  assert (tmp_path / "checkpoints-damaged" / "2").is_dir()
+
+
+def test_resume_with_no_intact_checkpoint_is_one_line_exit_2(tmp_path):
+  r = _fallback(tmp_path, "missing,truncated")
+  assert r.returncode == 1
+  assert r.stderr.splitlines()[-1].startswith(
+      f"train._errors.UsageError: no intact checkpoint in {tmp_path}/"
+      "checkpoints: checkpoint 2 (")
+  assert "start the run again" in r.stderr
+
+
+# --- Caught before anything is written (issue 13) ---------------------------------
+
+
+def _refused(tmp_path, argv, needle, env=None) -> None:
+  out = tmp_path / "runs"
+  old = {k: os.environ.get(k) for k in (env or {})}
+  os.environ.update(env or {})
+  try:
+    code, err = _main(["--out", out, *SMALL, *argv])
+  finally:
+    for k, v in old.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+  assert code == 2, (code, err[-2000:])
+  _one_error_line(err, needle)
+  assert _runs(out) == []
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--devices", "64"], "--devices 64: 1 device(s) visible"),
+    (["--fsdp", "3"], "--fsdp 3 must divide the device count 1"),
+    (["--compare", "sgd,prune-finetune", *RDA1, 0],
+     "--compare: prune-finetune needs --target-sparsity"),
+    (["--epochs", "10000000000"], "--epochs + --asr-epochs 10000000010 is "
+     "more than the 2147483647 steps"),
+    (["--epochs", "200000000"], "--epochs + --asr-epochs 200000010 x 21 "
+     "steps per epoch is more than"),
+    (["--gamma-schedule", "0:1,99999999999999999999:1"],
+     "--gamma-schedule: epoch 99999999999999999999 is more than"),
+    (["--data-dir", "/tmp"], "data_dir /tmp is not used by the digits data "
+     "set; to train on an image folder or tarball, add --dataset folder"),
+    (["--coordinator", "no port", "--num-processes", "2", "--process-id", "1"],
+     "--coordinator: expected HOST:PORT with a port in [1, 65535], got "
+     "'no port'"),
+    (["--coordinator", "localhost:70000", "--num-processes", "2",
+      "--process-id", "1"], "got 'localhost:70000'"),
+])
+def test_bad_launch_is_refused_before_anything_is_written(tmp_path, argv,
+                                                          needle):
+  _refused(tmp_path, argv, needle)
+
+
+def test_unreachable_coordinator_times_out_with_one_line(tmp_path):
+  t0 = time.monotonic()
+  _refused(tmp_path, ["--coordinator", "127.0.0.1:1", "--num-processes", "2",
+                      "--process-id", "1"],
+           "--coordinator 127.0.0.1:1: no answer after 1 s (Connection "
+           "refused); is process 0 running there?",
+           env={"RDA_COORDINATOR_TIMEOUT": "1"})
+  assert time.monotonic() - t0 < 30
+
+
+def test_compare_whose_later_run_dir_exists_trains_nothing(tmp_path):
+  (tmp_path / "runs" / "x-sgd").mkdir(parents=True)
+  code, err = _main(["--out", tmp_path / "runs", *SMALL, "--run-name", "x",
+                     "--compare", "rda,sgd", *RDA1, 0])
+  assert code == 2, err
+  _one_error_line(err, f"run directory {tmp_path}/runs/x-sgd already exists")
+  assert [p.name for p in _runs(tmp_path / "runs")] == ["x-sgd"]
+
+
+def test_target_sparsity_from_another_model_is_refused(twice, tmp_path):
+  source = tmp_path / "src"
+  shutil.copytree(twice[0], source)
+  cfg = json.loads((source / "config.json").read_text())
+  (source / "config.json").write_text(json.dumps(dict(cfg, model="vgg16bn")))
+  _refused(tmp_path, ["--method", "prune-finetune", "--target-sparsity-from",
+                      source],
+           f"--target-sparsity-from: {source} trained model 'vgg16bn', this "
+           "run model 'small_cnn'")
+
+
+def test_default_run_names_differ_by_seed():
+  from train import preflight, run as run_lib
+  now = __import__("datetime").datetime(2026, 11, 27, 14, 0, 0)
+  a, b = (Config(seed=s) for s in (0, 1))
+  dirs = {run_lib._run_dir(c, "rda", preflight.stamp(c, now)) for c in (a, b)}
+  assert len(dirs) == 2, dirs
+
+
+def test_no_lock_file_is_left_behind(twice, tmp_path):
+  assert not (twice[0] / ".lock").exists()
+  with run_lock(tmp_path) as path:
+    assert path.exists()
+  assert not path.exists()
+  with run_lock(tmp_path):  # and the directory can be locked again
+    pass
+
+
+def test_each_signal_is_acknowledged_at_once_with_one_line(capfd):
+  from train import interrupts
+  got = []
+  handler = interrupts.recorder(got)
+  handler(signal.SIGINT, None)
+  handler(signal.SIGINT, None)
+  assert got == [signal.SIGINT, signal.SIGINT]
+  assert capfd.readouterr().err.splitlines() == [
+      "rda-train: SIGINT received: stopping at the end of this epoch, with a "
+      "checkpoint (at once while the data loads)",
+      "rda-train: SIGINT received again: still stopping at the end of this "
+      "epoch (SIGKILL stops at once, losing the epochs since the last "
+      "checkpoint)"]
+
+
+def test_compile_time_is_reported_apart_from_images_per_sec(twice):
+  from train import timing
+  timing.take_compile_seconds()
+  f = jax.jit(lambda x: jnp.tanh(x) * 3.0 + x)  # new: compiled on first call
+  f(jnp.ones(7)).block_until_ready()
+  assert timing.take_compile_seconds() > 0
+  f(jnp.ones(7)).block_until_ready()  # compiled already
+  assert timing.take_compile_seconds() == 0
+  rows = report.read_metrics(twice[0])
+  # Epoch 1 compiles the training step; epoch 2 reuses it.
+  assert rows[0]["compile_s"] > 0
+  assert rows[1]["compile_s"] < rows[0]["compile_s"]

@@ -230,3 +230,47 @@ def test_progress_bar_on_terminal():
   out = stream.getvalue()
   assert "a message\n" in out
   assert "2/2" in out and "[rda]" in out and "4,210 img/s" in out
+
+
+# --- issue 13: network order, weight counts, the loss panel ------------------
+
+
+def test_layers_plot_is_in_network_order_with_weight_counts(tmp_path):
+  import jax
+  import jax.numpy as jnp
+  import models
+  model = models.get("small_cnn", num_classes=10)
+  import numpy as np
+  shapes = jax.eval_shape(model.init, jax.random.key(0),
+                          jnp.zeros((1, 8, 8, 1)))["params"]
+  params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+  run = _make_run(tmp_path, "run", _records(), method="rda")
+  report.write_layers(run, model, (8, 8, 1), params)
+  table = json.loads((run / "layers.json").read_text())
+  # JAX sorts the keys ("classifier" first); the model calls conv0 first.
+  names = [report.short_layer_name(p) for p, _ in table]
+  assert names == ["conv0/kernel", "conv1/kernel", "hidden/kernel",
+                   "classifier/kernel"], names
+  sizes = {report.short_layer_name(p): n for p, n in table}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    key = report.short_layer_name(jax.tree_util.keystr(path))
+    if key in sizes:
+      assert sizes[key] == leaf.size
+  record = {"sparsity_per_layer": {p: 0.5 for p, _ in table[::-1]}}
+  bars, _ = report.layer_bars(run, record)
+  assert [b for b, _ in bars] == [
+      f"{n} ({report._count(sizes[n])})" for n in names]
+  assert report._count(2359296) == "2.4M" and report._count(1234) == "1.2k"
+
+
+def test_compare_has_a_loss_panel_and_tells_overlapping_runs_apart(tmp_path):
+  same = _records()
+  runs = [_make_run(tmp_path, name, same, method=name)
+          for name in ("rda", "prox-sgd", "sgd")]
+  fig = report.compare_figure(runs, ["rda", "prox-sgd", "sgd"])
+  titles = [ax.get_title() for ax in fig.axes]
+  assert titles == ["validation top-1", "training loss", "sparsity"]
+  loss = fig.axes[1].get_lines()
+  assert [list(l.get_ydata()) for l in loss] == [[r["loss"] for r in same]] * 3
+  styles = [(l.get_linestyle(), l.get_marker()) for l in loss]
+  assert len(set(styles)) == 3, styles

@@ -6,7 +6,8 @@
 The lock is ``fcntl.flock(LOCK_EX | LOCK_NB)`` on ``run_dir/.lock``. The
 kernel drops it when the holder's file is closed, which includes the holder
 being killed (SIGKILL, OOM), so a crashed run never leaves a stale lock: the
-file may stay behind, but it only blocks while a live process holds it. The
+file may stay behind, but it only blocks while a live process holds it. A
+holder that ends normally removes the file. The
 holder's pid is written into the file so the refusal can name it.
 
 flock locks belong to the open file, not to the process, so a second
@@ -55,6 +56,35 @@ def run_lock(run_dir: Path) -> Iterator[Path]:
   """
   run_dir = Path(run_dir)
   path = run_dir / LOCK_NAME
+  for _ in range(3):
+    fd = _open_locked(run_dir, path)
+    if fd is not None:
+      break
+  else:
+    raise UsageError(f"{run_dir}: cannot lock {path}: it keeps being "
+                     "replaced by another process")
+  try:
+    try:
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as e:
+      raise UsageError(f"{run_dir}: cannot write the lock file {path}: "
+                       f"{e.strerror or e}") from None
+    try:
+      yield path
+    finally:
+      # Removed while still held, so no run directory keeps an empty .lock.
+      # A process that opened the old file meanwhile notices that it was
+      # unlinked once it gets the lock (_open_locked) and opens it afresh.
+      with contextlib.suppress(OSError):
+        os.unlink(path)
+  finally:
+    os.close(fd)
+
+
+def _open_locked(run_dir: Path, path: Path) -> int | None:
+  """Opens and locks ``path``; None when the file was removed or replaced
+  between the open and the lock (its holder finished: try again)."""
   try:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
   except OSError as e:
@@ -70,18 +100,13 @@ def run_lock(run_dir: Path) -> Iterator[Path]:
       raise UsageError(f"{run_dir}: cannot lock {path}: "
                        f"{e.strerror or e}") from None
     try:
-      os.ftruncate(fd, 0)
-      os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    except OSError as e:
-      raise UsageError(f"{run_dir}: cannot write the lock file {path}: "
-                       f"{e.strerror or e}") from None
-    try:
-      yield path
-    finally:
-      # Still holding the lock: no one else can be writing the file. An
-      # empty file says "free" to a human reader; the lock itself is what
-      # counts, and closing the file below releases it.
-      with contextlib.suppress(OSError):
-        os.ftruncate(fd, 0)
-  finally:
+      same = os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+      same = False
+    if same:
+      return fd
+  except BaseException:
     os.close(fd)
+    raise
+  os.close(fd)
+  return None

@@ -15,7 +15,7 @@ import shutil
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import jax
 import orbax.checkpoint as ocp
@@ -213,6 +213,62 @@ class Checkpoints:
   def restore(self, epoch: int, like: Any) -> Any:
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     return self._mngr.restore(epoch, args=ocp.args.StandardRestore(target))
+
+  def restore_newest_intact(self, like: Any, note: Callable[[str], None]
+                            ) -> tuple[Optional[int], Any]:
+    """Restores the newest checkpoint that reads back whole.
+
+    A checkpoint can be damaged after it was complete (a file deleted or
+    truncated by hand, a disk error): orbax then fails deep inside
+    tensorstore. Each damaged checkpoint is moved out of the way, to
+    ``run_dir/checkpoints-damaged/EPOCH`` (kept for inspection; a later
+    save of that epoch must not meet it), and the next older one is tried.
+
+    Args:
+      like: a state of the saved structure, for shapes and shardings.
+      note: called with one line when a damaged checkpoint was passed over.
+
+    Returns:
+      (epoch, state), or (None, like) when there is no checkpoint at all.
+
+    Raises:
+      UsageError: there are checkpoints, and none of them is intact.
+    """
+    damaged: list[str] = []
+    for epoch in sorted(self._mngr.all_steps(), reverse=True):
+      try:
+        with _quiet_orbax():
+          state = self.restore(epoch, like)
+      except Exception as e:  # pylint: disable=broad-except
+        # Orbax and tensorstore raise ValueError, OSError and bare
+        # Exception alike for a missing or cut file.
+        damaged.append(f"{epoch} ({_reason(e)[:80]})")
+        self._set_aside(epoch)
+        continue
+      if damaged:
+        note(f"checkpoint {damaged[0]} in {self._dir} is damaged; moved to "
+             f"{self._dir}-damaged and resuming from checkpoint {epoch}")
+      return epoch, state
+    if damaged:
+      raise UsageError(
+          f"no intact checkpoint in {self._dir}: checkpoint "
+          f"{', '.join(damaged)} damaged (moved to {self._dir}-damaged); "
+          "start the run again")
+    return None, like
+
+  def _set_aside(self, epoch: int) -> None:
+    aside = Path(f"{self._dir}-damaged")
+    try:
+      aside.mkdir(exist_ok=True)
+      target = aside / str(epoch)
+      if target.exists():
+        shutil.rmtree(target)
+      os.replace(self._dir / str(epoch), target)
+      self._mngr.reload()
+    except OSError as e:
+      raise CheckpointWriteError(
+          f"checkpoint {epoch} in {self._dir} is damaged and cannot be moved "
+          f"to {aside}: {e.strerror or e}") from None
 
   def restore_local(self, epoch: Optional[int] = None) -> Any:
     """Restores a checkpoint as it was saved, onto this process's first

@@ -44,7 +44,6 @@ def parser() -> argparse.ArgumentParser:
   p = _Parser(prog="rda-train", description=_DESCRIPTION,
               formatter_class=argparse.RawDescriptionHelpFormatter,
               argument_default=None)
-  a = p.add_argument
   g = p.add_argument_group("what to run")
   g.add_argument("--preset", help="a named configuration (see --list-presets)")
   g.add_argument("--list-presets", action="store_true",

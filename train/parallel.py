@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import functools
 import os
+import re
+import socket
+import time
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -93,11 +96,64 @@ def initialize(coordinator: Optional[str], num_processes: Optional[int],
     if not 0 <= process_id < num_processes:
       raise UsageError(f"--process-id {process_id} is not in "
                        f"[0, {num_processes})")
+    host, port = coordinator_address(coordinator)
+    timeout = _coordinator_timeout()
+    if process_id != 0:
+      # jax.distributed aborts the whole process (a C++ check failure) when
+      # the coordinator does not answer in time; wait for it here instead.
+      _wait_for(host, port, timeout, coordinator)
     _cpu_collectives()
-    jax.distributed.initialize(coordinator, num_processes, process_id)
+    jax.distributed.initialize(coordinator, num_processes, process_id,
+                               initialization_timeout=timeout)
   elif env.get("RDA_DISTRIBUTED") == "auto":
     _cpu_collectives()
     jax.distributed.initialize()
+
+
+_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):"
+                      r"([0-9]{1,5})$")
+
+
+def coordinator_address(address: str) -> tuple[str, int]:
+  """``HOST:PORT`` (``[IPv6]:PORT`` too) as (host, port), or UsageError.
+
+  A malformed address reaches JAX's C++ client otherwise, which crashes
+  (a segmentation fault) or waits for ever.
+  """
+  m = _ADDRESS.match(address)
+  if not m or not 1 <= int(m.group(2)) <= 65535:
+    raise UsageError(f"--coordinator: expected HOST:PORT with a port in "
+                     f"[1, 65535], got {address!r}")
+  return m.group(1).strip("[]"), int(m.group(2))
+
+
+def _coordinator_timeout() -> int:
+  raw = os.environ.get("RDA_COORDINATOR_TIMEOUT", "300")
+  try:
+    timeout = int(raw)
+  except ValueError:
+    timeout = 0
+  if timeout < 1:
+    raise UsageError(f"RDA_COORDINATOR_TIMEOUT must be a whole number of "
+                     f"seconds >= 1, got {raw!r}")
+  return timeout
+
+
+def _wait_for(host: str, port: int, timeout: int, address: str) -> None:
+  """Returns once ``host:port`` accepts a connection; UsageError after
+  ``timeout`` seconds (process 0 may start a little after the others)."""
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      socket.create_connection((host, port), timeout=2).close()
+      return
+    except OSError as e:
+      reason = e.strerror or str(e) or type(e).__name__
+    if time.monotonic() >= deadline:
+      raise UsageError(
+          f"--coordinator {address}: no answer after {timeout} s ({reason}); "
+          "is process 0 running there? (RDA_COORDINATOR_TIMEOUT sets the wait)")
+    time.sleep(0.5)
 
 
 def _cpu_collectives() -> None:

@@ -18,6 +18,7 @@ training process that never opens a window.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+import contextlib
 import datetime
 import json
 import math
@@ -293,12 +294,109 @@ def _plot_curves(run_dir: Path, records: Sequence[Mapping[str, Any]]) -> Path:
   return _save(fig, run_dir / "curves.png")
 
 
+LAYERS_FILE = "layers.json"
+
+
+def write_layers(run_dir: PathLike, model: Any, image_shape: Sequence[int],
+                 params: Any) -> Path | None:
+  """Writes ``run_dir/layers.json``: the kernels in network order, with their
+  weight counts, for the per-layer plot.
+
+  A parameter tree comes back from JAX with its keys sorted ("classifier"
+  before "conv0"), so the order is taken from the order in which the model
+  calls its modules, traced abstractly (no compilation, no FLOPs).
+
+  Args:
+    run_dir: the run directory.
+    model: the Flax module.
+    image_shape: one input image's shape (H, W, C).
+    params: the model's parameters (shapes only are read).
+
+  Returns:
+    The file written: a JSON list of ``[path, weights]`` pairs, the path as
+    in ``metrics.jsonl``'s ``sparsity_per_layer``; None when it could not be
+    written (the plot then falls back to the log's order).
+  """
+  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  import rda_optax
+  # pylint: enable=g-import-not-at-top
+  calls: list[tuple[str, ...]] = []
+
+  def record(next_fun, args, kwargs, context):
+    if context.method_name == "__call__":
+      calls.append(tuple(context.module.path))
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    jax.eval_shape(lambda: model.init(
+        jax.random.key(0), jnp.zeros((1, *image_shape), jnp.float32)))
+  first = {}
+  for i, path in enumerate(calls):
+    first.setdefault(path, i)
+
+  def position(path: str) -> int:
+    parts = tuple(short_layer_name(path).split("/")[:-1])  # drop "kernel"
+    return first.get(parts, len(calls))
+
+  rows = sorted(rda_optax.sparsity_report(params),
+                key=lambda r: position(r.path))
+  out = Path(run_dir) / LAYERS_FILE
+  try:
+    out.write_text(json.dumps([[r.path, r.size] for r in rows]))
+  except OSError:
+    # Only the plot's order and labels depend on it: a full disk is
+    # reported by the next file the run cannot do without.
+    with contextlib.suppress(OSError):
+      out.unlink()
+    return None
+  return out
+
+
+def _layer_table(run_dir: Path) -> list[tuple[str, int]] | None:
+  data = None
+  try:
+    data = json.loads((run_dir / LAYERS_FILE).read_text())
+  except (OSError, ValueError):
+    pass
+  if not isinstance(data, list) or not all(
+      isinstance(r, list) and len(r) == 2 for r in data):
+    return None
+  return [(str(path), int(size)) for path, size in data]
+
+
+def layer_bars(run_dir: Path, record: Mapping[str, Any]
+               ) -> tuple[list[tuple[str, float]], dict[str, int]]:
+  """The bars of the per-layer plot: ("name (weights)", sparsity) in network
+  order when ``layers.json`` exists (else in the log's order), and the weight
+  count of each layer path."""
+  per_layer = record.get("sparsity_per_layer") or {}
+  table = _layer_table(run_dir)
+  if table is not None:
+    # Network order and weight counts: a 99% total beside a 34% layer reads
+    # right once the big layers show their size.
+    keys = [k for k, _ in table if k in per_layer]
+    keys += [k for k in per_layer if k not in keys]
+    sizes = dict(table)
+  else:
+    keys, sizes = list(per_layer), {}
+  bars = []
+  for k in keys:
+    v = per_layer[k]
+    if isinstance(v, numbers.Real):
+      name = short_layer_name(k)
+      if k in sizes:
+        name += f" ({_count(sizes[k])})"
+      bars.append((name, float(v)))
+  return bars, sizes
+
+
 def _plot_layers(run_dir: Path,
                  records: Sequence[Mapping[str, Any]]) -> Path | None:
   last = records[-1]
-  per_layer = last.get("sparsity_per_layer") or {}
-  layers = [(short_layer_name(k), float(v)) for k, v in per_layer.items()
-            if isinstance(v, numbers.Real)]
+  layers, sizes = layer_bars(run_dir, last)
   if not layers:
     return None
   names, values = zip(*layers)
@@ -316,15 +414,25 @@ def _plot_layers(run_dir: Path,
   ax.set_xlim(0, 1.14)  # Room for the value labels past 100%.
   ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
   ax.xaxis.set_major_formatter(ticker.PercentFormatter(xmax=1.0))
-  ax.set_xlabel("sparsity (zero weights)")
+  ax.set_xlabel("sparsity (zero weights); layer (weights)" if sizes else
+                "sparsity (zero weights)")
   ax.grid(axis="x", alpha=0.3)
   epoch = last.get("epoch", len(records))
   overall = last.get("sparsity")
   title = f"{_run_label(run_dir)}: per-layer sparsity, epoch {epoch}"
   if isinstance(overall, numbers.Real):
-    title += f" (overall {overall:.1%})"
+    title += f" (overall {overall:.1%}, weighted by size)"
   ax.set_title(title, fontsize=10)
   return _save(fig, run_dir / "layers.png")
+
+
+def _count(n: int) -> str:
+  """1234 -> "1.2k", 2359296 -> "2.4M"."""
+  if n >= 10**6:
+    return f"{n / 10**6:.1f}M"
+  if n >= 10**3:
+    return f"{n / 10**3:.1f}k"
+  return str(n)
 
 
 def plot_compare(run_dirs: Iterable[PathLike],
@@ -333,8 +441,9 @@ def plot_compare(run_dirs: Iterable[PathLike],
   """Draws several runs on shared axes.
 
   Left panel: validation top-1 against epoch (training top-1, marked
-  "(train)", for a run without a validation split). Right panel: sparsity
-  against epoch. Each run is labelled by the ``method`` of its
+  "(train)", for a run without a validation split). Middle: training loss.
+  Right: sparsity. Each run has its own colour, line style and marker, so
+  curves that lie on top of each other stay visible. Each run is labelled by the ``method`` of its
   ``summary.json``, or its directory name; labels that would collide get the
   directory name appended.
 
@@ -356,24 +465,43 @@ def plot_compare(run_dirs: Iterable[PathLike],
   labels = [f"{label} ({d.name})" if labels.count(label) > 1 and
             label != d.name else label for label, d in zip(labels, run_dirs)]
 
-  fig = Figure(figsize=(11, 4.6), layout="constrained")
-  acc_ax, sp_ax = fig.subplots(1, 2)
+  fig = compare_figure(run_dirs, labels)
+  if title:
+    fig.suptitle(title, fontsize=11)
+  return _save(fig, Path(out_path))
+
+
+# Overlapping curves (two methods that reach the same sparsity) stay visible:
+# each run gets its own line style and marker as well as its own colour.
+_LINESTYLES = ("-", "--", ":", "-.")
+_MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def compare_figure(run_dirs: Sequence[Path], labels: Sequence[str]) -> Figure:
+  """The figure of `plot_compare`: accuracy, training loss and sparsity."""
+  fig = Figure(figsize=(14, 4.6), layout="constrained")
+  acc_ax, loss_ax, sp_ax = fig.subplots(1, 3)
   max_epoch = 1
   all_val = True
   for i, (run_dir, label) in enumerate(zip(run_dirs, labels)):
     records = read_metrics(run_dir)
-    marker = "o" if len(records) <= _MAX_MARKED_EPOCHS else None
-    color = f"C{i % 10}"
+    # Markers on at most ~_MAX_MARKED_EPOCHS points, so long runs stay lines.
+    every = max(1, math.ceil(len(records) / _MAX_MARKED_EPOCHS))
+    style = dict(color=f"C{i % 10}", ls=_LINESTYLES[i % len(_LINESTYLES)],
+                 marker=_MARKERS[i % len(_MARKERS)], ms=4, markevery=every,
+                 mfc="none")
     xs, ys = _series(records, "val_top1")
     if not xs:
       xs, ys = _series(records, "train_top1")
       label += " (train)"
       all_val = False
-    acc_ax.plot(xs, ys, color=color, marker=marker, ms=3, label=label)
+    acc_ax.plot(xs, ys, label=label, **style)
+    xs, ys = _series(records, "loss")
+    loss_ax.plot(xs, ys, label=label, **style)
     xs, ys = _series(records, "sparsity")
-    sp_ax.plot(xs, ys, color=color, marker=marker, ms=3, label=label)
+    sp_ax.plot(xs, ys, label=label, **style)
     max_epoch = max([max_epoch] + [r.get("epoch", 0) for r in records])
-  for ax in (acc_ax, sp_ax):
+  for ax in (acc_ax, loss_ax, sp_ax):
     _epoch_axis(ax, 1, max_epoch)
     ax.set_xlabel("epoch")
     ax.grid(alpha=0.3)
@@ -381,16 +509,16 @@ def plot_compare(run_dirs: Iterable[PathLike],
   acc_ax.set_title("validation top-1" if all_val else
                    "validation top-1 (train where no validation split)",
                    fontsize=10)
+  loss_ax.set_ylabel("training loss")
+  loss_ax.set_title("training loss", fontsize=10)
   _sparsity_axis(sp_ax)
   sp_ax.set_ylabel("sparsity (zero weights)")
   sp_ax.set_title("sparsity", fontsize=10)
-  # One legend for both panels, outside them, so that it hides no curve.
+  # One legend for all panels, outside them, so that it hides no curve.
   handles, names = acc_ax.get_legend_handles_labels()
   fig.legend(handles, names, loc="outside lower center",
              ncols=min(len(names), 4), fontsize=9, frameon=False)
-  if title:
-    fig.suptitle(title, fontsize=11)
-  return _save(fig, Path(out_path))
+  return fig
 
 
 def plot_frontier(points: Iterable[Mapping[str, Any]],
@@ -567,6 +695,9 @@ def _postfix(metrics: Mapping[str, Any]) -> str:
   speed = _number(metrics, "images_per_sec")
   if speed is not None and math.isfinite(speed):
     parts.append(f"{speed:,.0f} img/s")
+  compile_s = _number(metrics, "compile_s")
+  if compile_s is not None and compile_s >= 0.05:
+    parts.append(f"(+{compile_s:.1f} s compiling)")
   skipped = _number(metrics, "skipped_steps")
   if skipped:
     # Non-finite steps being skipped is the first sign of a diverging run.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import json
 import os
 import signal
@@ -21,14 +20,18 @@ import models
 import rda_optax
 from train import data as data_lib
 from train import engine
+from train import interrupts
 from train import methods
 from train import optim
 from train import parallel
+from train import preflight
 from train import report
+from train import timing
+from train import resume_checks
 from train._errors import UsageError
 from train._lock import run_lock
 from train.checkpoint import Checkpoints
-from train.config import Config, target_from_run, validate
+from train.config import Config, target_from_run
 
 
 class Stopped(Exception):
@@ -46,6 +49,9 @@ def load_data(cfg: Config) -> data_lib.Splits:
         val_fraction=cfg.val_fraction, seed=cfg.seed, cache_dir=cfg.cache_dir,
         skip_bad_images=cfg.skip_bad_images, image_size=cfg.image_size,
         progress=cfg.progress != "none")
+  except interrupts.Interrupted:
+    raise Stopped("interrupted while loading the data; nothing was written",
+                  130) from None
   except MemoryError:
     size = f" at --image-size {cfg.image_size}" if cfg.image_size else ""
     raise UsageError(f"--dataset {cfg.dataset}: not enough memory to hold the "
@@ -61,7 +67,7 @@ def catch_signals() -> Iterator[list[int]]:
   loop checks the list after every epoch and before the first.
   """
   got: list[int] = []
-  old = {s: signal.signal(s, lambda signum, frame: got.append(signum))
+  old = {s: signal.signal(s, interrupts.recorder(got))
          for s in (signal.SIGINT, signal.SIGTERM)}
   try:
     yield got
@@ -344,14 +350,10 @@ def _start_epoch(ckpts: Checkpoints, run_dir: Path, state: engine.TrainState,
   metrics_path = run_dir / "metrics.jsonl"
   start_epoch = 0
   if resume:
-    last = ckpts.latest()
-    if last is not None:
-      state = ckpts.restore(last, state)
-      start_epoch = last
+    last, state = ckpts.restore_newest_intact(state, note=_note)
+    start_epoch = last or 0
     if is_main():
-      # A run killed before its first epoch has no metrics file yet.
-      logged = report.read_metrics(run_dir) if metrics_path.exists() else []
-      kept = [l for l in logged if l["epoch"] <= start_epoch]
+      kept = resume_checks.rows_up_to(run_dir, start_epoch)
       _write_atomic(metrics_path, "".join(json.dumps(l) + "\n" for l in kept))
   elif is_main():
     _write_atomic(metrics_path, "")
@@ -373,6 +375,9 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
                        target=target, interrupted=got)
   t_start = time.time()
   r = build_run(cfg, method, splits, target=target)
+  if is_main() and not resume:
+    report.write_layers(run_dir, r.model, splits.train.images.shape[1:],
+                        r.state.params)  # the network order of layers.png
   hook = methods.get(method).before_epoch
   ckpts = Checkpoints(run_dir)
   state, start_epoch = _start_epoch(ckpts, run_dir, r.state, resume)
@@ -400,10 +405,16 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
         state = state._replace(params=changed[0])
         progress.write(changed[1])
       t0 = time.time()
+      timing.take_compile_seconds()
       state, m = r.train_epoch(state, r.images, r.labels,
                                jax.random.fold_in(r.key, epoch + 1))
       m = jax.device_get(m)
-      row = epoch_row(cfg, method, epoch, r, state, m, time.time() - t0)
+      dt = time.time() - t0
+      compile_s = min(timing.take_compile_seconds(), dt)
+      # Compilation is not counted in images_per_sec.
+      row = epoch_row(cfg, method, epoch, r, state, m,
+                      max(dt - compile_s, 1e-6))
+      row["compile_s"] = compile_s
       if is_main():
         _append(run_dir / "metrics.jsonl", json.dumps(row) + "\n")
       progress.update(row)
@@ -451,6 +462,11 @@ def _lock(run_dir: Path) -> contextlib.AbstractContextManager:
   return run_lock(run_dir) if is_main() else contextlib.nullcontext()
 
 
+def _note(line: str) -> None:
+  if is_main():
+    print(f"rda-train: {line}", file=sys.stderr)
+
+
 def is_main() -> bool:
   """Process 0 writes the logs; every process takes part in checkpoints."""
   return jax.process_index() == 0
@@ -491,18 +507,21 @@ def run(cfg: Config) -> list[dict[str, Any]]:
 
 
 def _run(cfg: Config, interrupted: list[int]) -> list[dict[str, Any]]:
-  splits = load_data(cfg)
-  check_data(cfg, splits)
-  _check_interrupted(interrupted, "while loading the data")
   names = cfg.compare.split(",") if cfg.compare else [cfg.method]
-  target = cfg.target_sparsity
-  if target is None and cfg.target_sparsity_from:
-    target = target_from_run(cfg.target_sparsity_from)
-  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
   # Methods that others compare against run first: a method with a target
   # sparsity trains to the sparsity the RDA run reached, at the same total
   # epochs.
   order = sorted(names, key=lambda m: methods.get(m).needs_target)
+  stamp = preflight.stamp(cfg)
+  preflight.check(cfg, order, [_run_dir(cfg, m, stamp) for m in order],
+                  main=is_main())
+  splits = load_data(cfg)
+  check_data(cfg, splits)
+  preflight.check_steps(cfg, splits.train.images.shape[0])
+  _check_interrupted(interrupted, "while loading the data")
+  target = cfg.target_sparsity
+  if target is None and cfg.target_sparsity_from:
+    target = target_from_run(cfg.target_sparsity_from)
   summaries, dirs = [], []
   for method in order:
     t = target
@@ -535,22 +554,15 @@ def _run(cfg: Config, interrupted: list[int]) -> list[dict[str, Any]]:
 def resume(run_dir: str, **overrides: Any) -> list[dict[str, Any]]:
   """Continues the run in ``run_dir`` from its latest complete checkpoint."""
   path = Path(run_dir)
-  cfg_path = path / "config.json"
-  if not cfg_path.is_file():
-    raise UsageError(f"--resume: {cfg_path} does not exist (not a run directory)")
-  try:
-    raw = json.loads(cfg_path.read_text())
-  except (OSError, ValueError) as e:
-    raise UsageError(f"--resume: cannot read {cfg_path}: {e}") from None
-  raw.update({k: v for k, v in overrides.items() if v is not None})
-  try:
-    cfg = Config(**raw)
-    validate(cfg)
-  except TypeError as e:
-    raise UsageError(f"--resume: {cfg_path} is not a config of this version: {e}") from None
+  cfg = resume_checks.load_config(path, overrides)
   with catch_signals() as interrupted, _lock(path):
     # Locked before anything is read or rewritten: a second process on the
     # same directory is refused here, before it touches metrics.jsonl.
+    done = resume_checks.finished(path, cfg)
+    if done is not None:
+      _note(f"{path} is finished ({cfg.total_epochs} epochs); nothing to do")
+      return [done]
+    resume_checks.read_rows(path)  # a corrupt log stops before the data loads
     splits = load_data(cfg)
     check_data(cfg, splits)
     _check_interrupted(interrupted, "while loading the data")

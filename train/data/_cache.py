@@ -14,6 +14,7 @@ import struct
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -47,9 +48,8 @@ def fingerprint(path: str) -> dict[str, object]:
     stat = os.stat(path)
     return {"path": path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
   digest = hashlib.sha256()
-  for root, dirs, files in os.walk(path, followlinks=True):
-    dirs.sort()
-    for name in sorted(files):
+  for root, files in walk_once(path):
+    for name in files:
       full = os.path.join(root, name)
       try:
         stat = os.stat(full)
@@ -59,6 +59,29 @@ def fingerprint(path: str) -> dict[str, object]:
           f"{os.path.relpath(full, path)}\0{stat.st_size}\0"
           f"{stat.st_mtime_ns}\n".encode())
   return {"path": path, "tree": digest.hexdigest()}
+
+
+def walk_once(root: str, skip=lambda name: False
+              ) -> Iterator[tuple[str, list[str]]]:
+  """`os.walk(root, followlinks=True)`, each real directory visited once.
+
+  Yields (directory, sorted file names). Directory links are followed (a
+  class folder may be a link to where the images live), but a directory
+  whose real path was already walked is not entered again: a link loop
+  ends at once instead of repeating the tree until the path is too long.
+  Directories named by `skip` are not entered.
+  """
+  seen = {os.path.realpath(root)}
+  for current, subdirs, names in os.walk(root, followlinks=True):
+    keep = []
+    for d in sorted(subdirs):
+      real = os.path.realpath(os.path.join(current, d))
+      if skip(d) or real in seen:
+        continue
+      seen.add(real)
+      keep.append(d)
+    subdirs[:] = keep
+    yield current, sorted(names)
 
 
 def entry_path(cache_dir: str, label: str, key: dict[str, object]) -> str:

@@ -4,13 +4,23 @@ Accepted layouts, in a directory or a tar archive (.tar, .tar.gz, .tgz,
 .tar.xz, .tar.bz2):
 
     <class>/<image>              e.g. cat/0001.jpg
-    <split>/<class>/<image>      e.g. train/cat/0001.jpg
+    <wrapper>/<class>/<image>    e.g. images/cat/0001.jpg
+    <split>/<class>/<image>      e.g. train/cat/0001.jpg, test/cat/0001.jpg
 
-The second is recognised by a single top-level folder that itself holds
-folders. Classes are the sorted class-folder names and a label is the index
-of its class. Hidden entries (".*", "__MACOSX") are ignored, and so are loose
-files next to the class folders (a README, say). Files below a class folder,
-however deep, are images of that class.
+A single top-level folder that itself holds folders is a wrapper, whatever
+its name. Two or more top-level folders named as splits (train/training,
+test/testing, val/valid/validation) are splits, never classes: `read_folder`
+returns the split asked for ("train" for training; "test", else "val", for
+testing), and a source that mixes split folders with other top-level folders
+is refused. Classes are the sorted class-folder names and a label is the
+index of its class. Hidden entries (".*", "__MACOSX") are ignored, and so
+are loose files next to the class folders (a README, say). Files below a
+class folder, however deep, are images of that class.
+
+Symbolic links in a directory are followed, but each real directory and each
+real file is read once: a link back up the tree (a loop) or a second link to
+the same folder or file adds nothing, so no image is counted twice or under
+a second class. The first path in sorted walk order wins.
 
 A tar archive is read in one sequential pass without extracting anything to
 disk (the only fast way through a compressed archive), and the images are
@@ -29,7 +39,9 @@ import gzip
 import lzma
 import multiprocessing
 import os
+import sys
 import tarfile
+import time
 import warnings
 import zlib
 from collections.abc import Iterable, Iterator
@@ -38,6 +50,7 @@ from typing import BinaryIO, NamedTuple
 import numpy as np
 import tqdm
 
+from train import interrupts
 from train._errors import UsageError
 from train.data import _cache
 from train.data import _decode
@@ -59,25 +72,35 @@ class SkippedImagesWarning(UserWarning):
   """Some files could not be decoded and were left out (skip_bad_images)."""
 
 
+# Top-level folder names that mean a split, by the split they mean.
+SPLIT_NAMES = {"train": "train", "training": "train", "test": "test",
+               "testing": "test", "val": "val", "valid": "val",
+               "validation": "val"}
+
+
 class FolderData(NamedTuple):
-  """A decoded image folder.
+  """A decoded image folder (one split of it).
 
   Attributes:
     arrays: images and labels, sorted by class and then by file path.
     class_names: the class-folder names, sorted; label i is class_names[i].
     skipped: paths (inside the source) of the files that were left out as
       unreadable; empty unless skip_bad_images was set.
+    splits: the splits ("train", "test", "val") the source holds as split
+      folders; empty for a source without split folders.
   """
   arrays: Arrays
   class_names: tuple[str, ...]
   skipped: tuple[str, ...]
+  splits: tuple[str, ...] = ()
 
 
 def read_folder(path: str, *, image_size: int | None = None,
                 skip_bad_images: bool = False, cache_dir: str | None = None,
                 progress: bool = True, role: str = "data_dir",
                 workers: int | None = None,
-                chunk_size: int = _CHUNK_SIZE) -> FolderData:
+                chunk_size: int = _CHUNK_SIZE,
+                split: str = "train") -> FolderData:
   """Decodes an image folder or tarball, or loads it from the cache.
 
   The result is cached in `cache_dir` under a key made of the source's
@@ -102,37 +125,57 @@ def read_folder(path: str, *, image_size: int | None = None,
     workers: decode processes; None means one per available core. With 1,
       or with no more than `chunk_size` images, decoding stays in-process.
     chunk_size: images per worker task.
+    split: which split to return when the source holds split folders:
+      "train", or "test" (a "val" folder stands in for a missing "test").
+      A source without split folders is returned whole for either.
 
   Returns:
-    The decoded folder.
+    The decoded folder (its `split` part). Every split of the source is
+    decoded and cached at once, so asking for another split next costs one
+    cache read.
 
   Raises:
     UsageError: the path is missing or neither a directory nor a tar archive,
       the archive is corrupt, there are no class folders, a class folder is
-      empty, a file is not a readable image (unless skip_bad_images), or
-      images differ in size and image_size is None.
+      empty, a file is not a readable image (unless skip_bad_images), every
+      file of a class is unreadable, images differ in size and image_size is
+      None, or split folders are mixed with class folders or lack `split`.
   """
+  if split not in ("train", "test"):
+    raise ValueError(f"split must be 'train' or 'test', got {split!r}")
   kind = _source_kind(path, role)
   cache_dir = cache_dir or _cache.default_cache_dir()
-  cache_file = _cache.entry_path(
-      cache_dir, f"folder-{_display_name(path)}",
-      {"source": _cache.fingerprint(path), "image_size": image_size})
-  cached = _cache.load(cache_file, mmap=("images",))
+  source = _cache.fingerprint(path)
+
+  def cache_file(name: str) -> str:
+    return _cache.entry_path(
+        cache_dir, f"folder-{_display_name(path)}",
+        {"source": source, "image_size": image_size, "split": name})
+
+  cached = _cache.load(cache_file(split), mmap=("images",))
   if cached is not None:
     data = FolderData(
         arrays=Arrays(cached["images"], cached["labels"]),
         class_names=tuple(str(name) for name in cached["class_names"]),
-        skipped=tuple(str(name) for name in cached["skipped"]))
+        skipped=tuple(str(name) for name in cached["skipped"]),
+        splits=tuple(str(name) for name in cached["splits"]))
   else:
     if workers is None:
       workers = _available_cores()
-    data = _decode_folder(path, kind, image_size=image_size,
-                          skip_bad_images=skip_bad_images, progress=progress,
-                          workers=workers, chunk_size=chunk_size)
-    _cache.save(cache_file, {
-        "images": data.arrays.images, "labels": data.arrays.labels,
-        "class_names": np.array(data.class_names, dtype=str),
-        "skipped": np.array(data.skipped, dtype=str)})
+    decoded = _decode_folder(path, kind, image_size=image_size,
+                             skip_bad_images=skip_bad_images,
+                             progress=progress, workers=workers,
+                             chunk_size=chunk_size)
+    data = _pick_split(path, role, decoded, split)
+    # A source without split folders holds one part, stored under the name
+    # it was asked for; split folders are stored under their own names.
+    for name, part in ({split: data} if None in decoded else
+                       dict(decoded, **{split: data})).items():
+      _cache.save(cache_file(name), {
+          "images": part.arrays.images, "labels": part.arrays.labels,
+          "class_names": np.array(part.class_names, dtype=str),
+          "skipped": np.array(part.skipped, dtype=str),
+          "splits": np.array(part.splits, dtype=str)})
   if data.skipped:
     if not skip_bad_images:
       # Reached only from a cache entry written with skip_bad_images: fail as
@@ -145,6 +188,20 @@ def read_folder(path: str, *, image_size: int | None = None,
         f"{path}: skipped {len(data.skipped)} unreadable image file(s), "
         f"the first is {data.skipped[0]}", SkippedImagesWarning, stacklevel=2)
   return data
+
+
+def _pick_split(path: str, role: str, decoded: dict[str | None, FolderData],
+                split: str) -> FolderData:
+  """The part of a decoded source that `split` asks for."""
+  if None in decoded:  # No split folders: the whole source, for any role.
+    return decoded[None]
+  names = ("test", "val") if split == "test" else ("train",)
+  for name in names:
+    if name in decoded:
+      return decoded[name]
+  raise UsageError(
+      f"{role} {path} holds split folders ({', '.join(sorted(decoded))}) but "
+      f"no {' or '.join(names)} split")
 
 
 def _display_name(path: str) -> str:
@@ -181,8 +238,13 @@ def _is_hidden(name: str) -> bool:
 
 def _decode_folder(path: str, kind: str, *, image_size: int | None,
                    skip_bad_images: bool, progress: bool, workers: int,
-                   chunk_size: int) -> FolderData:
-  """Decodes a source without the cache; see read_folder."""
+                   chunk_size: int) -> dict[str | None, FolderData]:
+  """Decodes a source without the cache; see read_folder.
+
+  Returns:
+    Each split's data by split name ("train", "test", "val"), or the whole
+    source under None when it has no split folders.
+  """
   dirs: set[Parts] = set()
   files: list[Parts] = []
   if kind == "dir":
@@ -190,11 +252,11 @@ def _decode_folder(path: str, kind: str, *, image_size: int | None,
     # any decoding and the progress bar knows its total.
     members = list(_dir_members(path, dirs))
     files = [parts for parts, _ in members]
-    class_names, chosen, labels = _classify(path, dirs, files)
-    payloads = [members[i][1] for i in chosen]
-    results = _decode_all(payloads, len(payloads), path, image_size,
-                          progress, workers, chunk_size)
-    chosen_results = results
+    layout = _classify_all(path, dirs, files)
+    wanted = [i for _, chosen, _ in layout.values() for i in chosen]
+    decoded = _decode_all([members[i][1] for i in wanted], len(wanted), path,
+                          image_size, progress, workers, chunk_size)
+    results = dict(zip(wanted, decoded))
   else:
     # A compressed archive can only be read front to back, and once only if
     # it is to be fast: decode every candidate file as it streams past, and
@@ -203,27 +265,41 @@ def _decode_folder(path: str, kind: str, *, image_size: int | None,
       for parts, data in _tar_members(path, dirs):
         files.append(parts)
         yield data
-    results = _decode_all(payloads_of_tar(), None, path, image_size,
-                          progress, workers, chunk_size)
-    class_names, chosen, labels = _classify(path, dirs, files)
-    chosen_results = [results[i] for i in chosen]
-  names = ["/".join(files[i]) for i in chosen]
-  return _assemble(path, names, chosen_results, labels, class_names,
-                   skip_bad_images, image_size)
+    results = dict(enumerate(_decode_all(payloads_of_tar(), None, path,
+                                         image_size, progress, workers,
+                                         chunk_size)))
+    layout = _classify_all(path, dirs, files)
+  splits = tuple(sorted(name for name in layout if name is not None))
+  out = {}
+  for name, (class_names, chosen, labels) in layout.items():
+    part = _assemble(path, ["/".join(files[i]) for i in chosen],
+                     [results[i] for i in chosen], labels, class_names,
+                     skip_bad_images, image_size)
+    out[name] = part._replace(splits=splits)
+  return out
 
 
 def _dir_members(root: str, dirs: set[Parts]) -> Iterator[tuple[Parts, str]]:
-  """Yields (path parts, file path) of candidate images; fills `dirs`."""
-  for current, subdirs, names in os.walk(root, followlinks=True):
-    subdirs[:] = sorted(d for d in subdirs if not _is_hidden(d))
+  """Yields (path parts, file path) of candidate images; fills `dirs`.
+
+  Each real file is yielded once (see `_cache.walk_once`).
+  """
+  seen_files: set[str] = set()
+  for current, names in _cache.walk_once(root, _is_hidden):
     rel = os.path.relpath(current, root)
     parts = () if rel == os.curdir else tuple(rel.split(os.sep))
     if not parts:
       continue  # Loose files at the top are never images of a class.
     dirs.add(parts)
-    for name in sorted(names):
-      if not _is_hidden(name):
-        yield parts + (name,), os.path.join(current, name)
+    for name in names:
+      if _is_hidden(name):
+        continue
+      full = os.path.join(current, name)
+      real = os.path.realpath(full)
+      if real in seen_files:
+        continue  # A second link to a file already taken.
+      seen_files.add(real)
+      yield parts + (name,), full
 
 
 def _open_decompressed(path: str) -> BinaryIO:
@@ -282,15 +358,51 @@ def _tar_members(path: str, dirs: set[Parts]) -> Iterator[tuple[Parts, bytes]]:
         f"corrupt: {e}") from e
 
 
-def _classify(path: str, dirs: set[Parts],
-              files: list[Parts]) -> tuple[tuple[str, ...], list[int],
-                                           np.ndarray]:
-  """Finds the layout and the class of each file.
+def _layout(path: str, dirs: set[Parts]) -> dict[str | None, Parts]:
+  """The folder prefix of each split: {None: prefix} without split folders."""
+  top = {d[0] for d in dirs}
+  nested = {d[0] for d in dirs if len(d) >= 2}
+  splits = {t for t in nested if t.lower() in SPLIT_NAMES}
+  if len(top) == 1 and nested:
+    # One top folder holding folders: a wrapper ("images/", or "train/").
+    return {None: (top.pop(),)}
+  if not splits:
+    return {None: ()}
+  others = sorted(top - splits)
+  if others:
+    raise UsageError(
+        f"{path} mixes split folders ({', '.join(sorted(splits))}) with other "
+        f"top-level folders ({', '.join(others[:5])}); expected <class>/<image>"
+        " or <split>/<class>/<image>")
+  by_split: dict[str | None, Parts] = {}
+  for name in sorted(splits):
+    canonical = SPLIT_NAMES[name.lower()]
+    if canonical in by_split:
+      raise UsageError(
+          f"{path}: split folders {by_split[canonical][0]} and {name} both "
+          f"mean the {canonical} split")
+    by_split[canonical] = (name,)
+  return by_split
+
+
+def _classify_all(path: str, dirs: set[Parts], files: list[Parts]
+                  ) -> dict[str | None, tuple[tuple[str, ...], list[int],
+                                              np.ndarray]]:
+  """`_classify` for each split of the layout."""
+  return {name: _classify(path, dirs, files, prefix)
+          for name, prefix in _layout(path, dirs).items()}
+
+
+def _classify(path: str, dirs: set[Parts], files: list[Parts],
+              prefix: Parts) -> tuple[tuple[str, ...], list[int],
+                                      np.ndarray]:
+  """Finds the classes below `prefix` and the class of each file.
 
   Args:
     path: the source, for messages.
     dirs: every folder in the source, as path parts.
     files: every candidate file, as path parts, in reading order.
+    prefix: the folder holding the class folders (see `_layout`).
 
   Returns:
     (class_names, chosen, labels): the sorted class names, the indices into
@@ -299,13 +411,9 @@ def _classify(path: str, dirs: set[Parts],
   Raises:
     UsageError: no class folders, or an empty one.
   """
-  top = {d[0] for d in dirs}
-  prefix: Parts = ()
-  if len(top) == 1 and any(len(d) >= 2 for d in dirs):
-    # One top folder holding folders: a split folder such as "train/".
-    prefix = (top.pop(),)
   depth = len(prefix)
-  class_names = tuple(sorted({d[depth] for d in dirs if len(d) > depth}))
+  class_names = tuple(sorted({d[depth] for d in dirs
+                              if len(d) > depth and d[:depth] == prefix}))
   if not class_names:
     raise UsageError(
         f"{path} has no class folders (expected <class>/<image> or "
@@ -332,6 +440,42 @@ def _mp_context() -> multiprocessing.context.BaseContext:
       "forkserver" if "forkserver" in methods else "spawn")
 
 
+class _LineProgress:
+  """The decode progress for a log file: one line per update, at most one
+  every `interval` seconds, instead of tqdm's carriage returns (which a file
+  keeps as one ever-growing line)."""
+
+  def __init__(self, total: int | None, desc: str, interval: float = 10.0):
+    self._total, self._desc, self._interval = total, desc, interval
+    self._n, self._t0 = 0, time.monotonic()
+    self._last = self._t0
+
+  def update(self, n: int) -> None:
+    self._n += n
+    now = time.monotonic()
+    if now - self._last >= self._interval:
+      self._last = now
+      self._write(now)
+
+  def _write(self, now: float) -> None:
+    of = f"/{self._total}" if self._total else ""
+    rate = self._n / max(now - self._t0, 1e-9)
+    print(f"{self._desc}: {self._n}{of} images, {rate:,.0f} img/s",
+          file=sys.stderr, flush=True)
+
+  def close(self) -> None:
+    if self._n and self._last != self._t0:  # finished after a line: say so
+      self._write(time.monotonic())
+
+
+def _progress_bar(total: int | None, desc: str, enabled: bool):
+  stream = sys.stderr
+  if enabled and not (hasattr(stream, "isatty") and stream.isatty()):
+    return _LineProgress(total, desc)
+  return tqdm.tqdm(total=total, desc=desc, unit="img", disable=not enabled,
+                   leave=False)
+
+
 def _decode_all(payloads: Iterable[bytes | str], total: int | None,
                 path: str, image_size: int | None, progress: bool,
                 workers: int, chunk_size: int
@@ -356,13 +500,13 @@ def _decode_all(payloads: Iterable[bytes | str], total: int | None,
   ] = collections.deque()
   executor = None
   pool_broken = False
-  bar = tqdm.tqdm(total=total, desc=f"decoding {_display_name(path)}",
-                  unit="img", disable=not progress, leave=False)
+  bar = _progress_bar(total, f"decoding {_display_name(path)}", progress)
 
   def decode_here(chunk):
     chunk_results = _decode.decode_chunk(chunk, image_size)
     results.extend(chunk_results)
     bar.update(len(chunk_results))
+    interrupts.check_loading()
 
   def collect_oldest():
     nonlocal pool_broken
@@ -383,12 +527,14 @@ def _decode_all(payloads: Iterable[bytes | str], total: int | None,
       return
     results.extend(chunk_results)
     bar.update(len(chunk_results))
+    interrupts.check_loading()  # Ctrl-C: nothing is worth finishing
 
   def submit(chunk):
     nonlocal executor
     if executor is None and workers > 1 and not pool_broken:
       executor = concurrent.futures.ProcessPoolExecutor(
-          max_workers=workers, mp_context=_mp_context())
+          max_workers=workers, mp_context=_mp_context(),
+          initializer=interrupts.ignore_sigint)
     if executor is None or pool_broken:
       decode_here(chunk)
       return
@@ -438,6 +584,15 @@ def _assemble(path: str, names: list[str],
           "--skip-bad-images / skip_bad_images=True to leave such files out")
   if not keep:
     raise UsageError(f"{path} holds no readable images")
+  counts = np.bincount(labels[keep], minlength=len(class_names))
+  if not counts.all():
+    # With skip_bad_images, a class left without images would still be a
+    # class the model is asked to predict, never seen in training.
+    lost = int(np.argmin(counts))
+    bad = [n for n, label in zip(names, labels) if label == lost]
+    raise UsageError(
+        f"{path}: every file of class {class_names[lost]} is unreadable "
+        f"({len(bad)} skipped, the first is {bad[0]})")
   shapes = [results[i][0].shape[:2] for i in keep]
   if image_size is None:
     common = collections.Counter(shapes).most_common(1)[0][0]

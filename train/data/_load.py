@@ -34,11 +34,13 @@ def load(name: str, *, data_dir: str | None = None,
       ImageNet's "validation" split. See `_tfds.load_tfds`.
     folder: the directory or tarball `data_dir`, laid out <class>/<image> or
       <split>/<class>/<image>, decoded once and cached in `cache_dir`. See
-      `_folder.read_folder`.
+      `_folder.read_folder`. With split folders, training uses train/ and,
+      unless `test_dir` is given, test uses test/ (else val/).
 
   Args:
     name: one of DATASETS.
-    data_dir: see Sources; required for folder, ignored by digits.
+    data_dir: see Sources; required for folder, refused for digits (which
+      would otherwise train on digits while the caller meant a folder).
     test_dir: a folder or tarball (folder layout) to use as the test split
       instead of the data set's own; its class names must equal the training
       class names, and its images must have the training images' size.
@@ -76,6 +78,10 @@ def load(name: str, *, data_dir: str | None = None,
   test: Arrays | None
   skipped: list[str] = []
   if name == "digits":
+    if data_dir is not None:
+      raise UsageError(
+          f"data_dir {data_dir} is not used by the digits data set; to train "
+          "on an image folder or tarball, add --dataset folder")
     train, test, class_names = _digits.load_digits()
     if image_size is not None:
       train = train._replace(
@@ -90,6 +96,10 @@ def load(name: str, *, data_dir: str | None = None,
     data = _folder.read_folder(data_dir, role="data_dir", **folder_options)
     train, class_names, test = data.arrays, data.class_names, None
     skipped += [f"{data_dir}: {f}" for f in data.skipped]
+    if test_dir is None and set(data.splits) & {"test", "val"}:
+      # The source's own test split (one cache read: every split was
+      # decoded with the training split).
+      test_dir = data_dir
     display = f"folder:{os.path.basename(os.path.normpath(data_dir))}"
   else:
     train, test, class_names = _tfds.load_tfds(
@@ -113,7 +123,8 @@ def _load_test_dir(test_dir: str, train: Arrays,
                    skipped: list[str]) -> Arrays:
   """Reads `test_dir` and checks it against the training data; appends its
   skipped files to `skipped`."""
-  data = _folder.read_folder(test_dir, role="test_dir", **folder_options)
+  data = _folder.read_folder(test_dir, role="test_dir", split="test",
+                             **folder_options)
   skipped += [f"{test_dir}: {f}" for f in data.skipped]
   if data.class_names != class_names:
     missing = sorted(set(class_names) - set(data.class_names))

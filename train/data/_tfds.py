@@ -4,7 +4,9 @@ TensorFlow is imported inside the functions, so the trainer imports (and the
 digits and folder sources work) without it installed.
 """
 
+import logging
 import os
+import socket
 from typing import Any
 
 import numpy as np
@@ -21,8 +23,36 @@ IMAGENET_DEFAULT_SIZE = 64
 _BATCH = 1024
 
 
+# Where TFDS downloads each data set from (its builders' URLs).
+_DOWNLOAD_HOSTS = {"mnist": "storage.googleapis.com",
+                   "cifar10": "www.cs.toronto.edu",
+                   "cifar100": "www.cs.toronto.edu"}
+
+
+def _unreachable(host: str, timeout: float = 5.0) -> str | None:
+  """Why `host`'s HTTPS port cannot be reached, or None when it can."""
+  try:
+    socket.create_connection((host, 443), timeout=timeout).close()
+  except OSError as e:
+    return f"{host} unreachable: {e.strerror or e or type(e).__name__}"
+  return None
+
+
+def _cannot_download(name: str, builder: Any, reason: str) -> UsageError:
+  where = os.fspath(builder.data_dir)
+  return UsageError(
+      f"data set {name} is not in {where} and could not be downloaded "
+      f"({reason.splitlines()[0] if reason else 'unknown error'}); download it "
+      "where there is network (same --data-dir), or train on the images as "
+      "a folder: --dataset folder --data-dir DIR_OR_TARBALL "
+      "([split/]class/image)")
+
+
 def _import_tfds(name: str) -> tuple[Any, Any]:
   """Returns (tensorflow, tensorflow_datasets), or raises UsageError."""
+  # TensorFlow's oneDNN start-up note is not for the trainer's user; the
+  # decoding TensorFlow does here is exact either way.
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
   try:
     # pylint: disable=g-import-not-at-top
     # tensorflow_datasets first: it is the one users lack, and it fails fast
@@ -100,9 +130,32 @@ def load_tfds(name: str, *, data_dir: str | None = None,
           "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar")
     split_names = ("train", "validation")
   else:
-    builder = tfds.builder(name, data_dir=data_dir)
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)  # "Variant folder ... has no dataset_info"
+    try:
+      builder = tfds.builder(name, data_dir=data_dir)
+      prepared = builder.is_prepared()
+    finally:
+      absl.setLevel(level)
     split_names = ("train", "test")
-  builder.download_and_prepare(download_config=download_config)
+    # A download replaced by tfds.testing.mock_data needs no network.
+    real = type(builder).download_and_prepare.__module__.startswith(
+        "tensorflow_datasets.core")
+    if not prepared and real:
+      # Offline, TFDS retries for minutes before it fails with a traceback.
+      reason = _unreachable(_DOWNLOAD_HOSTS[name])
+      if reason:
+        raise _cannot_download(name, builder, reason)
+  try:
+    builder.download_and_prepare(download_config=download_config)
+  except Exception as e:  # pylint: disable=broad-except
+    # TFDS fails in many ways (network, checksums, a missing module);
+    # each is one line that says what to do instead.
+    if isinstance(e, UsageError):
+      raise
+    raise _cannot_download(name, builder,
+                           f"{type(e).__name__}: {str(e)[:200]}") from None
   class_names = tuple(builder.info.features["label"].names)
   splits = []
   for split in split_names:
