@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from train import cli
+from train import export
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 _BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
@@ -54,8 +55,10 @@ def test_readme_rda_train_commands_parse():
   parser = cli.parser()
   for block in _blocks("bash"):
     for argv in _commands(block):
+      # Subcommands have their own parser, as cli.main dispatches them.
+      p = export.parser() if argv[:1] and argv[0] in export.COMMANDS else parser
       try:
-        parser.parse_args(argv)
+        p.parse_args(argv)
       except SystemExit as e:  # argparse's one-line error, exit 2
         pytest.fail(f"README: rda-train {' '.join(argv)}: exit {e.code}")
 
