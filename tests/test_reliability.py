@@ -543,12 +543,13 @@ def test_unwritable_out_is_one_line_exit_2(tmp_path, kind):
 
 @pytest.fixture(scope="module")
 def full_disk(tmp_path_factory):
-  """A 2-epoch run on a 6 MiB tmpfs: checkpoint 1 (about 4.2 MB: params,
-  RDA's average and w_1, BatchNorm) fits, checkpoint 2 does not. Then
+  """A 2-epoch run on a 4 MiB tmpfs: checkpoint 1 (about 2.6 MiB: params,
+  RDA's average, BatchNorm; w_1 is kept only for the unpenalized leaves)
+  fits, checkpoint 2 does not. Then
   --resume on the same file system remounted read-only, then remounted with
   room."""
   mnt = tmp_path_factory.mktemp("full") / "mnt"
-  with _tmpfs(mnt, "6m"):
+  with _tmpfs(mnt, "4m"):
     run_dir = mnt / "r"
     res = {}
     # A real process: what a user sees, orbax's own log lines included.
@@ -624,11 +625,11 @@ def test_full_disk_on_lock_or_metrics_write_is_one_line_exit_2(
 
 
 def test_full_disk_at_the_first_checkpoint_is_one_line_exit_2(tmp_path):
-  """3 MiB cannot hold checkpoint 1 (about 4.5 MiB): the write fails inside
+  """2 MiB cannot hold checkpoint 1 (about 2.6 MiB): the write fails inside
   orbax, with writes still in flight. A real process, because orbax's and
   tensorstore's reports go to file descriptor 2, not to sys.stderr."""
   mnt = tmp_path / "mnt"
-  with _tmpfs(mnt, "3m"):
+  with _tmpfs(mnt, "2m"):
     r = subprocess.run([PY, "-m", "train", "--out", str(mnt), "--run-name",
                         "r", *SMALL, *RDA1, "1", "--checkpoint-every", "1"],
                        cwd=ROOT, env=ENV, capture_output=True, text=True,
