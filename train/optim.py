@@ -94,9 +94,16 @@ def build(cfg: Config, method: str, spe: int) -> Optimizer:
     # Dense training for `epochs`, magnitude pruning at the boundary (done by
     # the runner on the params), then fine-tuning with the zeros frozen and
     # the learning-rate schedule restarted at a lower peak.
-    s1 = lr_schedule(cfg, cfg.lr, phase2, spe)
-    s2 = lr_schedule(cfg, cfg.lr * cfg.finetune_lr_scale, total - phase2, spe)
-    lr = optax.join_schedules([s1, s2], [phase2])
+    # An EPOCH:VALUE schedule gives the lr of every epoch of the run, the
+    # fine-tuning epochs included (counted from the run's start, as the
+    # log shows them); the restart and its scale are for the named shapes.
+    if ":" in cfg.lr_schedule:
+      lr = piecewise(cfg.lr, cfg.lr_schedule, "lr_schedule", spe)
+    else:
+      s1 = lr_schedule(cfg, cfg.lr, phase2, spe)
+      s2 = lr_schedule(cfg, cfg.lr * cfg.finetune_lr_scale, total - phase2,
+                       spe)
+      lr = optax.join_schedules([s1, s2], [phase2])
     tx = optax.chain(optax.add_decayed_weights(cfg.weight_decay, kernels),
                      optax.sgd(lr, momentum=cfg.momentum, nesterov=True),
                      rda_optax.freeze_zeros(phase2))

@@ -282,7 +282,8 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
       m = jax.device_get(m)
       dt = time.time() - t0
       row = dict(epoch=epoch + 1, phase=_phase(method, epoch, cfg),
-                 loss=_finite(m["loss"]), train_top1=_finite(m["train_top1"]))
+                 loss=_finite(m["loss"]), train_top1=_finite(m["train_top1"]),
+                 train_top5=_finite(m["train_top5"]))
       if "val" in evals:
         row["val_top1"], row["val_top5"] = evaluate(state, *evals["val"])
       else:
