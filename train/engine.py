@@ -25,6 +25,14 @@ class TrainState(NamedTuple):
   step: jax.Array
 
 
+def accelerator_defaults(platform: str) -> tuple[Any, bool]:
+  """(compute dtype of ``--dtype auto``, whether an epoch is one compiled
+  ``lax.scan``) on ``platform`` (``jax.default_backend()``): bfloat16 and
+  scanned epochs on accelerators, float32 and a host loop on CPU."""
+  accel = platform != "cpu"
+  return (jnp.bfloat16 if accel else jnp.float32), accel
+
+
 def wrap_finite(tx: optax.GradientTransformation) -> optax.GradientTransformation:
   # Skip a step whose gradient is non-finite and keep the optimizer state as
   # it was (RDA's average would otherwise be poisoned for good). The run
@@ -169,7 +177,8 @@ def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation,
   # 210 vs 7 ms/step), so on CPU the epoch is a host loop of jitted steps;
   # on accelerators, one compiled scan per epoch keeps the host out of the
   # way. Both run the same step function.
-  use_scan = scan if scan is not None else jax.default_backend() != "cpu"
+  use_scan = (scan if scan is not None
+              else accelerator_defaults(jax.default_backend())[1])
 
   def step(state: TrainState, images, labels, idx, key):
     if max_bad is None:

@@ -85,7 +85,7 @@ def _phase(method: str, epoch: int, cfg: Config) -> str:
 
 def _dtype(cfg: Config):
   if cfg.dtype == "auto":
-    return jnp.bfloat16 if jax.default_backend() != "cpu" else jnp.float32
+    return engine.accelerator_defaults(jax.default_backend())[0]
   return jnp.dtype(cfg.dtype)
 
 
