@@ -6,9 +6,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from rda_optax._common import NO_PARAMS_MSG
+from rda_optax._common import NO_PARAMS_MSG, is_tracer
 from rda_optax._masks import MaskOrFn, resolve_mask
 
 
@@ -17,8 +18,8 @@ class FreezeZerosState(NamedTuple):
   count: jax.Array
 
 
-def freeze_zeros(start_step: int = 0, *,
-                 mask: MaskOrFn = None) -> optax.GradientTransformation:
+def freeze_zeros(start_step: int | jax.Array = 0, *,
+                 mask: MaskOrFn = None) -> optax.GradientTransformationExtraArgs:
   r"""Keeps exact zeros at zero from ``start_step`` on: ASR, section 4.2.
 
   Chained after an optimizer that returns ``w_{t+1} - w_t``
@@ -34,22 +35,41 @@ def freeze_zeros(start_step: int = 0, *,
   on. The wrapped optimizer's state is untouched: switching on at step ``N``
   keeps RDA's running average, and nothing is re-initialized.
 
+  Updates keep their dtype; a NaN update of a non-zero weight passes
+  through (``w == 0`` is false for NaN weights, so nothing is hidden).
+
   Args:
     start_step: first 0-based step at which zeros are frozen (the first
-      step of the retraining phase); >= 0.
+      step of the retraining phase); an int >= 0, or an integer array (as
+      ``optax.inject_hyperparams`` passes it). A concrete value is checked;
+      a traced one (injected, under ``jit``) cannot be, and a negative one
+      then acts as 0.
     mask: which leaves to freeze; as ``l1_mask`` in :func:`rda_optax.rda`.
 
   Returns:
-    An ``optax.GradientTransformation`` whose ``update`` needs ``params``.
+    An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs
+    ``params`` (extra keyword arguments are accepted and ignored).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import rda_optax
+    >>> params = {"kernel": jnp.array([[0.0, 0.5]])}
+    >>> tx = optax.chain(rda_optax.prox_sgd(0.1, 0.0),
+    ...                  rda_optax.freeze_zeros(start_step=0))
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"kernel": jnp.ones((1, 2))}, state, params)
+    >>> optax.apply_updates(params, updates)["kernel"]  # the zero stays
+    Array([[0. , 0.4]], dtype=float32)
   """
-  if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
-    raise ValueError(f"start_step must be an int >= 0, got {start_step!r}")
+  _check_start_step(start_step)
 
   def init_fn(params):
     resolve_mask(mask, params, name="mask")
     return FreezeZerosState(count=jnp.zeros([], jnp.int32))
 
-  def update_fn(updates, state, params=None):
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
     if params is None:
       raise ValueError(NO_PARAMS_MSG)
     m = resolve_mask(mask, params, name="mask")
@@ -63,4 +83,17 @@ def freeze_zeros(start_step: int = 0, *,
     new_updates = jax.tree.map(leaf, updates, params, m)
     return new_updates, FreezeZerosState(count=optax.safe_increment(state.count))
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _check_start_step(start_step) -> None:
+  if is_tracer(start_step):
+    return
+  if isinstance(start_step, (jax.Array, np.ndarray, np.generic)):
+    ok = (jnp.issubdtype(start_step.dtype, jnp.integer)
+          and np.ndim(start_step) == 0 and int(start_step) >= 0)
+  else:
+    ok = (isinstance(start_step, int) and not isinstance(start_step, bool)
+          and start_step >= 0)
+  if not ok:
+    raise ValueError(f"start_step must be an int >= 0, got {start_step!r}")

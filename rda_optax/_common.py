@@ -1,37 +1,23 @@
-"""Argument checks and schedule helpers shared by the transformations."""
+"""Argument checks, dtype rules and schedule helpers shared by the
+transformations.
+
+Hyper-parameters reach the transformations in three forms: Python numbers,
+arrays (``optax.inject_hyperparams`` passes every numeric argument as one)
+and schedules. What is concrete is checked when the factory is called; what
+is traced (an injected value under ``jit``, a schedule's value at a traced
+step) cannot raise, so :func:`guard` turns an out-of-range value into NaN
+instead: the iterate becomes non-finite, the loss shows it, and
+``optax.apply_if_finite`` skips the step.
+"""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
-
-
-def check_hyper(name: str, value: Any, *, positive: bool) -> None:
-  """Validates a scalar hyper-parameter when it is a concrete Python number.
-
-  Schedules and arrays (e.g. from ``optax.inject_hyperparams``, where the
-  value may be a tracer) are not checked: reading them would force a host
-  round-trip or fail under ``jit``.
-  """
-  if callable(value) or not isinstance(value, (int, float)) or isinstance(value, bool):
-    return
-  if not math.isfinite(value):
-    raise ValueError(f"{name} must be finite, got {value!r}")
-  if positive and value <= 0:
-    raise ValueError(f"{name} must be > 0, got {value!r}")
-  if not positive and value < 0:
-    raise ValueError(f"{name} must be >= 0, got {value!r}")
-
-
-def at_step(value: optax.ScalarOrSchedule, count: jax.Array) -> jax.Array:
-  """Evaluates a float-or-schedule at ``count`` (optax's 0-based step)."""
-  v = value(count) if callable(value) else value
-  return jnp.asarray(v, dtype=jnp.float32)
-
 
 NO_PARAMS_MSG = (
     "this transformation needs the current params: call "
@@ -46,3 +32,94 @@ except AttributeError:  # moved in some JAX releases
 
 def is_tracer(x: Any) -> bool:
   return isinstance(x, _Tracer)
+
+
+def check_hyper(name: str, value: Any, *, positive: bool) -> None:
+  """Validates a hyper-parameter when its value is concrete.
+
+  Python numbers and concrete arrays (e.g. ``optax.inject_hyperparams``'s
+  values outside ``jit``) are checked; schedules and traced values are not
+  (see :func:`guard` for what happens to those).
+  """
+  if callable(value) or is_tracer(value) or isinstance(value, bool):
+    return
+  if isinstance(value, (int, float)):
+    v = np.asarray(float(value))
+  elif isinstance(value, (jax.Array, np.ndarray, np.generic)):
+    if not jnp.issubdtype(value.dtype, jnp.number):
+      raise ValueError(f"{name} must be a number, got dtype {value.dtype}")
+    v = np.asarray(value, np.float64)
+  else:
+    return
+  if not np.all(np.isfinite(v)):
+    raise ValueError(f"{name} must be finite, got {value!r}")
+  if positive and not np.all(v > 0):
+    raise ValueError(f"{name} must be > 0, got {value!r}")
+  if not positive and not np.all(v >= 0):
+    raise ValueError(f"{name} must be >= 0, got {value!r}")
+
+
+def check_range(name: str, value: Any, lo: float, hi: float) -> None:
+  """Checks ``lo <= value < hi`` for a concrete number or array."""
+  if callable(value) or is_tracer(value):
+    return
+  if isinstance(value, bool) or not isinstance(
+      value, (int, float, jax.Array, np.ndarray, np.generic)):
+    raise ValueError(f"{name} must be a number in [{lo}, {hi}), got {value!r}")
+  v = np.asarray(value, np.float64)
+  if not np.all((v >= lo) & (v < hi)):
+    raise ValueError(f"{name} must be in [{lo}, {hi}), got {value!r}")
+
+
+def guard(value: jax.Array, ok: jax.Array) -> jax.Array:
+  """``value`` where ``ok``, else NaN: an out-of-range traced value poisons
+  the iterate (and is caught by ``optax.apply_if_finite``) instead of
+  silently steering it. A scalar select, so it costs nothing per element."""
+  return jnp.where(ok, value, jnp.nan)
+
+
+def at_step(value: optax.ScalarOrSchedule, count: jax.Array) -> jax.Array:
+  """Evaluates a float-or-schedule at ``count`` (optax's 0-based step)."""
+  v = value(count) if callable(value) else value
+  return jnp.asarray(v, dtype=jnp.float32)
+
+
+def leaf_dtype(p: Any) -> jnp.dtype:
+  """dtype of an array, tracer, ``ShapeDtypeStruct`` or Python scalar."""
+  d = getattr(p, "dtype", None)
+  return jnp.dtype(d) if d is not None else jnp.result_type(p)
+
+
+def compute_dtype(dtype: Any) -> jnp.dtype:
+  """float32, or wider when the input is (float64 with x64 enabled)."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def check_float_params(params: Any, who: str) -> None:
+  """Refuses integer (or bool, complex) leaves: an iterate rebuilt from a
+  real-valued closed form would be silently truncated."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(params)
+  for path, p in flat:
+    d = leaf_dtype(p)
+    if not jnp.issubdtype(d, jnp.floating):
+      raise ValueError(
+          f"{who}: params leaf {jax.tree_util.keystr(path) or '<root>'} has "
+          f"dtype {d}; it needs floating-point params (an integer iterate "
+          "would be truncated)")
+
+
+def check_state_dtype(state_dtype: Any, who: str) -> Any:
+  if state_dtype is None:
+    return None
+  d = jnp.dtype(state_dtype)
+  if not jnp.issubdtype(d, jnp.floating):
+    raise ValueError(
+        f"{who}: state_dtype must be a floating-point dtype, got {d} (a "
+        "running average in it would be truncated)")
+  return d
+
+
+def has_abstract_leaves(params: Any) -> bool:
+  return any(isinstance(p, jax.ShapeDtypeStruct)
+             for p in jax.tree.leaves(params))
+

@@ -39,6 +39,14 @@ def scaled_uniform(scale: float) -> jax.nn.initializers.Initializer:
 
   Returns:
     A ``jax.nn.initializers``-style ``init(key, shape, dtype)``.
+
+  Examples:
+    >>> import jax
+    >>> import rda_optax
+    >>> init = rda_optax.scaled_uniform(2.0)
+    >>> w = init(jax.random.key(0), (3, 3, 16, 32))  # HWIO: fan-in 144
+    >>> bool(abs(w).max() <= 2.0 * (3 / 144) ** 0.5)
+    True
   """
   _check_scale(scale)
   # variance_scaling(v, "fan_in", "uniform") draws U(-sqrt(3v/n), sqrt(3v/n)),
@@ -55,6 +63,15 @@ def rescale(params: Any, key: jax.Array, scale: float,
   (default: every leaf with ``ndim >= 2``) are returned unchanged; the dtype
   and shape of each leaf are kept. Fan-in assumes the last axis is the output
   axis (Flax's HWIO conv and (in, out) dense layouts).
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import rda_optax
+    >>> params = {"kernel": jnp.zeros((64, 10)), "bias": jnp.zeros(10)}
+    >>> out = rda_optax.rescale(params, jax.random.key(0), scale=2.0)
+    >>> bool(jnp.all(out["kernel"] != 0)), bool(jnp.all(out["bias"] == 0))
+    (True, True)
   """
   _check_scale(scale)
   m = resolve_mask(mask, params, name="mask")

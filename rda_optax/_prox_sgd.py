@@ -8,9 +8,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rda_optax._common import NO_PARAMS_MSG, at_step, check_hyper
+from rda_optax import _common
+from rda_optax._common import NO_PARAMS_MSG, at_step, check_hyper, guard
 from rda_optax._masks import MaskOrFn, resolve_mask
-from rda_optax._soft_threshold import soft_threshold
+from rda_optax._soft_threshold import shrink
 
 
 class ProxSGDState(NamedTuple):
@@ -18,7 +19,8 @@ class ProxSGDState(NamedTuple):
 
   Attributes:
     count: number of updates applied so far.
-    trace: heavy-ball momentum buffer; an empty tuple when ``momentum == 0``.
+    trace: heavy-ball momentum buffer, float32 (or the params' dtype when
+      wider); an empty tuple when ``momentum`` is the Python number 0.
   """
   count: jax.Array
   trace: optax.Updates
@@ -28,9 +30,9 @@ def prox_sgd(
     learning_rate: optax.ScalarOrSchedule,
     l1: optax.ScalarOrSchedule,
     *,
-    momentum: float = 0.0,
+    momentum: float | jax.Array = 0.0,
     l1_mask: MaskOrFn = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""Proximal SGD, Algorithm 1 / equations (11)-(12).
 
   .. math::
@@ -42,47 +44,96 @@ def prox_sgd(
   take the plain SGD step ``w_{t+1/2}``. With ``momentum = 0`` this is the
   paper's Algorithm 1. A weight is zeroed when ``|w_t - alpha_t g_t| <=
   alpha_t lambda`` (criterion 19): as ``alpha_t -> 0`` the threshold
-  vanishes, which is why prox-SGD finds little sparsity.
+  vanishes, which is why prox-SGD finds little sparsity. With momentum the
+  buffer averages the gradient but not the l1 subgradient: at a fixed point
+  ``v = g/(1 - mu)``, so the limit solves the problem with penalty
+  ``(1 - mu) lambda`` (10x weaker at ``mu = 0.9``).
+
+  The step is computed in float32 and rounded once to the params' dtype;
+  updates carry the params' dtype and a thresholded weight becomes exactly
+  0.0, as in :func:`rda_optax.rda`. A NaN gradient makes the affected
+  weights NaN, never 0.
+
+  Hyper-parameters: Python numbers and concrete arrays are checked here
+  (``ValueError``). Traced values (``optax.inject_hyperparams`` under
+  ``jit``) and schedule values cannot be; there ``learning_rate < 0``,
+  ``l1 < 0`` or ``momentum`` outside ``[0, 1)`` make the update NaN (a
+  schedule may reach ``learning_rate = 0``). The momentum buffer exists
+  unless ``momentum`` is the Python number 0, so an injected momentum
+  keeps it at every value.
 
   Args:
-    learning_rate: ``alpha_t``, float or schedule.
-    l1: ``lambda`` >= 0, float or schedule.
-    momentum: heavy-ball coefficient ``mu`` in [0, 1).
+    learning_rate: ``alpha_t``, float, array or schedule; > 0 when concrete.
+    l1: ``lambda`` >= 0, float, array or schedule.
+    momentum: heavy-ball coefficient ``mu`` in [0, 1), float or array.
     l1_mask: as in :func:`rda_optax.rda`.
 
   Returns:
-    An ``optax.GradientTransformation`` whose ``update`` needs ``params``.
+    An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs
+    ``params`` (extra keyword arguments are accepted and ignored).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import rda_optax
+    >>> params = {"kernel": jnp.array([[1.0, 0.1], [0.05, 2.0]])}
+    >>> tx = rda_optax.prox_sgd(learning_rate=0.5, l1=0.4)
+    >>> state = tx.init(params)
+    >>> grads = {"kernel": jnp.array([[0.2, 0.1], [0.2, -1.0]])}
+    >>> updates, state = tx.update(grads, state, params)
+    >>> optax.apply_updates(params, updates)["kernel"]  # S_{0.2}(w - 0.5 g)
+    Array([[0.7, 0. ],
+           [0. , 2.3]], dtype=float32)
   """
   check_hyper("learning_rate", learning_rate, positive=True)
   check_hyper("l1", l1, positive=False)
-  if not 0.0 <= momentum < 1.0:
-    raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+  _common.check_range("momentum", momentum, 0.0, 1.0)
+  # Decided on the argument's type, never on an array's value, so that the
+  # state has one structure in init and update under inject_hyperparams.
+  use_trace = not (isinstance(momentum, (int, float)) and momentum == 0)
 
   def init_fn(params):
+    if _common.has_abstract_leaves(params):
+      return jax.eval_shape(init_fn, params)
+    _common.check_float_params(params, "prox_sgd")
     resolve_mask(l1_mask, params)
-    trace = (jax.tree.map(jnp.zeros_like, params) if momentum else ())
+    trace = (jax.tree.map(lambda p: jnp.zeros_like(p, dtype=_trace_dtype(p)),
+                          params) if use_trace else ())
     return ProxSGDState(count=jnp.zeros([], jnp.int32), trace=trace)
 
-  def update_fn(updates, state, params=None):
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
     if params is None:
       raise ValueError(NO_PARAMS_MSG)
+    _common.check_float_params(params, "prox_sgd")
     mask = resolve_mask(l1_mask, params)
     lr = at_step(learning_rate, state.count)
+    lr = guard(lr, lr >= 0)
     lam = at_step(l1, state.count)
-    if momentum:
-      trace = jax.tree.map(lambda g, v: momentum * v + g, updates, state.trace)
+    lam = guard(lam, lam >= 0)
+    if use_trace:
+      mu = jnp.asarray(momentum, jnp.float32)
+      mu = guard(mu, (mu >= 0) & (mu < 1))
+      trace = jax.tree.map(
+          lambda g, v: (mu.astype(v.dtype) * v + g.astype(v.dtype)), updates,
+          state.trace)
+      direction = trace
     else:
       trace = ()
-    direction = trace if momentum else updates
+      direction = updates
 
     def leaf(d, w, penalized):
-      w32 = w.astype(jnp.promote_types(w.dtype, jnp.float32))
-      half = w32 - lr * d.astype(w32.dtype)
-      w_new = soft_threshold(half, lr * lam) if penalized else half
-      return w_new - w32
+      ct = _common.compute_dtype(w.dtype)
+      half = w.astype(ct) - lr.astype(ct) * d.astype(ct)
+      w_new = shrink(half, (lr * lam).astype(ct)) if penalized else half
+      return w_new.astype(w.dtype) - w
 
     new_updates = jax.tree.map(leaf, direction, params, mask)
     return new_updates, ProxSGDState(
         count=optax.safe_increment(state.count), trace=trace)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _trace_dtype(p):
+  return _common.compute_dtype(_common.leaf_dtype(p))

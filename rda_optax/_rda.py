@@ -10,9 +10,10 @@ import jax.numpy as jnp
 import optax
 from jax.typing import DTypeLike
 
-from rda_optax._common import NO_PARAMS_MSG, at_step, check_hyper, is_tracer
+from rda_optax import _common
+from rda_optax._common import NO_PARAMS_MSG, at_step, check_hyper, guard
 from rda_optax._masks import MaskOrFn, resolve_mask
-from rda_optax._soft_threshold import soft_threshold
+from rda_optax._soft_threshold import shrink
 
 _CENTERS = ("zero", "init")
 
@@ -23,9 +24,16 @@ class RDAState(NamedTuple):
   Attributes:
     count: number of updates applied so far (``t - 1`` in the paper's
       1-based step ``t``).
-    gbar: running average of the gradients, ``gbar_t = (1/t) sum_k g_k``.
-    init_params: the first iterate ``w_1``; the proximal centre of the
-      unpenalized leaves (and of all leaves with ``center="init"``).
+    gbar: running average of the gradients, ``gbar_t = (1/t) sum_k g_k``,
+      float32 by default (see ``state_dtype``).
+    init_params: the first iterate ``w_1``, in the params' dtype, for the
+      leaves whose closed form reads it: the unpenalized leaves, and every
+      leaf with ``center="init"``. Penalized leaves with ``center="zero"``
+      hold an ``optax.MaskedNode`` instead, as ``optax.masked`` does for the
+      leaves it skips, so the default state is about one params' worth of
+      memory. ``optax.tree_utils.tree_map_params`` over this field with
+      extra trees needs ``is_leaf=lambda v: isinstance(v, optax.MaskedNode)``,
+      as for ``optax.masked``.
   """
   count: jax.Array
   gbar: optax.Updates
@@ -38,9 +46,9 @@ def rda(
     *,
     center: str = "zero",
     l1_mask: MaskOrFn = None,
-    l2: float = 0.0,
+    l2: float | jax.Array = 0.0,
     state_dtype: Optional[DTypeLike] = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""l1-regularized dual averaging, Algorithm 2 / equation (13).
 
   At step ``t = 1, 2, ...`` with stochastic gradient ``g_t``:
@@ -63,12 +71,18 @@ def rda(
   centred at their initial value, ``w_{t+1} = w_1 - (\sqrt t/\gamma)\bar
   g_t``, so a BatchNorm scale starts from 1 rather than from 0.
 
-  The returned updates are ``w_{t+1} - w_t`` in the state dtype, so
-  ``optax.apply_updates`` lands on the closed-form iterate (rounded once to
-  the parameter dtype); a thresholded weight becomes exactly 0.0.
-  The transformation must be the first of a chain (it needs raw gradients,
-  and it rebuilds the iterate from its state, so nothing before it may
-  rescale the gradient in a way that is not meant to be averaged).
+  The returned updates are ``w_{t+1} - w_t`` in the params' dtype, so
+  ``optax.apply_updates`` lands on the closed-form iterate. The iterate is
+  computed in float32 from the state and rounded once to the params'
+  dtype; the update is that rounded iterate minus ``w_t``. A thresholded
+  weight becomes exactly 0.0 (``w + (-w)``), and the sum ``w_t + u`` is
+  exact whenever ``w_{t+1}`` is within a factor 2 of ``w_t`` (Sterbenz's
+  lemma); otherwise it is off by at most one rounding of the params' dtype
+  at the scale of ``max(|w_t|, |w_{t+1}|)``. That error never accumulates,
+  because each iterate is rebuilt from the float32 average, not from
+  ``w_t``. The transformation must be the first of a chain (it needs raw
+  gradients, and it rebuilds the iterate from its state, so nothing before
+  it may rescale the gradient in a way that is not meant to be averaged).
 
   Schedules: ``gamma`` and ``l1`` may be optax schedules of the 0-based
   step. Because the iterate is rebuilt from ``gbar_t`` at every step, a step
@@ -76,29 +90,60 @@ def rda(
   change of ``l1`` re-thresholds the whole average at once (section 5.2's
   schedules act this way; nothing is accumulated per step).
 
-  Non-finite gradients: a NaN or inf enters ``gbar`` and, since ``gbar`` is
-  an average over all steps, every later iterate is non-finite: the loss
-  shows it at once. To skip such steps and leave the state untouched, wrap
-  it: ``optax.apply_if_finite(rda(...), max_consecutive_errors)``; the
-  trainer does.
+  Non-finite gradients never zero a weight: a NaN or inf entry enters
+  ``gbar`` and, since ``gbar`` is an average over all steps, that entry of
+  every later iterate is non-finite (``soft_threshold`` maps NaN to NaN),
+  so the loss shows it at once. To skip such steps and leave the state
+  untouched, wrap it: ``optax.apply_if_finite(rda(...),
+  max_consecutive_errors)``; the trainer does.
+
+  Hyper-parameters: Python numbers and concrete arrays are checked here
+  (``ValueError``). A traced value (``optax.inject_hyperparams`` under
+  ``jit``) or a schedule's value cannot be checked; ``gamma <= 0``,
+  ``l1 < 0`` or ``l2 < 0`` there make the iterate NaN rather than steer it.
 
   Args:
-    gamma: ``gamma`` of ``beta_t = gamma sqrt(t)``, > 0; float or schedule.
-      It plays the role of an inverse learning rate: the first step moves by
-      ``1/gamma`` times the thresholded gradient.
-    l1: ``lambda``, the l1 strength, >= 0; float or schedule.
+    gamma: ``gamma`` of ``beta_t = gamma sqrt(t)``, > 0; float, array or
+      schedule. It plays the role of an inverse learning rate: the first
+      step moves by ``1/gamma`` times the thresholded gradient.
+    l1: ``lambda``, the l1 strength, >= 0; float, array or schedule.
     center: ``"zero"`` (the paper's) or ``"init"``.
-    l1_mask: pytree of bools like the params, or a callable of the params
-      returning one; default: every leaf with ``ndim >= 2`` (conv and dense
-      kernels).
+    l1_mask: pytree of bools like the params (or a prefix of them), or a
+      callable of the params returning one; default: every leaf with
+      ``ndim >= 2`` (conv and dense kernels).
     l2: optional ``l2/2 ||w||^2`` added to the subproblem of the penalized
       leaves, >= 0.
-    state_dtype: dtype of ``gbar`` and ``init_params``; default: the
-      parameter dtype promoted to at least float32, because a running
-      average in bfloat16 stops moving once ``1/t`` is below its precision.
+    state_dtype: floating dtype of ``gbar``; default: the parameter dtype
+      promoted to at least float32, because a running average in bfloat16
+      stops moving once ``1/t`` is below its precision. ``w_1`` is kept in
+      the params' dtype, which holds it exactly.
 
   Returns:
-    An ``optax.GradientTransformation`` whose ``update`` needs ``params``.
+    An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs
+    ``params`` (extra keyword arguments are accepted and ignored). ``init``
+    refuses integer params. Given abstract params (``jax.ShapeDtypeStruct``
+    leaves), ``init`` returns the abstract state, as ``jax.eval_shape``
+    would: ``w_1`` has no values to copy.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import rda_optax
+    >>> params = {"kernel": jnp.array([[0.5, -0.2], [0.1, 0.3]]),
+    ...           "bias": jnp.zeros(2)}
+    >>> tx = rda_optax.rda(gamma=1.0, l1=0.15)
+    >>> state = tx.init(params)
+    >>> grads = {"kernel": jnp.array([[0.4, -0.1], [0.05, -0.3]]),
+    ...          "bias": jnp.array([0.1, -0.1])}
+    >>> updates, state = tx.update(grads, state, params)
+    >>> params = optax.apply_updates(params, updates)
+    >>> params["kernel"]  # -(1/gamma) S_l1(g_1); |g| <= l1 gives exact zeros
+    Array([[-0.25,  0.  ],
+           [ 0.  ,  0.15]], dtype=float32)
+    >>> params["bias"]  # unpenalized: w_1 - g_1/gamma
+    Array([-0.1,  0.1], dtype=float32)
+    >>> rda_optax.sparsity(params)
+    Array(0.5, dtype=float32)
 
   References:
     He, Jia, Xu, Zhang, Zhao, "Make l1 regularization effective in training
@@ -111,67 +156,91 @@ def rda(
   check_hyper("l2", l2, positive=False)
   if center not in _CENTERS:
     raise ValueError(f"center must be one of {_CENTERS}, got {center!r}")
-  if state_dtype is not None:
-    state_dtype = jnp.dtype(state_dtype)
+  state_dtype = _common.check_state_dtype(state_dtype, "rda")
 
-  def _sdtype(p):
+  def gbar_dtype(p):
     if state_dtype is not None:
       return state_dtype
-    return jnp.promote_types(jnp.asarray(p).dtype, jnp.float32)
+    return _common.compute_dtype(_common.leaf_dtype(p))
+
+  def keeps_w1(penalized):
+    return center == "init" or not penalized
 
   def init_fn(params):
+    if _common.has_abstract_leaves(params):
+      return jax.eval_shape(init_fn, params)
+    _common.check_float_params(params, "rda")
     mask = resolve_mask(l1_mask, params)
     _warn_if_all_zero(params, mask)
-    gbar = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), _sdtype(p)), params)
+    # zeros_like, not zeros: the state follows the params' sharding.
+    gbar = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=gbar_dtype(p)),
+                        params)
     # A copy, not an alias: callers may donate the params buffer to a step.
     init_params = jax.tree.map(
-        lambda p: jnp.array(p, dtype=_sdtype(p), copy=True), params)
+        lambda p, m: jnp.array(p, copy=True) if keeps_w1(m)
+        else optax.MaskedNode(), params, mask)
     return RDAState(count=jnp.zeros([], jnp.int32), gbar=gbar,
                     init_params=init_params)
 
-  def update_fn(updates, state, params=None):
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
     if params is None:
       raise ValueError(NO_PARAMS_MSG)
+    _common.check_float_params(params, "rda")
     mask = resolve_mask(l1_mask, params)
     t = (state.count + 1).astype(jnp.float32)
     g_t = at_step(gamma, state.count)
+    b = guard(g_t / jnp.sqrt(t), g_t > 0)
     lam = at_step(l1, state.count)
-    b = g_t / jnp.sqrt(t)
+    lam = guard(lam, lam >= 0)
+    l2_t = jnp.asarray(l2, jnp.float32)
+    l2_t = guard(l2_t, l2_t >= 0)
 
-    def leaf(g, gbar, w1, w, penalized):
-      gbar = gbar + (g.astype(gbar.dtype) - gbar) / t
-      if penalized:
-        center_term = b * w1 if center == "init" else None
-        z = -gbar if center_term is None else center_term - gbar
-        w_new = soft_threshold(z, lam) / (b + l2)
-      else:
-        # Unpenalized leaves: w_1 - gbar/b, written so that w stays at w_1
-        # exactly while gbar is zero.
-        w_new = w1 - gbar / b
-      # Updates stay in the state dtype: rounding them to bfloat16 params
-      # first would make ``apply_updates`` miss the closed-form iterate.
-      return gbar, w_new - w.astype(w_new.dtype)
-
-    out = jax.tree.map(leaf, updates, state.gbar, state.init_params, params,
-                       mask)
     treedef = jax.tree.structure(params)
-    gbar, new_updates = _unzip2(out, treedef)
-    return new_updates, RDAState(count=optax.safe_increment(state.count),
-                                 gbar=gbar, init_params=state.init_params)
+    new_gbar, new_updates = [], []
+    for g, gbar, w1, w, penalized in zip(
+        treedef.flatten_up_to(updates), treedef.flatten_up_to(state.gbar),
+        treedef.flatten_up_to(state.init_params), treedef.flatten_up_to(params),
+        treedef.flatten_up_to(mask)):
+      sd = gbar.dtype
+      ct = _common.compute_dtype(sd)
+      avg = gbar.astype(ct)
+      gbar = (avg + (g.astype(ct) - avg) / t.astype(ct)).astype(sd)
+      w1 = None if isinstance(w1, optax.MaskedNode) else w1.astype(ct)
+      w_new = closed_form(gbar.astype(ct), w1, b.astype(ct), lam.astype(ct),
+                          l2_t.astype(ct), penalized=penalized, center=center)
+      new_gbar.append(gbar)
+      # Round the iterate once, then step onto it in the params' dtype.
+      new_updates.append(w_new.astype(w.dtype) - w)
+    return jax.tree.unflatten(treedef, new_updates), RDAState(
+        count=optax.safe_increment(state.count),
+        gbar=jax.tree.unflatten(treedef, new_gbar),
+        init_params=state.init_params)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _unzip2(tree_of_pairs: Any, treedef: Any) -> tuple[Any, Any]:
-  pairs = treedef.flatten_up_to(tree_of_pairs)
-  return (jax.tree.unflatten(treedef, [a for a, _ in pairs]),
-          jax.tree.unflatten(treedef, [b for _, b in pairs]))
+def closed_form(gbar: jax.Array, w1: Optional[jax.Array], b: jax.Array,
+                lam: jax.Array, l2: jax.Array, *, penalized: bool,
+                center: str) -> jax.Array:
+  """The iterate ``w_{t+1}`` of one leaf, equation (13), from its average.
+
+  ``w1`` is ``None`` when the leaf does not keep ``w_1`` (penalized with
+  ``center="zero"``). One place for the per-leaf math, so that variants
+  (other penalties, structured thresholds) change only this function.
+  """
+  if penalized:
+    z = -gbar if center == "zero" else b * w1 - gbar
+    return shrink(z, lam) / (b + l2)
+  # Unpenalized leaves: w_1 - gbar/b, written so that w stays at w_1
+  # exactly while gbar is zero.
+  return w1 - gbar / b
 
 
 def _warn_if_all_zero(params: Any, mask: Any) -> None:
   leaves = jax.tree.leaves(params)
   sel = [p for p, m in zip(leaves, jax.tree.leaves(mask)) if m]
-  if not sel or any(is_tracer(p) for p in sel):
+  if not sel or any(_common.is_tracer(p) for p in sel):
     return
   if all(not bool(jnp.any(jnp.asarray(p) != 0)) for p in sel):
     warnings.warn(

@@ -29,6 +29,14 @@ def sparsity(params: Any, mask: MaskOrFn = None) -> jax.Array:
   for the fraction over all parameters. Returns a float32 0-d array so it can
   run inside ``jit`` on sharded params; ``float()`` it on the host. Empty
   selections give 0.0.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import rda_optax
+    >>> params = {"kernel": jnp.array([[0.0, 1.0], [0.0, 0.0]]),
+    ...           "bias": jnp.zeros(2)}
+    >>> rda_optax.sparsity(params)  # kernels only: 3 zeros of 4
+    Array(0.75, dtype=float32)
   """
   m = resolve_mask(mask, params, name="mask")
   sel = [p for p, s in zip(jax.tree.leaves(params), jax.tree.leaves(m)) if s]
@@ -44,6 +52,16 @@ def sparsity_report(params: Any, mask: MaskOrFn = None) -> list[LeafSparsity]:
 
   Runs on the host (it returns Python ints); paths use
   ``jax.tree_util.keystr``, e.g. ``['params']['Conv_0']['kernel']``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import rda_optax
+    >>> params = {"conv": {"kernel": jnp.array([[0.0, 1.0], [0.0, 0.0]])},
+    ...           "dense": {"kernel": jnp.ones((2, 3))}}
+    >>> for row in rda_optax.sparsity_report(params):
+    ...   print(row.path, row.zeros, row.size, row.sparsity)
+    ['conv']['kernel'] 3 4 0.75
+    ['dense']['kernel'] 0 6 0.0
   """
   m = resolve_mask(mask, params, name="mask")
   flat, _ = jax.tree_util.tree_flatten_with_path(params)

@@ -68,7 +68,25 @@ def test_after_prox_sgd():
   np.testing.assert_allclose(optax.apply_updates(params, u)["w"], [[0.0, 0.4]])
 
 
-@pytest.mark.parametrize("bad", [-1, 1.5, True])
+def test_injected_start_step_under_jit():
+  params = {"w": jnp.array([[0.0, 1.0]])}
+  tx = optax.inject_hyperparams(rda_optax.freeze_zeros)(start_step=1)
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  u = {"w": jnp.ones((1, 2))}
+  out, state = step(u, state, params)
+  np.testing.assert_array_equal(out["w"], [[1.0, 1.0]])
+  out, state = step(u, state, params)
+  np.testing.assert_array_equal(out["w"], [[0.0, 1.0]])
+  state.hyperparams["start_step"] = jnp.full_like(
+      state.hyperparams["start_step"], 5)  # same type: no retrace
+  out, _ = step(u, state, params)
+  np.testing.assert_array_equal(out["w"], [[1.0, 1.0]])
+  assert step._cache_size() == 1
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, jnp.asarray(-1),
+                                 jnp.asarray(2.0), jnp.asarray([1, 2])])
 def test_bad_start_step(bad):
   with pytest.raises(ValueError, match="start_step"):
     rda_optax.freeze_zeros(bad)

@@ -1,3 +1,4 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -56,3 +57,36 @@ def test_schedule_learning_rate_shrinks_threshold():
 def test_bad_input(kwargs, match):
   with pytest.raises(ValueError, match=match):
     rda_optax.prox_sgd(**kwargs)
+
+
+def test_nan_gradient_gives_nan_not_zero():
+  params = {"w": jnp.ones((2, 2))}
+  tx = rda_optax.prox_sgd(0.1, 100.0)  # a threshold far above |w|
+  u, _ = tx.update({"w": jnp.full((2, 2), jnp.nan)}, tx.init(params), params)
+  assert np.all(np.isnan(np.asarray(optax.apply_updates(params, u)["w"])))
+
+
+def test_injected_momentum_under_jit():
+  params = {"w": jnp.ones((2, 2))}
+  g = {"w": jnp.ones((2, 2))}
+  tx = optax.inject_hyperparams(rda_optax.prox_sgd)(0.1, 0.0, momentum=0.9)
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  for _ in range(2):
+    u, state = step(g, state, params)
+    params = optax.apply_updates(params, u)
+  np.testing.assert_allclose(params["w"], 0.71, rtol=1e-6)  # as eager above
+  # momentum = 0 injected: same state structure, plain prox-SGD steps.
+  state.hyperparams["momentum"] = jnp.float32(0.0)
+  u, state = step(g, state, params)
+  np.testing.assert_allclose(u["w"], -0.1, rtol=1e-6)
+  state.hyperparams["momentum"] = jnp.float32(1.0)  # untestable when traced
+  u, _ = step(g, state, params)
+  assert np.all(np.isnan(np.asarray(u["w"])))
+  with pytest.raises(ValueError, match="momentum"):
+    rda_optax.prox_sgd(0.1, 0.0, momentum=jnp.float32(1.5))
+
+
+def test_integer_params_refused():
+  with pytest.raises(ValueError, match="floating"):
+    rda_optax.prox_sgd(0.1, 0.1).init({"w": jnp.ones((2, 2), jnp.int32)})

@@ -149,33 +149,68 @@ def test_l1_mask_pytree_and_callable():
   assert np.all(np.asarray(c["bias"]) != 0)  # default mask leaves 1-D free
 
 
-def test_state_holds_average_and_initial_params():
+@pytest.mark.parametrize("center", ["zero", "init"])
+def test_state_keeps_w1_only_where_read(center):
   params = _params()
-  tx = rda_optax.rda(1.0, 0.1)
+  tx = rda_optax.rda(1.0, 0.1, center=center)
   state = tx.init(params)
   assert isinstance(state, rda_optax.RDAState)
-  chex_equal = jax.tree.map(np.testing.assert_array_equal, state.init_params,
-                            params)
-  del chex_equal
-  _, state, gs = _run(tx, params, 3)
-  np.testing.assert_array_equal(state.init_params["kernel"], params["kernel"])
+  # The bias (unpenalized) always reads w_1; the kernel only with "init".
+  np.testing.assert_array_equal(state.init_params["bias"], params["bias"])
+  if center == "zero":
+    assert isinstance(state.init_params["kernel"], optax.MaskedNode)
+  else:
+    np.testing.assert_array_equal(state.init_params["kernel"],
+                                  params["kernel"])
+  _, state2, _ = _run(tx, params, 3)
+  assert jax.tree.structure(state2) == jax.tree.structure(state)
+  np.testing.assert_array_equal(state2.init_params["bias"], params["bias"])
 
 
-def test_state_dtype_and_bf16_params():
-  params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), _params())
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_params(dtype):
+  params = jax.tree.map(lambda p: p.astype(dtype), _params())
   tx = rda_optax.rda(1.0, 0.5)
   state = tx.init(params)
   assert state.gbar["kernel"].dtype == jnp.float32
-  assert state.init_params["kernel"].dtype == jnp.float32
+  assert state.init_params["bias"].dtype == dtype  # w_1 is exact in it
   g = jax.tree.map(lambda p: jnp.ones_like(p), params)
-  u, state = jax.jit(tx.update)(g, state, params)
-  assert u["kernel"].dtype == jnp.float32  # not rounded before applying
+  # params equal to the closed form's -0.5 would make the update trivially 0
+  params = {"kernel": jnp.full((4, 5), -1.0, dtype), "bias": params["bias"]}
+  u, state2 = jax.jit(tx.update)(g, state, params)
+  assert u["kernel"].dtype == dtype and u["bias"].dtype == dtype
+  assert (jax.tree.map(lambda x: x.dtype, state2)
+          == jax.tree.map(lambda x: x.dtype, state))
   new = optax.apply_updates(params, u)
-  assert new["kernel"].dtype == jnp.bfloat16
-  # |gbar| = 1 > 0.5: w = -(1/1) * (1 - 0.5) exactly representable.
+  assert new["kernel"].dtype == dtype
   np.testing.assert_array_equal(np.asarray(new["kernel"], np.float32), -0.5)
+  # Random params and gradients: apply_updates adds in the params' dtype,
+  # w + fl(w' - w), which is w' (the rounded closed form) up to two
+  # roundings, |err| <= (eps/2)|w' - w| + (eps/2)|w + u| < 2 eps max(|w|,
+  # |w'|). It is exact when w' = 0 (w + (-w)) and, by Sterbenz's lemma, when
+  # w'/2 <= w <= 2 w' (then w' - w is representable).
+  k1, k2 = jax.random.split(jax.random.key(5))
+  params = {"kernel": jax.random.normal(k1, (8, 16)).astype(dtype)}
+  g = {"kernel": 2 * jax.random.normal(k2, (8, 16))}
+  u, _ = tx.update(g, tx.init(params), params)
+  new = np.asarray(optax.apply_updates(params, u)["kernel"], np.float64)
+  w = np.asarray(params["kernel"], np.float64)
+  want = -np.asarray(rda_optax.soft_threshold(g["kernel"], 0.5))
+  want = np.asarray(jnp.asarray(want).astype(dtype), np.float64)
+  assert (want == 0).any() and (want != 0).any()
+  np.testing.assert_array_equal(new[want == 0], 0.0)
+  sterbenz = (w * want > 0) & (np.abs(want) / 2 <= np.abs(w)) & (
+      np.abs(w) <= 2 * np.abs(want))
+  assert sterbenz.any() and not sterbenz.all()
+  np.testing.assert_array_equal(new[sterbenz], want[sterbenz])
+  eps = float(jnp.finfo(dtype).eps)
+  assert np.all(np.abs(new - want) <= 2 * eps * np.maximum(np.abs(w),
+                                                           np.abs(want)))
   tx16 = rda_optax.rda(1.0, 0.5, state_dtype=jnp.bfloat16)
-  assert tx16.init(params).gbar["kernel"].dtype == jnp.bfloat16
+  s16 = tx16.init(params)
+  assert s16.gbar["kernel"].dtype == jnp.bfloat16
+  _, s16b = tx16.update(g, s16, params)
+  assert s16b.gbar["kernel"].dtype == jnp.bfloat16
 
 
 @pytest.mark.filterwarnings("ignore:rda. every penalized")
@@ -252,13 +287,26 @@ def test_chain_and_masked_compose():
   np.testing.assert_allclose(new["b"], 0.9)
 
 
-def test_nonfinite_gradient_poisons_state_unless_wrapped():
+@pytest.mark.parametrize("center", ["zero", "init"])
+def test_nan_gradient_never_zeroes_weights(center):
+  params = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
+  tx = rda_optax.rda(1.0, 0.0, center=center)
+  state = tx.init(params)
+  nan = jax.tree.map(lambda p: jnp.full_like(p, jnp.nan), params)
+  u, state = tx.update(nan, state, params)
+  new = optax.apply_updates(params, u)
+  for k in params:
+    assert np.all(np.isnan(np.asarray(new[k]))), k
+  assert float(rda_optax.sparsity(new)) == 0.0
+  # The average keeps the NaN, so later finite steps stay non-finite.
+  g = jax.tree.map(jnp.ones_like, params)
+  u, state = tx.update(g, state, new)
+  assert np.all(np.isnan(np.asarray(optax.apply_updates(new, u)["w"])))
+
+
+def test_nonfinite_gradient_skipped_when_wrapped():
   params = {"w": jnp.ones((2, 2))}
   bad = {"w": jnp.array([[jnp.nan, 1.0], [1.0, 1.0]])}
-  tx = rda_optax.rda(1.0, 0.1)
-  state = tx.init(params)
-  _, state = tx.update(bad, state, params)
-  assert np.isnan(np.asarray(state.gbar["w"])).any()  # documented behaviour
   safe = optax.apply_if_finite(rda_optax.rda(1.0, 0.1), 3)
   s0 = safe.init(params)
   u, s1 = safe.update(bad, s0, params)
@@ -287,6 +335,46 @@ def test_warns_on_all_zero_penalized_params():
 def test_bad_hyperparameters(kwargs, match):
   with pytest.raises(ValueError, match=match):
     rda_optax.rda(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(gamma=jnp.float32(0.0), l1=0.1), "gamma"),
+    (dict(gamma=jnp.array([1.0, -1.0]), l1=0.1), "gamma"),
+    (dict(gamma=1.0, l1=jnp.float32(-0.1)), "l1"),
+    (dict(gamma=1.0, l1=0.1, l2=jnp.float32(-1.0)), "l2"),
+    (dict(gamma=1.0, l1=0.1, state_dtype=jnp.int32), "state_dtype"),
+])
+def test_bad_array_hyperparameters(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    rda_optax.rda(**kwargs)
+
+
+@pytest.mark.parametrize("name,value", [("gamma", -1.0), ("gamma", 0.0),
+                                        ("l1", -0.1), ("l2", -1.0)])
+def test_traced_bad_hyperparameter_gives_nan(name, value):
+  """Injected under jit the value cannot be checked: the iterate is NaN
+  (caught by apply_if_finite) instead of silently wrong."""
+  params = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
+  hp = dict(gamma=1.0, l1=0.1, l2=0.0)
+  tx = optax.inject_hyperparams(rda_optax.rda)(**hp)
+  state = tx.init(params)
+  state.hyperparams[name] = jnp.asarray(value, jnp.float32)
+  g = jax.tree.map(jnp.ones_like, params)
+  u, _ = jax.jit(tx.update)(g, state, params)
+  assert np.all(np.isnan(np.asarray(u["w"])))
+  state.hyperparams[name] = jnp.asarray(hp[name], jnp.float32)
+  u, _ = jax.jit(tx.update)(g, state, params)
+  assert np.all(np.isfinite(np.asarray(u["w"])))
+
+
+def test_integer_params_refused():
+  tx = rda_optax.rda(1.0, 0.1)
+  with pytest.raises(ValueError, match=r"\['w'\].*int32"):
+    tx.init({"w": jnp.ones((2, 2), jnp.int32), "b": jnp.ones(2)})
+  params = {"w": jnp.ones((2, 2))}
+  state = tx.init(params)
+  with pytest.raises(ValueError, match="floating"):
+    tx.update(params, state, {"w": jnp.ones((2, 2), jnp.int32)})
 
 
 def test_mask_tree_mismatch():
