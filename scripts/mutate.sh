@@ -50,10 +50,15 @@ toml_list() { printf '['; printf '"%s",' "$@" | sed 's/,$//'; printf ']'; }
   for d in $deselect; do args="$args --deselect $d"; done
   echo "pytest_add_cli_args = $(toml_list $args)"
   echo "also_copy = [\"rda_optax/\", \"train/\", \"models/\", \"benchmarks/\", \"scripts/\"]"
-  # JAX's threads do not survive a fork of a process that has used it.
+  # JAX's threads do not survive a fork of a process that has used it: each
+  # mutant's tests run in a child of a server that has only imported the
+  # libraries (importing starts no backend).
   echo "process_isolation = \"forkserver\""
-  echo "forkserver_warmup = \"none\""
+  echo "forkserver_warmup = \"import\""
+  echo "preload_modules_file = \"preload.txt\""
 } >> "$work/pyproject.toml"
+printf '%s\n' numpy jax jax.numpy optax chex hypothesis flax.linen pytest \
+  > "$work/preload.txt"
 cd "$work"
 echo "mutate.sh: $target in $work: ${sources//$'\n'/ }" >&2
 export PYTHONPATH=. JAX_PLATFORMS=cpu

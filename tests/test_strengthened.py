@@ -126,3 +126,17 @@ def test_freeze_zeros_switch_keeps_zeros_and_the_optimizer_state(method):
       np.testing.assert_array_equal(kb[~zero_before], ka[~zero_before])
       np.testing.assert_array_equal(p_b["bias"], p_a["bias"])
   assert frozen_seen > 0 and revived > 0, (frozen_seen, revived)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
+def test_soft_threshold_keeps_the_dtype_of_x_and_names_tau(dtype):
+  """A float32 (or float64) threshold does not promote a low-precision x;
+  a negative one is refused with a message naming soft_threshold's tau."""
+  x = jnp.asarray([-1.5, 0.25, 2.0], dtype)
+  for tau in (0.5, np.float32(0.5), np.float64(0.5),
+              jnp.asarray(0.5, jnp.float32)):
+    out = rda_optax.soft_threshold(x, tau)
+    assert out.dtype == dtype, (tau, out.dtype)
+    np.testing.assert_array_equal(np.asarray(out, np.float32), [-1.0, 0.0, 1.5])
+  with pytest.raises(ValueError, match="^soft_threshold: tau must be >= 0"):
+    rda_optax.soft_threshold(x, -0.5)
