@@ -32,8 +32,8 @@ def _explain(out, img):
 def test_crop_flip_windows_mirrors_and_determinism():
   x = _images()
   key = jax.random.key(3)
-  out = np.asarray(jax.jit(engine.augment_batch, static_argnums=2)(
-      key, x, "crop-flip"))
+  aug = jax.jit(engine.augment_batch, static_argnums=2)
+  out = np.asarray(aug(key, x, "crop-flip"))
   assert out.shape == x.shape and out.dtype == np.uint8
   how = [_explain(o, i) for o, i in zip(out, x)]
   assert all(len(h) == 1 for h in how), [h for h in how if len(h) != 1][:3]
@@ -46,12 +46,12 @@ def test_crop_flip_windows_mirrors_and_determinism():
   # Offsets and flips are independent draws, not one number.
   assert not np.array_equal(dy, dx)
   # The same key gives the same batch; another key, another one.
-  again = np.asarray(engine.augment_batch(key, x, "crop-flip"))
+  again = np.asarray(aug(key, x, "crop-flip"))
   np.testing.assert_array_equal(out, again)
-  other = np.asarray(engine.augment_batch(jax.random.key(4), x, "crop-flip"))
+  other = np.asarray(aug(jax.random.key(4), x, "crop-flip"))
   assert not np.array_equal(out, other)
   # "crop" is the same windows, never mirrored; "none" is the identity.
-  crop = np.asarray(engine.augment_batch(key, x, "crop"))
+  crop = np.asarray(aug(key, x, "crop"))
   how_c = [_explain(o, i) for o, i in zip(crop, x)]
   assert all(len(h) == 1 and not h[0][2] for h in how_c)
   np.testing.assert_array_equal(
