@@ -9,7 +9,7 @@ survives the threshold (Proposition 1, Tables 1-2). The paper therefore draws
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
