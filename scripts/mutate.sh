@@ -57,7 +57,7 @@ toml_list() { printf '['; printf '"%s",' "$@" | sed 's/,$//'; printf ']'; }
   echo "forkserver_warmup = \"import\""
   echo "preload_modules_file = \"preload.txt\""
 } >> "$work/pyproject.toml"
-printf '%s\n' numpy jax jax.numpy optax chex hypothesis flax.linen pytest \
+printf '%s\n' numpy jax jax.numpy optax chex hypothesis flax.linen pytest sklearn.linear_model \
   > "$work/preload.txt"
 cd "$work"
 echo "mutate.sh: $target in $work: ${sources//$'\n'/ }" >&2
