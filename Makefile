@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean mutate
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,13 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/update_overhead.py
 	$(PY) benchmarks/train_throughput.py
+
+# Mutation testing (docs/TESTING.md), not part of `make test`: about 20
+# minutes per target on 2 CPU cores.
+mutate: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[mutate]'
+	PYTHON=$(PY) scripts/mutate.sh lib
+	PYTHON=$(PY) scripts/mutate.sh trainer
 
 clean:
 	rm -rf $(VENV) runs

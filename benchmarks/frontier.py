@@ -24,6 +24,7 @@ epochs, no ASR phase: the paper's Table 4 ablation).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import statistics
@@ -33,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train import cli, report  # noqa: E402
+from train import config as config_lib  # noqa: E402
 from train import methods as methods_lib  # noqa: E402
 
 
@@ -76,20 +78,27 @@ def main(argv=None) -> int:
       for seed in seeds:
         name = f"{method}-{args.vary}{value}-seed{seed}"
         run_dir = runs / name
-        if not (run_dir / "summary.json").exists():
-          m = _TRAINER_METHOD.get(method, method)
-          a = ["--out", str(runs), "--run-name", name, "--method", m,
-               "--seed", str(seed), "--progress", "none", *extra]
-          if value != "-":
-            a += [flag, value]
-          if method == "rda-noasr":
-            a += _noasr(extra)
-          if method == "prune-finetune-global":
-            a += ["--prune-scope", "global"]
-          if _needs_target(method) and "--target-sparsity" not in (
-              extra + [flag]):
-            a += ["--target-sparsity-from",
-                  str(runs / f"rda-{args.vary}{value}-seed{seed}")]
+        m = _TRAINER_METHOD.get(method, method)
+        a = ["--out", str(runs), "--run-name", name, "--method", m,
+             "--seed", str(seed), "--progress", "none", *extra]
+        if value != "-":
+          a += [flag, value]
+        if method == "rda-noasr":
+          a += _noasr(extra)
+        if method == "prune-finetune-global":
+          a += ["--prune-scope", "global"]
+        if _needs_target(method) and "--target-sparsity" not in (
+            extra + [flag]):
+          a += ["--target-sparsity-from",
+                str(runs / f"rda-{args.vary}{value}-seed{seed}")]
+        if (run_dir / "summary.json").exists():
+          stale = config_mismatch(run_dir, a)
+          if stale:
+            print(f"frontier: {run_dir} was trained with another "
+                  f"configuration ({stale}); remove it or choose another "
+                  "--out", file=sys.stderr)
+            return 2
+        else:
           print(f"frontier: {name}", file=sys.stderr, flush=True)
           code = cli.main(a)
           if code != 0:
@@ -123,6 +132,33 @@ def main(argv=None) -> int:
   print(f"wrote {out / 'points.json'}, {out / 'frontier.png'}, "
         f"{out / 'frontier.md'}", file=sys.stderr)
   return 0
+
+
+# Options that say where or how a run ran, not what it computed.
+_NOT_COMPARED = ("out", "run_name", "progress", "devices", "fsdp",
+                 "data_sharding", "cache_dir", "compare", "target_sparsity")
+
+
+def config_mismatch(run_dir: Path, argv: list[str]) -> str | None:
+  """None when ``run_dir/config.json`` is the configuration ``rda-train
+  argv`` would run (up to where it runs); else the first option that
+  differs, as ``--name: stored vs wanted``. A run directory reused by a
+  sweep must be the run the sweep asks for, not a stale one."""
+  args = cli.parser().parse_args(argv)
+  flags = {k: v for k, v in vars(args).items() if k not in cli._NOT_CONFIG}
+  preset = args.preset
+  if (preset is None and args.config is None and args.model is None
+      and args.dataset is None):
+    preset = "digits-demo"  # as rda-train itself does
+  want = dataclasses.asdict(config_lib.build(preset, args.config, flags))
+  try:
+    have = json.loads((run_dir / "config.json").read_text())
+  except (OSError, ValueError):
+    return "no readable config.json"
+  for k, v in want.items():
+    if k not in _NOT_COMPARED and have.get(k) != v:
+      return f"--{k.replace('_', '-')}: {have.get(k)!r} vs {v!r}"
+  return None
 
 
 # Frontier methods that are another method of rda-train with extra flags.

@@ -445,9 +445,34 @@ def test_resume_refuses_flags_it_would_ignore(tmp_path):
     assert err.count("\n") == 1 and f"{flag[0]} cannot change it" in err, err
 
 
-def test_usage_error_is_the_one_exit_2_type():
-  """What the property relies on: UsageError is what main turns into 2."""
-  assert issubclass(UsageError, ValueError)
+@pytest.mark.parametrize("exc,code,line", [
+    (UsageError("--l1: bad"), 2, "rda-train: error: --l1: bad"),
+    (OSError(28, "No space left on device", "runs/x/metrics.jsonl"), 2,
+     "rda-train: error: runs/x/metrics.jsonl: No space left on device"),
+    (run_lib.Stopped("interrupted after epoch 1", 130), 130,
+     "rda-train: interrupted after epoch 1"),
+])
+def test_main_maps_run_errors_to_exit_codes(monkeypatch, exc, code, line):
+  """What the property relies on: main turns a UsageError, and an OSError
+  (a full disk or a vanished --out while writing), into exit 2 and one
+  'rda-train: error:' line; a stopped run into its own code and line."""
+  def fail(cfg):
+    raise exc
+  monkeypatch.setattr(run_lib, "run", fail)
+  got, err = _run_cli(BASE)
+  assert got == code and err.splitlines() == [line], (got, err)
+
+
+def test_main_does_not_hide_bugs_behind_exit_2(monkeypatch):
+  """Only those types mean bad input: any other exception (a bug, e.g. a
+  plain ValueError or KeyError) propagates with its traceback, so the
+  property cannot pass by swallowing everything into exit 2."""
+  for exc in (ValueError("bug"), KeyError("bug"), RuntimeError("bug")):
+    def fail(cfg, exc=exc):
+      raise exc
+    monkeypatch.setattr(run_lib, "run", fail)
+    got, _ = _run_cli(BASE)
+    assert got == f"{type(exc).__name__}: {exc}", got
 
 
 def test_config_file_preset_is_applied_beneath_the_file(tmp_path):

@@ -964,7 +964,7 @@ def test_restore_falls_back_from_a_damaged_latest_checkpoint(tmp_path, how):
   assert "Traceback" not in r.stderr
   epoch, w, b, latest, notes = r.stdout.split(" ", 4)
   assert (epoch, w, b, latest) == ("1", "1.0", "1", "1")
-  assert notes.startswith(f"['checkpoint 2 (")
+  assert notes.startswith("['checkpoint 2 (")
   assert notes.rstrip().endswith(
       f"in {tmp_path}/checkpoints is damaged; moved to {tmp_path}/"
       "checkpoints-damaged and resuming from checkpoint 1']")

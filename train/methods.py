@@ -137,10 +137,16 @@ def _prune_finetune(cfg: Config, spe: int, target: Optional[float]) -> optim.Opt
   # before_epoch hook, on the params), then fine-tuning with the zeros
   # frozen and the learning-rate schedule restarted at a lower peak.
   phase2, total = cfg.epochs * spe, cfg.total_epochs * spe
-  s1 = optim.lr_schedule(cfg, cfg.lr, phase2, spe)
-  s2 = optim.lr_schedule(cfg, cfg.lr * cfg.finetune_lr_scale, total - phase2,
-                         spe)
-  lr = optax.join_schedules([s1, s2], [phase2])
+  # An EPOCH:VALUE schedule gives the lr of every epoch of the run, the
+  # fine-tuning epochs included (counted from the run's start, as the log
+  # shows them); the restart and its scale are for the named shapes.
+  if ":" in cfg.lr_schedule:
+    lr = optim.piecewise(cfg.lr, cfg.lr_schedule, "lr_schedule", spe)
+  else:
+    s1 = optim.lr_schedule(cfg, cfg.lr, phase2, spe)
+    s2 = optim.lr_schedule(cfg, cfg.lr * cfg.finetune_lr_scale,
+                           total - phase2, spe)
+    lr = optax.join_schedules([s1, s2], [phase2])
   tx = optax.chain(*optim.dense_sgd(cfg, lr), rda_optax.freeze_zeros(phase2))
   return optim.Optimizer(tx, None, None, optim.host(lr))
 

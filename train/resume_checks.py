@@ -103,9 +103,12 @@ def rows_up_to(run_dir: Path, epoch: int) -> list[dict[str, Any]]:
 def finished(run_dir: Path, cfg: config_lib.Config) -> Optional[dict[str, Any]]:
   """The summary of a run that has already trained all its epochs, or None.
 
-  A run is finished once summary.json exists for its number of epochs
-  (raising ``epochs`` in config.json makes a finished run continue).
+  A run is finished once summary.json exists for its number of epochs and
+  its final checkpoint is on disk (raising ``epochs`` in config.json, or
+  losing the final checkpoint, makes it continue from the newest one).
   """
+  if not (run_dir / "checkpoints" / str(cfg.total_epochs)).is_dir():
+    return None
   path = run_dir / "summary.json"
   try:
     summary = json.loads(path.read_text())

@@ -83,7 +83,7 @@ def _check_interrupted(interrupted: list[int], where: str) -> None:
 
 def _dtype(cfg: Config):
   if cfg.dtype == "auto":
-    return jnp.bfloat16 if jax.default_backend() != "cpu" else jnp.float32
+    return engine.accelerator_defaults(jax.default_backend())[0]
   return jnp.dtype(cfg.dtype)
 
 
@@ -258,7 +258,8 @@ def epoch_row(cfg: Config, method: str, epoch: int, r: Run,
   """The metrics.jsonl line of 0-based ``epoch``, from the epoch's metrics
   ``m`` (on the host) and the state it ended in."""
   row = dict(epoch=epoch + 1, phase=methods.phase(method, epoch, cfg),
-             loss=_finite(m["loss"]), train_top1=_finite(m["train_top1"]))
+             loss=_finite(m["loss"]), train_top1=_finite(m["train_top1"]),
+             train_top5=_finite(m["train_top5"]))
   if "val" in r.evals:
     row["val_top1"], row["val_top5"] = r.evaluate(state, *r.evals["val"])
   else:

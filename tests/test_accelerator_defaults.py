@@ -1,0 +1,30 @@
+"""The defaults that differ by platform: --dtype auto and scanned epochs."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from train import engine
+from train import run as run_lib
+from train.config import Config
+
+
+@pytest.mark.parametrize("platform,dtype,scan", [
+    ("cpu", jnp.float32, False), ("gpu", jnp.bfloat16, True),
+    ("cuda", jnp.bfloat16, True), ("rocm", jnp.bfloat16, True),
+    ("tpu", jnp.bfloat16, True)])
+def test_accelerator_defaults(platform, dtype, scan):
+  """bfloat16 compute and one compiled scan per epoch on accelerators;
+  float32 and a host loop of jitted steps on CPU (where XLA runs
+  convolutions inside a loop ~30x slower, engine.make_train_epoch)."""
+  assert engine.accelerator_defaults(platform) == (dtype, scan)
+
+
+def test_dtype_auto_follows_the_backend(monkeypatch):
+  """--dtype auto resolves through the backend JAX runs on; an explicit
+  --dtype wins on any platform."""
+  for platform, want in (("cpu", jnp.float32), ("tpu", jnp.bfloat16)):
+    monkeypatch.setattr(jax, "default_backend", lambda p=platform: p)
+    assert run_lib._dtype(Config(dtype="auto")) == want
+    assert run_lib._dtype(Config(dtype="float32")) == jnp.float32
+    assert run_lib._dtype(Config(dtype="bfloat16")) == jnp.bfloat16

@@ -1,0 +1,84 @@
+"""benchmarks/goals.py's dense reference over seeds, and frontier.py's
+refusal to reuse a run directory trained with another configuration."""
+
+import dataclasses
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from train import config as config_lib
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name):
+  spec = importlib.util.spec_from_file_location(
+      name, ROOT / "benchmarks" / f"{name}.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+goals, frontier = _load("goals"), _load("frontier")
+
+
+def _run(run, method, top1, sparsity, budget=100):
+  return dict(run=run, method=method, model="resnet18", budget=budget,
+              top1=top1, sparsity=sparsity, split="val")
+
+
+def test_goals_dense_reference_is_the_mean_over_seeds():
+  """Three dense seeds (91.0, 92.0, 93.5): the gap is to their mean, 92.17,
+  whichever is listed first; a run of another budget does not count."""
+  for order in ([0, 1, 2], [2, 1, 0], [1, 2, 0]):
+    dense = [_run(f"sgd-seed{i}", "sgd", t, 0.0)
+             for i, t in enumerate((91.0, 92.0, 93.5))]
+    runs = goals.check([_run("rda", "rda", 91.5, 0.96),
+                        _run("sgd-other", "sgd", 50.0, 0.0, budget=40),
+                        *[dense[i] for i in order]])
+    assert runs[0]["dense"] == pytest.approx((91.0 + 92.0 + 93.5) / 3)
+    assert runs[0]["gap"] == pytest.approx(92.1667 - 91.5, abs=1e-3)
+    assert runs[0]["goal2"] == "yes"
+
+
+def _fake_run(runs, name, **fields):
+  """A finished run directory whose config.json is what rda-train writes
+  for the digits-demo preset with ``fields``."""
+  flags = {"progress": "none", "out": str(runs), "run_name": name, **fields}
+  cfg = config_lib.build("digits-demo", None, flags)
+  d = runs / name
+  d.mkdir(parents=True)
+  (d / "config.json").write_text(json.dumps(
+      dict(dataclasses.asdict(cfg), compare=None, target_sparsity=None)))
+  (d / "summary.json").write_text(json.dumps(
+      dict(test_top1=90.0, val_top1=91.0, sparsity=0.5)))
+  return d
+
+
+def test_frontier_reuses_only_runs_of_the_same_configuration(tmp_path, capsys):
+  out = tmp_path / "f"
+  runs = out / "runs"
+  argv = ["--out", str(out), "--methods", "rda", "--values", "1e-3",
+          "--seeds", "0", "--", "--epochs", "3", "--asr-epochs", "1"]
+  d = _fake_run(runs, "rda-l11e-3-seed0", method="rda", seed=0, l1=1e-3,
+                epochs=3, asr_epochs=1)
+  # The same configuration: reused, nothing trained.
+  assert frontier.main(argv) == 0
+  assert "frontier: rda-" not in capsys.readouterr().err
+  # A stale run (another --epochs, or another preset value): refused with
+  # one line naming the option, before anything is trained or written.
+  for key, stale in (("epochs", 30), ("gamma", 2.0)):
+    cfg = json.loads((d / "config.json").read_text())
+    good = cfg[key]
+    cfg[key] = stale
+    (d / "config.json").write_text(json.dumps(cfg))
+    (out / "points.json").unlink(missing_ok=True)
+    assert frontier.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--{key}: {stale!r} vs {good!r}" in err[0], err
+    assert not (out / "points.json").exists()
+    assert sorted(p.name for p in runs.iterdir()) == ["rda-l11e-3-seed0"]
+    cfg[key] = good
+    (d / "config.json").write_text(json.dumps(cfg))
