@@ -104,6 +104,17 @@ def test_global_prunes_the_smallest_magnitudes_across_leaves():
   assert np.all(np.asarray(out["small"]) == 0)
 
 
+def test_mask_keeps_excluded_leaves_dense():
+  params = _params()
+  tx = rda_optax.gmp(optax.sgd(0.01), 0.9, begin_step=0, end_step=0,
+                     mask={"w": True, "v": False, "b": False})
+  u, state = jax.jit(tx.update)(_grads(params, 0), tx.init(params), params)
+  out = optax.apply_updates(params, u)
+  assert int(np.sum(np.asarray(out["w"]) != 0)) == 50
+  assert np.all(np.asarray(out["v"]) != 0)
+  assert np.all(np.asarray(state.masks["v"]))
+
+
 def test_apply_if_finite_skips_a_bad_pruning_step():
   params = _params()
   tx = optax.apply_if_finite(

@@ -94,6 +94,18 @@ def test_drops_smallest_and_grows_largest_gradient_exactly():
                              rtol=1e-6)
 
 
+def test_nan_gradients_keep_the_active_count():
+  # Without apply_if_finite, a NaN gradient on an update step must still
+  # leave exactly k active entries (NaN ranks as 0 for growth).
+  params = {"w": jnp.arange(1.0, 11.0).reshape(1, 10)}
+  tx = rda_optax.rigl(optax.sgd(0.1), 0.5, t_end=10, delta_t=1,
+                      distribution="uniform")
+  state = tx.init(params)
+  u, state = jax.jit(tx.update)({"w": jnp.full((1, 10), jnp.nan)},
+                                state._replace(count=jnp.int32(1)), params)
+  assert int(state.masks["w"].sum()) == 5
+
+
 def test_apply_if_finite_and_eval_shape():
   params = _params()
   tx = optax.apply_if_finite(
