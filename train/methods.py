@@ -108,7 +108,8 @@ def _fail(msg: str) -> None:
 
 # --- the optimizers ----------------------------------------------------------
 
-def _rda(cfg: Config, spe: int, target: Optional[float]) -> optim.Optimizer:
+def _rda(cfg: Config, spe: int,
+         target: Optional[float]) -> optim.Optimizer:
   gamma = optim.piecewise(cfg.gamma, cfg.gamma_schedule, "gamma_schedule", spe)
   l1 = optim.l1_schedule(cfg, spe)
   tx = optax.chain(
@@ -117,7 +118,8 @@ def _rda(cfg: Config, spe: int, target: Optional[float]) -> optim.Optimizer:
   return optim.Optimizer(tx, optim.host(gamma), optim.host(l1), None)
 
 
-def _prox_sgd(cfg: Config, spe: int, target: Optional[float]) -> optim.Optimizer:
+def _prox_sgd(cfg: Config, spe: int,
+              target: Optional[float]) -> optim.Optimizer:
   lr = optim.lr_schedule(cfg, cfg.lr, cfg.total_epochs * spe, spe)
   l1 = optim.l1_schedule(cfg, spe)
   tx = optax.chain(
@@ -126,13 +128,15 @@ def _prox_sgd(cfg: Config, spe: int, target: Optional[float]) -> optim.Optimizer
   return optim.Optimizer(tx, None, optim.host(l1), optim.host(lr))
 
 
-def _sgd(cfg: Config, spe: int, target: Optional[float]) -> optim.Optimizer:
+def _sgd(cfg: Config, spe: int,
+         target: Optional[float]) -> optim.Optimizer:
   lr = optim.lr_schedule(cfg, cfg.lr, cfg.total_epochs * spe, spe)
   return optim.Optimizer(optax.chain(*optim.dense_sgd(cfg, lr)), None, None,
                          optim.host(lr))
 
 
-def _prune_finetune(cfg: Config, spe: int, target: Optional[float]) -> optim.Optimizer:
+def _prune_finetune(cfg: Config, spe: int,
+                    target: Optional[float]) -> optim.Optimizer:
   # Dense training for `epochs`, magnitude pruning at the boundary (the
   # before_epoch hook, on the params), then fine-tuning with the zeros
   # frozen and the learning-rate schedule restarted at a lower peak.

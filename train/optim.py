@@ -68,11 +68,13 @@ def host(s: optax.Schedule) -> Callable[[int], float]:
   return lambda step: float(np.asarray(s(step)))
 
 
-def dense_sgd(cfg: Config, lr: optax.Schedule) -> list[optax.GradientTransformation]:
+def dense_sgd(cfg: Config,
+              lr: optax.Schedule) -> list[optax.GradientTransformation]:
   """SGD with Nesterov momentum and weight decay of the kernels: the dense
   baseline's update, which the pruning methods share (as a list, so that a
   method chains it flat and its state keeps one level)."""
-  return [optax.add_decayed_weights(cfg.weight_decay, rda_optax.default_l1_mask),
+  kernels = rda_optax.default_l1_mask
+  return [optax.add_decayed_weights(cfg.weight_decay, kernels),
           optax.sgd(lr, momentum=cfg.momentum, nesterov=True)]
 
 
