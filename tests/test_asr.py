@@ -27,29 +27,6 @@ def test_zeros_never_come_back_under_random_steps():
   assert np.all(np.asarray(params["b"]) != 0)
 
 
-def test_switch_on_at_step_n_keeps_optimizer_state():
-  params = {"w": jnp.ones((4, 4))}
-  rng = np.random.default_rng(0)
-  gs = [{"w": jnp.asarray(rng.normal(size=(4, 4)), jnp.float32)} for _ in range(8)]
-  plain = rda_optax.rda(1.0, 0.5)
-  chained = optax.chain(rda_optax.rda(1.0, 0.5), rda_optax.freeze_zeros(4))
-  p_a, p_b = params, params
-  s_a, s_b = plain.init(params), chained.init(params)
-  for i, g in enumerate(gs):
-    u_a, s_a = plain.update(g, s_a, p_a)
-    u_b, s_b = chained.update(g, s_b, p_b)
-    p_a = optax.apply_updates(p_a, u_a)
-    p_b = optax.apply_updates(p_b, u_b)
-    if i < 4:  # before the switch: identical to plain RDA
-      np.testing.assert_array_equal(p_a["w"], p_b["w"])
-  # The running average is the same whether or not zeros were frozen.
-  np.testing.assert_array_equal(s_a.gbar["w"], s_b[0].gbar["w"])
-  assert int(s_b[0].count) == 8
-  # After the switch, what was zero at step 4 is still zero.
-  frozen = np.asarray(p_b["w"]) == 0
-  assert frozen.any()
-
-
 def test_inactive_before_start():
   params = {"w": jnp.array([[0.0, 1.0]])}
   tx = rda_optax.freeze_zeros(start_step=1)
