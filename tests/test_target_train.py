@@ -3,6 +3,9 @@ flag combinations it refuses."""
 
 import json
 
+import jax
+import jax.numpy as jnp
+import optax
 import pytest
 
 from train import cli, optim, report
@@ -10,7 +13,7 @@ from train.config import Config
 
 # 20 steps per epoch on digits at batch 64.
 FAST = ["--epochs", "1", "--asr-epochs", "1", "--batch-size", "64",
-        "--progress", "none", "--threshold-samples", "0"]
+        "--progress", "none"]
 
 
 def _zeros_needed(n, s):
@@ -68,10 +71,19 @@ def test_cubic_ramp_then_target_then_zero_in_asr():
   assert vals[40:] == [0.0] * 20
 
 
-def test_threshold_samples_default_is_sampled_on_cpu():
-  assert optim.threshold_samples(Config()) == optim.CPU_THRESHOLD_SAMPLES
-  assert optim.threshold_samples(Config(threshold_samples=0)) is None
-  assert optim.threshold_samples(Config(threshold_samples=500)) == 500
+def test_threshold_samples_reach_rda():
+  """Exact by default: one step at target 0.5 zeros exactly half of a
+  1,000-entry kernel; --threshold-samples 64 estimates lambda_t from 64 of
+  them, which misses that count (fixed gradients and sample positions)."""
+  params = {"k": jnp.ones((40, 25))}
+  grads = {"k": jax.random.normal(jax.random.key(0), (40, 25))}
+  zeros = []
+  for m in (None, 64):
+    cfg = Config(epochs=1, asr_epochs=0, target_ramp=0.0, threshold_samples=m)
+    tx = optim.build(cfg, "rda", 10, 0.5).tx
+    u, _ = tx.update(grads, tx.init(params), params)
+    zeros.append(int(jnp.sum(optax.apply_updates(params, u)["k"] == 0)))
+  assert zeros[0] == 500 and zeros[1] != 500, zeros
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -84,7 +96,7 @@ def test_threshold_samples_default_is_sampled_on_cpu():
     (["--target-sparsity", "0.9", "--target-sparsity-from", "/x"],
      "give one"),
     (["--target-sparsity", "0.9", "--target-ramp", "1.5"], "--target-ramp"),
-    (["--target-sparsity", "0.9", "--threshold-samples", "-1"],
+    (["--target-sparsity", "0.9", "--threshold-samples", "0"],
      "--threshold-samples"),
     (["--threshold-samples", "100"], "--threshold-samples"),
     (["--target-ramp", "0.2"], "--target-ramp"),

@@ -133,8 +133,9 @@ def parser() -> argparse.ArgumentParser:
                  "runs at l1 = 0, keeping it exactly (default 0.5)")
   g.add_argument("--threshold-samples", type=int, help="rda with a target: "
                  "estimate lambda_t from this many sampled weights (per "
-                 "layer unless global), 0: exact order statistic; default "
-                 "16384 on CPU, exact on GPU/TPU")
+                 "layer unless global) instead of the exact order statistic "
+                 "(the default); cheaper on CPU for large models, off the "
+                 "target by about sqrt(s(1-s)/N)")
   g.add_argument("--prune-scope", help="prune-finetune: layer (each kernel "
                  "to the target; default, Han et al.'s per-layer pruning at "
                  "one rate) or global (one magnitude threshold over all "

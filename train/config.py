@@ -313,8 +313,8 @@ def validate(cfg: Config) -> None:
     _check(_finite(cfg.target_ramp) and 0 <= cfg.target_ramp <= 1,
            f"--target-ramp must be in [0, 1], got {cfg.target_ramp}")
   if cfg.threshold_samples is not None:
-    _check(cfg.threshold_samples >= 0, "--threshold-samples must be >= 0 "
-           f"(0: exact), got {cfg.threshold_samples}")
+    _check(cfg.threshold_samples >= 1,
+           f"--threshold-samples must be >= 1, got {cfg.threshold_samples}")
   _check(0 <= cfg.debias_epochs <= cfg.asr_epochs,
          f"--debias-epochs must be in [0, --asr-epochs = {cfg.asr_epochs}] "
          f"(without ASR's frozen zeros, l1 = 0 would undo the sparsity), "

@@ -128,7 +128,7 @@ def _rda(cfg: Config, spe: int, target: Optional[float]) -> optim.Optimizer:
       rda_optax.rda(gamma, None, center=cfg.center, l2=cfg.l2,
                     target_sparsity=s,
                     sparsity_distribution=distribution("rda", cfg),
-                    threshold_samples=optim.threshold_samples(cfg)),
+                    threshold_samples=cfg.threshold_samples),
       freeze)
   return optim.Optimizer(tx, optim.host(gamma), None, None,
                          logged=optim.target_log(s))

@@ -89,18 +89,6 @@ def target_schedule(cfg: Config, target: float, spe: int) -> optax.Schedule:
   return s
 
 
-def threshold_samples(cfg: Config) -> Optional[int]:
-  """``rda``'s ``threshold_samples``: ``--threshold-samples`` (0: exact);
-  by default exact on accelerators, where the radix select's scatter-adds
-  are cheap, and 16,384 samples on CPU, where they run serially (9x plain
-  rda's update on ResNet-18, docs/RESULTS.md)."""
-  m = cfg.threshold_samples
-  if m is None:
-    m = CPU_THRESHOLD_SAMPLES if jax.default_backend() == "cpu" else 0
-  return m or None
-
-
-CPU_THRESHOLD_SAMPLES = 16384
 # Half the RDA phase ramps, half runs at the target (RDA may still move its
 # zeros there, unlike a pruning mask), then ASR.
 DEFAULT_TARGET_RAMP = 0.5
