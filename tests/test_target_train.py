@@ -100,6 +100,7 @@ def test_threshold_samples_reach_rda():
      "--threshold-samples"),
     (["--threshold-samples", "100"], "--threshold-samples"),
     (["--target-ramp", "0.2"], "--target-ramp"),
+    (["--target-sparsity", "0.9", "--epochs", "0"], "--epochs >= 1"),
     (["--target-sparsity-from", "/nonexistent"], "/nonexistent"),
 ])
 def test_bad_target_flags_one_line_exit_2(tmp_path, capsys, args, needle):

@@ -135,7 +135,11 @@ def _rda(cfg: Config, spe: int, target: Optional[float]) -> optim.Optimizer:
 
 
 def _check_rda(cfg: Config) -> None:
-  if not (cfg.target_sparsity is not None or cfg.target_sparsity_from):
+  if cfg.target_sparsity is not None or cfg.target_sparsity_from:
+    if cfg.epochs == 0:
+      _fail("--method rda reaches a target sparsity during --epochs "
+            "(ASR keeps it): needs --epochs >= 1")
+  else:
     for flag, given in (("--threshold-samples", cfg.threshold_samples),
                         ("--target-ramp", cfg.target_ramp)):
       if given is not None:

@@ -67,6 +67,11 @@ def l1_schedule(cfg: Config, spe: int) -> optax.Schedule:
   return lambda step: jnp.where(step >= start, 0.0, l1(step))
 
 
+# Half the RDA phase ramps, half runs at the target (RDA may still move its
+# zeros there, unlike a pruning mask), then ASR.
+DEFAULT_TARGET_RAMP = 0.5
+
+
 def target_schedule(cfg: Config, target: float, spe: int) -> optax.Schedule:
   """The target sparsity of RDA's step: a cubic ramp from 0 to ``target``
   over the first ``--target-ramp`` of the ``--epochs`` phase (Zhu & Gupta's
@@ -78,8 +83,8 @@ def target_schedule(cfg: Config, target: float, spe: int) -> optax.Schedule:
   ``--debias-epochs`` over all of ASR: the kept weights lose the shrinkage.
   """
   phase2 = cfg.epochs * spe
-  frac = DEFAULT_TARGET_RAMP if cfg.target_ramp is None else cfg.target_ramp
-  ramp = int(round(frac * phase2))
+  share = DEFAULT_TARGET_RAMP if cfg.target_ramp is None else cfg.target_ramp
+  ramp = int(round(share * phase2))
 
   def s(step):
     frac = jnp.minimum(step / max(ramp, 1), 1.0)
@@ -87,11 +92,6 @@ def target_schedule(cfg: Config, target: float, spe: int) -> optax.Schedule:
     return jnp.where(step >= phase2, 0.0, jnp.where(step >= ramp, target,
                                                     ramped))
   return s
-
-
-# Half the RDA phase ramps, half runs at the target (RDA may still move its
-# zeros there, unlike a pruning mask), then ASR.
-DEFAULT_TARGET_RAMP = 0.5
 
 
 def target_log(schedule: optax.Schedule) -> Callable[[Any], dict[str, float]]:
