@@ -81,7 +81,7 @@ def test_threshold_samples_reach_rda():
   for m in (None, 64):
     cfg = Config(epochs=1, asr_epochs=0, target_ramp=0.0, threshold_samples=m)
     tx = optim.build(cfg, "rda", 10, 0.5).tx
-    u, _ = tx.update(grads, tx.init(params), params)
+    u, _ = jax.jit(tx.update)(grads, tx.init(params), params)
     zeros.append(int(jnp.sum(optax.apply_updates(params, u)["k"] == 0)))
   assert zeros[0] == 500 and zeros[1] != 500, zeros
 
