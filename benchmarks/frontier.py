@@ -12,7 +12,9 @@ the remaining flags, and writes to ``--out``:
 Methods: every method of ``rda-train``; those with a target sparsity
 (``prune-finetune``, ``gmp``, ``rigl``) prune to the sparsity that the RDA
 run of the same value and seed reached, at the same total epochs, unless
-``--target-sparsity`` is passed through. Also ``prune-finetune-global``
+``--target-sparsity`` is passed through (rda then trains to it too, so it
+cannot be swept with ``--vary l1``; ``--methods rda --vary target_sparsity``
+sweeps RDA's target). Also ``prune-finetune-global``
 (the same with ``--prune-scope global``) and ``rda-noasr`` (RDA for all
 epochs, no ASR phase: the paper's Table 4 ablation).
 

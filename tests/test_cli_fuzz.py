@@ -317,9 +317,9 @@ NOT_JSON = ["{", "{'gamma': 1}", "", "{\"a\": 1,}", "\u00ff\u00fe", "gamma=1",
 
 def _field_type(name: str):
   default = config_lib.FIELDS[name].default
-  if name in ("init_scale", "target_sparsity"):
+  if name in ("init_scale", "target_sparsity", "target_ramp"):
     return float
-  if name in ("image_size", "num_classes", "devices"):
+  if name in ("image_size", "num_classes", "devices", "threshold_samples"):
     return int
   return type(default) if default is not None else str
 

@@ -120,22 +120,33 @@ def parser() -> argparse.ArgumentParser:
                  "kernels for sgd and prune-finetune (default 5e-4)")
   g.add_argument("--target-sparsity", type=float, help="prune-finetune, "
                  "gmp, rigl: fraction of kernel weights to prune (in "
-                 "--compare, default: the sparsity the rda run reached)")
+                 "--compare, default: the sparsity the rda run reached); "
+                 "rda: chooses l1 at each step to reach it (not with --l1 "
+                 "or --l1-schedule); refused by prox-sgd and sgd")
   g.add_argument("--target-sparsity-from", metavar="RUN_DIR",
-                 help="prune-finetune, gmp, rigl: prune to the sparsity that "
-                 "run reached")
+                 help="as --target-sparsity, at the sparsity that run "
+                 "reached")
+  g.add_argument("--target-ramp", type=float, help="rda with a target: the "
+                 "target rises on a cubic ramp from 0 over this fraction of "
+                 "--epochs, is held to the end of --epochs, and ASR then "
+                 "runs at l1 = 0, keeping it exactly (default 0.5)")
+  g.add_argument("--threshold-samples", type=int, help="rda with a target: "
+                 "estimate lambda_t from this many sampled weights (per "
+                 "layer unless global) instead of the exact order statistic "
+                 "(the default); cheaper on CPU for large models, off the "
+                 "target by about sqrt(s(1-s)/N)")
   g.add_argument("--prune-scope", help="prune-finetune: layer (each kernel "
                  "to the target; default, Han et al.'s per-layer pruning at "
                  "one rate) or global (one magnitude threshold over all "
                  "kernels)")
   g.add_argument("--finetune-lr-scale", type=float, help="fine-tuning peak "
                  "lr = lr x this (default 0.1)")
-  g.add_argument("--sparsity-distribution", help="gmp, rigl: how the target "
+  g.add_argument("--sparsity-distribution", help="rda, gmp, rigl: how the target "
                  "is spread over the kernels: uniform (every kernel at the "
                  "target), erk (Erdos-Renyi-Kernel) or global (one magnitude "
-                 "threshold; not rigl); default auto: the method's, erk "
-                 "for both (at 0.99 on digits, uniform leaves the first "
-                 "conv 3 weights)")
+                 "threshold; not rigl); default auto: the method's: global "
+                 "for rda (one l1), erk for gmp and rigl (at 0.99 on "
+                 "digits, uniform leaves the first conv 3 weights)")
   g = p.add_argument_group("GMP (Zhu & Gupta 2017), RigL (Evci et al. 2020)")
   g.add_argument("--gmp-start-epoch", type=int, help="gmp: the epoch the "
                  "cubic sparsity schedule starts at (default 0)")

@@ -60,6 +60,8 @@ class Config:
   target_sparsity_from: Optional[str] = None
   prune_scope: str = "layer"
   sparsity_distribution: str = "auto"
+  target_ramp: Optional[float] = None
+  threshold_samples: Optional[int] = None
   gmp_start_epoch: int = 0
   gmp_end_epoch: int = 0
   gmp_every: int = 100
@@ -124,10 +126,26 @@ def build(preset: Optional[str], file: Optional[str],
     values.update({k: v for k, v in PRESETS[preset].items() if k != "help"})
     values["preset"] = preset
   values.update(from_file)
-  values.update({k: v for k, v in flags.items() if v is not None})
+  given = {k: v for k, v in flags.items() if v is not None}
+  values.update(given)
   cfg = Config(**values)
   validate(cfg)
+  _check_target_flags(cfg, set(from_file) | set(given))
   return cfg
+
+
+def _check_target_flags(cfg: Config, given: set[str]) -> None:
+  """The checks that need to know what the user set (a preset's ``l1`` is
+  no conflict), so they run on new runs only, not on ``--resume``, whose
+  config.json holds every field."""
+  _check(not {"target_sparsity", "target_sparsity_from"} <= given,
+         "--target-sparsity and --target-sparsity-from: give one of them")
+  methods = cfg.compare.split(",") if cfg.compare else [cfg.method]
+  if "rda" in methods and given & {"target_sparsity", "target_sparsity_from"}:
+    for name in ("l1", "l1_schedule"):
+      _check(name not in given, f"--{name.replace('_', '-')} cannot be "
+             "combined with a target sparsity for rda (lambda_t is then "
+             "chosen to reach the target)")
 
 
 def _read_config_file(file: str) -> dict[str, Any]:
@@ -159,9 +177,9 @@ def _coerce(name: str, value: Any, where: str) -> Any:
       # null means "unset" only where unset is a valid state of the field.
       raise UsageError(f"{where}: null is not allowed (default {default!r})")
     return None
-  if name in ("init_scale", "target_sparsity"):
+  if name in ("init_scale", "target_sparsity", "target_ramp"):
     typ = float
-  if name in ("image_size", "num_classes", "devices"):
+  if name in ("image_size", "num_classes", "devices", "threshold_samples"):
     typ = int
   if typ is bool:
     if not isinstance(value, bool):
@@ -277,11 +295,26 @@ def validate(cfg: Config) -> None:
     check = methods_lib.get(m).check
     if check is not None:
       check(cfg)
-  if methods_lib.get(cfg.method).needs_target and not cfg.compare:
-    _check(cfg.target_sparsity is not None or cfg.target_sparsity_from is not None,
+  has_target = (cfg.target_sparsity is not None
+                or cfg.target_sparsity_from is not None)
+  if not cfg.compare:
+    m = methods_lib.get(cfg.method)
+    _check(has_target or not m.needs_target,
            f"--method {cfg.method} needs --target-sparsity or --target-sparsity-from")
-    if cfg.target_sparsity_from is not None:
-      target_from_run(cfg.target_sparsity_from)
+    _check(not has_target or m.needs_target or m.takes_target,
+           f"--method {cfg.method} cannot train to a target sparsity (its "
+           "sparsity comes from --l1 alone); drop --target-sparsity"
+           f"{'-from' if cfg.target_sparsity is None else ''}, or use "
+           + ", ".join(n for n in known if methods_lib.get(n).needs_target
+                       or methods_lib.get(n).takes_target))
+  if cfg.target_sparsity is None and cfg.target_sparsity_from is not None:
+    target_from_run(cfg.target_sparsity_from)
+  if cfg.target_ramp is not None:
+    _check(_finite(cfg.target_ramp) and 0 <= cfg.target_ramp <= 1,
+           f"--target-ramp must be in [0, 1], got {cfg.target_ramp}")
+  if cfg.threshold_samples is not None:
+    _check(cfg.threshold_samples >= 1,
+           f"--threshold-samples must be >= 1, got {cfg.threshold_samples}")
   _check(0 <= cfg.debias_epochs <= cfg.asr_epochs,
          f"--debias-epochs must be in [0, --asr-epochs = {cfg.asr_epochs}] "
          f"(without ASR's frozen zeros, l1 = 0 would undo the sparsity), "

@@ -41,6 +41,9 @@ class Method(NamedTuple):
     needs_target: trains to a target sparsity: ``--target-sparsity``,
       ``--target-sparsity-from``, or the sparsity an ``rda`` run of the same
       ``--compare`` reached (such methods run after the others).
+    takes_target: trains to ``--target-sparsity``/``--target-sparsity-from``
+      when one is given, and without one otherwise (``rda``: its ``l1``).
+      A method that neither needs nor takes one refuses them.
     before_epoch: a :data:`Hook` run on the params before every epoch.
     demo: the position in the no-argument comparison; None: not in it.
     distribution: the default ``--sparsity-distribution`` (``auto``).
@@ -53,6 +56,7 @@ class Method(NamedTuple):
   phases: tuple[str, str]
   init_scale: Optional[float] = None
   needs_target: bool = False
+  takes_target: bool = False
   before_epoch: Optional[Hook] = None
   demo: Optional[int] = None
   distribution: str = "uniform"
@@ -111,11 +115,37 @@ def _fail(msg: str) -> None:
 def _rda(cfg: Config, spe: int,
          target: Optional[float]) -> optim.Optimizer:
   gamma = optim.piecewise(cfg.gamma, cfg.gamma_schedule, "gamma_schedule", spe)
-  l1 = optim.l1_schedule(cfg, spe)
+  freeze = rda_optax.freeze_zeros(cfg.epochs * spe)
+  if target is None:
+    l1 = optim.l1_schedule(cfg, spe)
+    tx = optax.chain(rda_optax.rda(gamma, l1, center=cfg.center, l2=cfg.l2),
+                     freeze)
+    return optim.Optimizer(tx, optim.host(gamma), optim.host(l1), None)
+  # lambda_t chosen each step to hit the target (l1-RDA with a data-chosen
+  # l1); during ASR the target is 0 (optim.target_schedule), so
+  # --debias-epochs has nothing left to do there.
+  s = optim.target_schedule(cfg, target, spe)
   tx = optax.chain(
-      rda_optax.rda(gamma, l1, center=cfg.center, l2=cfg.l2),
-      rda_optax.freeze_zeros(cfg.epochs * spe))
-  return optim.Optimizer(tx, optim.host(gamma), optim.host(l1), None)
+      rda_optax.rda(gamma, None, center=cfg.center, l2=cfg.l2,
+                    target_sparsity=s,
+                    sparsity_distribution=distribution("rda", cfg),
+                    threshold_samples=cfg.threshold_samples),
+      freeze)
+  return optim.Optimizer(tx, optim.host(gamma), None, None,
+                         logged=optim.target_log(s))
+
+
+def _check_rda(cfg: Config) -> None:
+  if cfg.target_sparsity is not None or cfg.target_sparsity_from:
+    if cfg.epochs == 0:
+      _fail("--method rda reaches a target sparsity during --epochs "
+            "(ASR keeps it): needs --epochs >= 1")
+  else:
+    for flag, given in (("--threshold-samples", cfg.threshold_samples),
+                        ("--target-ramp", cfg.target_ramp)):
+      if given is not None:
+        _fail(f"{flag} applies to --method rda with --target-sparsity or "
+              "--target-sparsity-from only")
 
 
 def _prox_sgd(cfg: Config, spe: int,
@@ -214,9 +244,14 @@ def _prune_at_boundary(cfg: Config, params: Any, epoch: int,
 
 
 register(Method(
-    "rda", "RDA, then ASR (He et al. 2020)", _rda, ("rda", "asr"),
+    "rda", "RDA, then ASR (He et al. 2020); with --target-sparsity, l1 "
+    "chosen at each step to reach it (--target-ramp), ASR then at l1 = 0",
+    _rda, ("rda", "asr"),
     # The plain He scale is too small for RDA's first step (section 4.1).
-    init_scale=2.0, demo=0))
+    init_scale=2.0, demo=0, takes_target=True,
+    # One l1 for every layer, as RDA's own criterion: RDA sets the
+    # per-layer rates.
+    distribution="global", check=_check_rda))
 register(Method(
     "prox-sgd", "prox-SGD, then ASR", _prox_sgd, ("prox-sgd", "asr"), demo=1))
 register(Method(

@@ -9,8 +9,9 @@ reference measurement of ALGORITHMS.md.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -25,6 +26,9 @@ class Optimizer(NamedTuple):
   gamma: Optional[Callable[[int], float]]
   l1: Optional[Callable[[int], float]]
   lr: Optional[Callable[[int], float]]
+  # Values read from the optimizer state for the log, e.g. the lambda_t
+  # that a target sparsity chose: opt_state -> {metrics key: value}.
+  logged: Optional[Callable[[Any], dict[str, float]]] = None
 
 
 def piecewise(base: float, spec: str, name: str, spe: int) -> optax.Schedule:
@@ -61,6 +65,50 @@ def l1_schedule(cfg: Config, spe: int) -> optax.Schedule:
     return l1
   start = (cfg.total_epochs - cfg.debias_epochs) * spe
   return lambda step: jnp.where(step >= start, 0.0, l1(step))
+
+
+# Half the RDA phase ramps, half runs at the target (RDA may still move its
+# zeros there, unlike a pruning mask), then ASR.
+DEFAULT_TARGET_RAMP = 0.5
+
+
+def target_schedule(cfg: Config, target: float, spe: int) -> optax.Schedule:
+  """The target sparsity of RDA's step: a cubic ramp from 0 to ``target``
+  over the first ``--target-ramp`` of the ``--epochs`` phase (Zhu & Gupta's
+  schedule), the target until ASR, then 0.
+
+  0 during ASR keeps the sparsity at the target exactly: the frozen zeros
+  already make it, so the smallest l1 that keeps it is 0 (``lambda_t`` is
+  the smallest l1 that reaches ``s_t``), and no new zero is made. That is
+  ``--debias-epochs`` over all of ASR: the kept weights lose the shrinkage.
+  """
+  phase2 = cfg.epochs * spe
+  share = DEFAULT_TARGET_RAMP if cfg.target_ramp is None else cfg.target_ramp
+  ramp = int(round(share * phase2))
+
+  def s(step):
+    frac = jnp.minimum(step / max(ramp, 1), 1.0)
+    ramped = target * (1.0 - (1.0 - frac) ** 3)
+    return jnp.where(step >= phase2, 0.0, jnp.where(step >= ramp, target,
+                                                    ramped))
+  return s
+
+
+def target_log(schedule: optax.Schedule) -> Callable[[Any], dict[str, float]]:
+  """For the log, from the optimizer state: the ``lambda_t`` RDA's target
+  chose at the last step as ``l1`` (the mean over the penalized leaves, the
+  one value of ``global``), and that step's ``target_sparsity``."""
+  def read(opt_state):
+    found = [s for s in jax.tree.leaves(
+        opt_state, is_leaf=lambda x: isinstance(x, rda_optax.RDAState))
+             if isinstance(s, rda_optax.RDAState)]
+    if not found:
+      return {}
+    lams = [float(np.asarray(l)) for l in jax.tree.leaves(found[0].l1)]
+    step = int(np.asarray(found[0].count)) - 1
+    return {"l1": float(np.mean(lams)),
+            "target_sparsity": float(np.asarray(schedule(max(step, 0))))}
+  return read
 
 
 def host(s: optax.Schedule) -> Callable[[int], float]:

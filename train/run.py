@@ -271,6 +271,8 @@ def epoch_row(cfg: Config, method: str, epoch: int, r: Run,
   for k in ("gamma", "l1", "lr"):
     f = getattr(r.opt, k)
     row[k] = f(step) if f is not None else None
+  if r.opt.logged is not None:
+    row.update(r.opt.logged(state.opt_state))
   row["images_per_sec"] = r.steps_per_epoch * cfg.batch_size / seconds
   row["skipped_steps"] = int(m["skipped_steps"])
   if int(m["halted_steps"]):
@@ -525,8 +527,10 @@ def _run(cfg: Config, interrupted: list[int]) -> list[dict[str, Any]]:
     target = target_from_run(cfg.target_sparsity_from)
   summaries, dirs = [], []
   for method in order:
-    t = target
-    if methods.get(method).needs_target and t is None:
+    m = methods.get(method)
+    # In --compare, a method without a target (sgd, prox-sgd) runs as it is.
+    t = target if m.needs_target or m.takes_target else None
+    if m.needs_target and t is None:
       rda_runs = [s for s in summaries if s["method"] == "rda"]
       if not rda_runs:
         raise UsageError(f"{method} needs --target-sparsity, "
