@@ -9,11 +9,12 @@ the remaining flags, and writes to ``--out``:
 - ``frontier.png``: top-1 against sparsity, one curve per method;
 - ``frontier.md``: the same as a markdown table, with the command.
 
-Methods: ``rda``, ``prox-sgd``, ``sgd``, ``prune-finetune`` (pruned to the
-sparsity that the RDA run of the same value and seed reached, at the same
-total epochs), ``prune-finetune-global`` (the same with ``--prune-scope
-global``) and ``rda-noasr`` (RDA for all epochs, no ASR phase: the
-paper's Table 4 ablation).
+Methods: every method of ``rda-train``; those with a target sparsity
+(``prune-finetune``, ``gmp``, ``rigl``) prune to the sparsity that the RDA
+run of the same value and seed reached, at the same total epochs, unless
+``--target-sparsity`` is passed through. Also ``prune-finetune-global``
+(the same with ``--prune-scope global``) and ``rda-noasr`` (RDA for all
+epochs, no ASR phase: the paper's Table 4 ablation).
 
   python benchmarks/frontier.py --out runs/frontier-digits \\
       --methods rda,prox-sgd,prune-finetune,sgd --values 1e-4,3e-4,1e-3,3e-3 \\
@@ -32,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train import cli, report  # noqa: E402
+from train import methods as methods_lib  # noqa: E402
 
 
 def _summary(run_dir: Path) -> dict:
@@ -64,8 +66,9 @@ def main(argv=None) -> int:
   seeds = [int(s) for s in args.seeds.split(",")]
   flag = "--" + args.vary.replace("_", "-")
   results: dict[tuple[str, str], list[dict]] = {}
-  # RDA first: prune-finetune prunes to the sparsity RDA reached.
-  order = sorted(methods, key=lambda m: m.startswith("prune-finetune"))
+  # RDA first: the methods with a target sparsity (prune-finetune, gmp,
+  # rigl) train to the sparsity RDA reached.
+  order = sorted(methods, key=_needs_target)
   for method in order:
     # Dense SGD ignores l1: one point per seed, not one per value.
     vals = values if not (method == "sgd" and args.vary == "l1") else ["-"]
@@ -83,7 +86,8 @@ def main(argv=None) -> int:
             a += _noasr(extra)
           if method == "prune-finetune-global":
             a += ["--prune-scope", "global"]
-          if m == "prune-finetune":
+          if _needs_target(method) and "--target-sparsity" not in (
+              extra + [flag]):
             a += ["--target-sparsity-from",
                   str(runs / f"rda-{args.vary}{value}-seed{seed}")]
           print(f"frontier: {name}", file=sys.stderr, flush=True)
@@ -123,6 +127,10 @@ def main(argv=None) -> int:
 
 # Frontier methods that are another method of rda-train with extra flags.
 _TRAINER_METHOD = {"rda-noasr": "rda", "prune-finetune-global": "prune-finetune"}
+
+
+def _needs_target(method: str) -> bool:
+  return methods_lib.get(_TRAINER_METHOD.get(method, method)).needs_target
 
 
 def _noasr(extra: list[str]) -> list[str]:

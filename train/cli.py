@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 import jax
 
 from train import config as config_lib
+from train import methods
 from train import parallel
 from train import report
 from train import run as run_lib
@@ -20,8 +21,9 @@ Train sparse CNNs with l1-regularized dual averaging (RDA) and adaptive sparse
 retraining (ASR), He et al. 2020, or with the paper's baselines.
 
 With no arguments: the small CNN on scikit-learn's digits, RDA + ASR,
-prox-SGD + ASR, dense SGD and prune-finetune side by side (about a minute on 2
-CPU cores), a table on stdout and a comparison plot under runs/. Without
+prox-SGD + ASR, dense SGD and gradual magnitude pruning (GMP) at the sparsity
+RDA reached, side by side (about a minute on 2 CPU cores), a table on stdout
+and a comparison plot under runs/. Without
 --preset, --config, --model or --dataset, the digits-demo preset applies.
 
 Precedence: built-in defaults < --preset < --config FILE.json < flags."""
@@ -45,10 +47,9 @@ def parser() -> argparse.ArgumentParser:
                  "with '_' for '-'), between the preset and the flags")
   g.add_argument("--model", help="resnet18, resnet18_imagenet, vgg16bn, "
                  "vgg19bn or small_cnn (default small_cnn)")
-  g.add_argument("--method", help="rda (RDA, then ASR), prox-sgd (prox-SGD, "
-                 "then ASR), sgd (dense, momentum, weight decay) or "
-                 "prune-finetune (dense, magnitude pruning, fine-tuning); "
-                 "default rda")
+  g.add_argument("--method", help="; ".join(
+      f"{m.name}: {m.help}" for m in methods.REGISTRY.values())
+                 + " (default rda)")
   g.add_argument("--compare", help="comma-separated methods to run side by "
                  "side with the same settings, e.g. rda,sgd")
   g.add_argument("--resume", metavar="RUN_DIR",
@@ -105,22 +106,46 @@ def parser() -> argparse.ArgumentParser:
   g.add_argument("--init-scale", type=float, help="s of the scaled uniform "
                  "init (29); default 2 for rda, the framework's own init "
                  "for the other methods")
-  g = p.add_argument_group("SGD, prox-SGD, prune-finetune")
+  g = p.add_argument_group("SGD, prox-SGD and the pruning methods")
   g.add_argument("--lr", type=float, help="peak learning rate (default 0.1)")
   g.add_argument("--lr-schedule", help="constant, cosine, onecycle or "
                  "EPOCH:VALUE,... (default cosine)")
   g.add_argument("--momentum", type=float, help="momentum (default 0.9)")
   g.add_argument("--weight-decay", type=float, help="l2 weight decay of the "
                  "kernels for sgd and prune-finetune (default 5e-4)")
-  g.add_argument("--target-sparsity", type=float, help="prune-finetune: "
-                 "fraction of kernel weights to prune")
+  g.add_argument("--target-sparsity", type=float, help="prune-finetune, "
+                 "gmp, rigl: fraction of kernel weights to prune (in "
+                 "--compare, default: the sparsity the rda run reached)")
   g.add_argument("--target-sparsity-from", metavar="RUN_DIR",
-                 help="prune-finetune: prune to the sparsity that run reached")
-  g.add_argument("--prune-scope", help="layer (each kernel to the target, "
-                 "(default; Han et al.'s per-layer pruning at one rate) or global (one "
-                 "magnitude threshold over all kernels)")
+                 help="prune-finetune, gmp, rigl: prune to the sparsity that "
+                 "run reached")
+  g.add_argument("--prune-scope", help="prune-finetune: layer (each kernel "
+                 "to the target; default, Han et al.'s per-layer pruning at "
+                 "one rate) or global (one magnitude threshold over all "
+                 "kernels)")
   g.add_argument("--finetune-lr-scale", type=float, help="fine-tuning peak "
                  "lr = lr x this (default 0.1)")
+  g.add_argument("--sparsity-distribution", help="gmp, rigl: how the target "
+                 "is spread over the kernels: uniform (every kernel at the "
+                 "target), erk (Erdos-Renyi-Kernel) or global (one magnitude "
+                 "threshold; not rigl); default auto: the method's, erk "
+                 "for both (at 0.99 on digits, uniform leaves the first "
+                 "conv 3 weights)")
+  g = p.add_argument_group("GMP (Zhu & Gupta 2017), RigL (Evci et al. 2020)")
+  g.add_argument("--gmp-start-epoch", type=int, help="gmp: the epoch the "
+                 "cubic sparsity schedule starts at (default 0)")
+  g.add_argument("--gmp-end-epoch", type=int, help="gmp: the epoch it "
+                 "reaches the target at; the rest trains at the final mask "
+                 "(default 0: at --epochs, so --asr-epochs fine-tune)")
+  g.add_argument("--gmp-every", type=int, help="gmp: prune every N steps "
+                 "(default 100)")
+  g.add_argument("--rigl-alpha", type=float, help="rigl: fraction of the "
+                 "kept weights dropped and regrown at the first update, "
+                 "cosine-decayed (default 0.3)")
+  g.add_argument("--rigl-delta-t", type=int, help="rigl: steps between mask "
+                 "updates (default 100)")
+  g.add_argument("--rigl-t-end-fraction", type=float, help="rigl: mask "
+                 "updates stop after this fraction of the steps (default 0.75)")
   g = p.add_argument_group("devices and hosts (docs/SCALING.md)")
   g.add_argument("--devices", type=int, help="use the first N devices "
                  "(default: every visible device, data-parallel)")
@@ -202,7 +227,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       no_args = len(sys.argv[1:] if argv is None else argv) == 0
       if no_args:
         # The embedded default: a side-by-side comparison on digits.
-        flags["compare"] = "rda,prox-sgd,sgd,prune-finetune"
+        flags["compare"] = methods.demo()
       cfg = config_lib.build(preset, args.config, flags)
       summaries = run_lib.run(cfg)
   except UsageError as e:

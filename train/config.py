@@ -17,9 +17,10 @@ import models
 from train._errors import UsageError
 from train.presets import PRESETS
 
-METHODS = ("rda", "prox-sgd", "sgd", "prune-finetune")
 DATASETS = ("digits", "mnist", "cifar10", "cifar100", "imagenet2012", "folder")
 LR_SCHEDULES = ("constant", "cosine", "onecycle")
+# How a target sparsity is spread over the kernels (rda_optax._allocation).
+SPARSITY_DISTRIBUTIONS = ("uniform", "erk", "global")
 # Decoded images are held in memory as uint8: even 1,000 images of 1024 px
 # take 3 GB. Larger sizes are a typo far more often than an intent.
 MAX_IMAGE_SIZE = 1024
@@ -58,6 +59,13 @@ class Config:
   target_sparsity: Optional[float] = None
   target_sparsity_from: Optional[str] = None
   prune_scope: str = "layer"
+  sparsity_distribution: str = "auto"
+  gmp_start_epoch: int = 0
+  gmp_end_epoch: int = 0
+  gmp_every: int = 100
+  rigl_alpha: float = 0.3
+  rigl_delta_t: int = 100
+  rigl_t_end_fraction: float = 0.75
   seed: int = 0
   out: str = "runs"
   run_name: Optional[str] = None
@@ -76,9 +84,6 @@ class Config:
   @property
   def total_epochs(self) -> int:
     return self.epochs + self.asr_epochs
-
-  def to_json(self) -> str:
-    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -194,14 +199,23 @@ def validate(cfg: Config) -> None:
          f"--model: unknown model {cfg.model!r}; valid: {', '.join(models.names())}")
   _check(cfg.dataset in DATASETS,
          f"--dataset: unknown data set {cfg.dataset!r}; valid: {', '.join(DATASETS)}")
-  _check(cfg.method in METHODS,
-         f"--method: unknown method {cfg.method!r}; valid: {', '.join(METHODS)}")
+  # The registry imports this module (its optimizers take a Config).
+  from train import methods as methods_lib  # pylint: disable=g-import-not-at-top
+  known = methods_lib.names()
+  _check(cfg.method in known,
+         f"--method: unknown method {cfg.method!r}; valid: {', '.join(known)}")
   if cfg.compare:
     methods = cfg.compare.split(",")
     for m in methods:
-      _check(m in METHODS, f"--compare: unknown method {m!r}; valid: {', '.join(METHODS)}")
+      _check(m in known, f"--compare: unknown method {m!r}; valid: {', '.join(known)}")
     dup = sorted({m for m in methods if methods.count(m) > 1})
     _check(not dup, f"--compare: {', '.join(dup)} given more than once")
+    if (cfg.target_sparsity is None and cfg.target_sparsity_from is None
+        and "rda" not in methods):
+      for m in methods:
+        _check(not methods_lib.get(m).needs_target,
+               f"--compare: {m} needs --target-sparsity, "
+               "--target-sparsity-from, or rda in --compare")
   _check(cfg.epochs >= 0, f"--epochs must be >= 0, got {cfg.epochs}")
   _check(cfg.asr_epochs >= 0, f"--asr-epochs must be >= 0, got {cfg.asr_epochs}")
   _check(cfg.total_epochs >= 1, "--epochs + --asr-epochs must be >= 1")
@@ -245,9 +259,27 @@ def validate(cfg: Config) -> None:
   if cfg.target_sparsity is not None:
     _check(_finite(cfg.target_sparsity) and 0 <= cfg.target_sparsity < 1,
            f"--target-sparsity must be in [0, 1), got {cfg.target_sparsity}")
-  if cfg.method == "prune-finetune" and not cfg.compare:
+  _check(cfg.sparsity_distribution in ("auto",) + SPARSITY_DISTRIBUTIONS,
+         f"--sparsity-distribution must be auto, "
+         f"{', '.join(SPARSITY_DISTRIBUTIONS)}, got {cfg.sparsity_distribution!r}")
+  _check(cfg.gmp_start_epoch >= 0,
+         f"--gmp-start-epoch must be >= 0, got {cfg.gmp_start_epoch}")
+  _check(cfg.gmp_end_epoch >= 0,
+         f"--gmp-end-epoch must be >= 0 (0: --epochs), got {cfg.gmp_end_epoch}")
+  _check(cfg.gmp_every >= 1, f"--gmp-every must be >= 1, got {cfg.gmp_every}")
+  _check(_finite(cfg.rigl_alpha) and 0 < cfg.rigl_alpha <= 1,
+         f"--rigl-alpha must be in (0, 1], got {cfg.rigl_alpha}")
+  _check(cfg.rigl_delta_t >= 1,
+         f"--rigl-delta-t must be >= 1, got {cfg.rigl_delta_t}")
+  _check(_finite(cfg.rigl_t_end_fraction) and 0 < cfg.rigl_t_end_fraction <= 1,
+         f"--rigl-t-end-fraction must be in (0, 1], got {cfg.rigl_t_end_fraction}")
+  for m in (cfg.compare.split(",") if cfg.compare else [cfg.method]):
+    check = methods_lib.get(m).check
+    if check is not None:
+      check(cfg)
+  if methods_lib.get(cfg.method).needs_target and not cfg.compare:
     _check(cfg.target_sparsity is not None or cfg.target_sparsity_from is not None,
-           "--method prune-finetune needs --target-sparsity or --target-sparsity-from")
+           f"--method {cfg.method} needs --target-sparsity or --target-sparsity-from")
     if cfg.target_sparsity_from is not None:
       target_from_run(cfg.target_sparsity_from)
   _check(0 <= cfg.debias_epochs <= cfg.asr_epochs,

@@ -80,13 +80,51 @@ def normalize(x: jax.Array, mean: jax.Array, std: jax.Array,
   return ((x.astype(jnp.float32) / 255.0 - mean) / std).astype(dtype)
 
 
-def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation,
-                     steps: int, batch: int, mean: np.ndarray, std: np.ndarray,
-                     augment: str, label_smoothing: float, num_classes: int,
-                     dtype: Any, n_images: int, scan: bool | None = None,
-                     topo: Any = None, state_shardings: Any = None,
-                     max_bad: int | None = None, sharded_data: bool = False):
+class EpochSpec(NamedTuple):
+  """What one compiled training epoch is made of.
+
+  Attributes:
+    model: the Flax module, applied in train mode (BatchNorm statistics
+      mutable).
+    tx: the optimizer, wrapped by :func:`wrap_finite`.
+    steps: steps per epoch.
+    batch: the global batch.
+    mean, std: per-channel normalization, in [0, 1] units.
+    augment: ``none``, ``crop`` or ``crop-flip`` (:func:`augment_batch`).
+    label_smoothing: of the cross-entropy.
+    num_classes: of the labels.
+    dtype: the compute dtype of the batch.
+    n_images: training rows to sample from (per shard with ``sharded_data``).
+    scan: one ``lax.scan`` per epoch (True), a host loop of jitted steps
+      (False), or the backend's choice (None: a loop on CPU only).
+    topo: a ``train.parallel.Topology`` to split the batch over, or None.
+    state_shardings: where the new state is kept on ``topo``'s mesh.
+    max_bad: halt the epoch at this many consecutive skipped steps.
+    sharded_data: ``images`` holds one row shard per device.
+  """
+  model: nn.Module
+  tx: optax.GradientTransformation
+  steps: int
+  batch: int
+  mean: np.ndarray
+  std: np.ndarray
+  augment: str
+  label_smoothing: float
+  num_classes: int
+  dtype: Any
+  n_images: int
+  scan: bool | None = None
+  topo: Any = None
+  state_shardings: Any = None
+  max_bad: int | None = None
+  sharded_data: bool = False
+
+
+def make_train_epoch(spec: EpochSpec | nn.Module, *args, **kwargs):
   """Returns ``epoch(state, images, labels, key) -> (state, metrics)``.
+
+  ``spec`` is an :class:`EpochSpec`; ``make_train_epoch(model, tx, ...)``
+  with the spec's fields as arguments builds one.
 
   With ``max_bad``, once ``max_bad`` consecutive steps have been skipped for
   non-finite gradients, the remaining steps of the epoch leave the state
@@ -104,6 +142,10 @@ def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation,
   local gather. The batches then depend on the device count, not on how the
   devices are split between processes.
   """
+  if not isinstance(spec, EpochSpec):
+    spec = EpochSpec(spec, *args, **kwargs)
+  (model, tx, steps, batch, mean, std, augment, label_smoothing, num_classes,
+   dtype, n_images, scan, topo, state_shardings, max_bad, sharded_data) = spec
   if sharded_data and topo is None:
     raise ValueError("sharded_data needs a topology")
   shards = topo.size if sharded_data else 1

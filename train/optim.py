@@ -1,9 +1,10 @@
-"""The optimizer of each method, one optax chain for the whole run.
+"""The parts the methods' optimizers are built from: schedules, dense SGD.
 
-Each method's two phases live in one ``GradientTransformation`` whose state
-carries over the phase change: ASR is ``freeze_zeros(start_step=N)`` chained
-after the optimizer, so RDA's running average is kept at the switch, as in
-the reference measurement of ALGORITHMS.md.
+Each method (``train.methods``) builds one optax chain for the whole run.
+Its two phases live in one ``GradientTransformation`` whose state carries
+over the phase change: ASR is ``freeze_zeros(start_step=N)`` chained after
+the optimizer, so RDA's running average is kept at the switch, as in the
+reference measurement of ALGORITHMS.md.
 """
 
 from __future__ import annotations
@@ -62,43 +63,22 @@ def l1_schedule(cfg: Config, spe: int) -> optax.Schedule:
   return lambda step: jnp.where(step >= start, 0.0, l1(step))
 
 
-def _host(s: optax.Schedule) -> Callable[[int], float]:
+def host(s: optax.Schedule) -> Callable[[int], float]:
+  """A schedule as a host function of the step, for the per-epoch log."""
   return lambda step: float(np.asarray(s(step)))
 
 
-def build(cfg: Config, method: str, spe: int) -> Optimizer:
-  """Builds ``method``'s optimizer for ``spe`` steps per epoch."""
-  phase2 = cfg.epochs * spe
-  total = cfg.total_epochs * spe
-  if method == "rda":
-    gamma = piecewise(cfg.gamma, cfg.gamma_schedule, "gamma_schedule", spe)
-    l1 = l1_schedule(cfg, spe)
-    tx = optax.chain(
-        rda_optax.rda(gamma, l1, center=cfg.center, l2=cfg.l2),
-        rda_optax.freeze_zeros(phase2))
-    return Optimizer(tx, _host(gamma), _host(l1), None)
-  if method == "prox-sgd":
-    lr = lr_schedule(cfg, cfg.lr, total, spe)
-    l1 = l1_schedule(cfg, spe)
-    tx = optax.chain(
-        rda_optax.prox_sgd(lr, l1, momentum=cfg.momentum),
-        rda_optax.freeze_zeros(phase2))
-    return Optimizer(tx, None, _host(l1), _host(lr))
-  kernels = rda_optax.default_l1_mask
-  if method == "sgd":
-    lr = lr_schedule(cfg, cfg.lr, total, spe)
-    tx = optax.chain(optax.add_decayed_weights(cfg.weight_decay, kernels),
-                     optax.sgd(lr, momentum=cfg.momentum, nesterov=True))
-    return Optimizer(tx, None, None, _host(lr))
-  if method == "prune-finetune":
-    # Dense training for `epochs`, magnitude pruning at the boundary (done by
-    # the runner on the params), then fine-tuning with the zeros frozen and
-    # the learning-rate schedule restarted at a lower peak.
-    s1 = lr_schedule(cfg, cfg.lr, phase2, spe)
-    s2 = lr_schedule(cfg, cfg.lr * cfg.finetune_lr_scale, total - phase2, spe)
-    lr = optax.join_schedules([s1, s2], [phase2])
-    tx = optax.chain(optax.add_decayed_weights(cfg.weight_decay, kernels),
-                     optax.sgd(lr, momentum=cfg.momentum, nesterov=True),
-                     rda_optax.freeze_zeros(phase2))
-    return Optimizer(tx, None, None, _host(lr))
-  raise ValueError(f"unknown method {method!r}")
+def dense_sgd(cfg: Config, lr: optax.Schedule) -> list[optax.GradientTransformation]:
+  """SGD with Nesterov momentum and weight decay of the kernels: the dense
+  baseline's update, which the pruning methods share (as a list, so that a
+  method chains it flat and its state keeps one level)."""
+  return [optax.add_decayed_weights(cfg.weight_decay, rda_optax.default_l1_mask),
+          optax.sgd(lr, momentum=cfg.momentum, nesterov=True)]
+
+
+def build(cfg: Config, method: str, spe: int,
+          target: Optional[float] = None) -> Optimizer:
+  """Builds ``method``'s optimizer (``train.methods``) for ``spe`` steps per
+  epoch; ``target``: the target sparsity of the methods that have one."""
+  from train import methods  # pylint: disable=g-import-not-at-top
+  return methods.get(method).optimizer(cfg, spe, target)

@@ -128,10 +128,6 @@ def put_global(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
   return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
 
-def put_tree(tree: Any, shardings: Any) -> Any:
-  return jax.tree.map(lambda x, s: jax.device_put(x, s), tree, shardings)
-
-
 def shard_rows(x: np.ndarray, topo: Topology, seed: int) -> jax.Array:
   """Splits the rows of ``x`` into ``topo.size`` equal shards, one per device.
 

@@ -11,7 +11,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -21,9 +21,9 @@ import models
 import rda_optax
 from train import data as data_lib
 from train import engine
+from train import methods
 from train import optim
 from train import parallel
-from train import prune
 from train import report
 from train._errors import UsageError
 from train._lock import run_lock
@@ -73,14 +73,6 @@ def catch_signals() -> Iterator[list[int]]:
 def _check_interrupted(interrupted: list[int], where: str) -> None:
   if interrupted:
     raise Stopped(f"interrupted {where}; nothing was written", 130)
-
-
-def _phase(method: str, epoch: int, cfg: Config) -> str:
-  """Name of the phase that 0-based ``epoch`` belongs to."""
-  first = epoch < cfg.epochs
-  return {"rda": ("rda", "asr"), "prox-sgd": ("prox-sgd", "asr"),
-          "sgd": ("dense", "dense"),
-          "prune-finetune": ("dense", "finetune")}[method][0 if first else 1]
 
 
 def _dtype(cfg: Config):
@@ -153,20 +145,38 @@ def check_data(cfg: Config, splits: data_lib.Splits) -> None:
     raise UsageError(f"data set {splits.name} has {splits.num_classes} class")
 
 
-def train_one(cfg: Config, method: str, splits: data_lib.Splits,
-              run_dir: Path, *, resume: bool = False,
-              target: Optional[float] = None,
-              interrupted: Optional[list[int]] = None) -> dict[str, Any]:
-  """Trains ``method`` into ``run_dir`` and returns its summary.
+class Run(NamedTuple):
+  """A run ready to train: what :func:`build_run` sets up.
 
-  ``interrupted`` is the list of :func:`catch_signals`; without it, this
-  call catches SIGINT and SIGTERM itself.
+  ``state`` is the initial state on the mesh; ``key`` the seed's key, from
+  which each epoch's is folded; ``evals`` maps "val"/"test" to the
+  arguments of ``evaluate`` after the state.
   """
-  if interrupted is None:
-    with catch_signals() as got:
-      return train_one(cfg, method, splits, run_dir, resume=resume,
-                       target=target, interrupted=got)
-  t_start = time.time()
+  model: Any
+  opt: optim.Optimizer
+  state: engine.TrainState
+  key: jax.Array
+  train_epoch: Callable
+  evaluate: Callable
+  images: jax.Array
+  labels: jax.Array
+  evals: dict[str, tuple]
+  topo: parallel.Topology
+  steps_per_epoch: int
+  rows: int
+  sharded: bool
+  rows_read: Optional[int]
+
+
+def build_run(cfg: Config, method: str, splits: data_lib.Splits, *,
+              target: Optional[float] = None,
+              scan: Optional[bool] = None) -> Run:
+  """The model, the initial state on the mesh, the training images on the
+  devices, the compiled epoch and the evaluator of ``method`` on ``splits``.
+
+  Every process builds the same initial state from the same seed, then
+  places it on the mesh: replicated, or split over ``--fsdp``.
+  """
   dtype = _dtype(cfg)
   train = splits.train
   n, image_shape = train.images.shape[0], train.images.shape[1:]
@@ -176,13 +186,11 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
   shards = topo.size if sharded else 1
   rows = n // shards
   spe = rows // (cfg.batch_size // shards)
-  scale = cfg.init_scale
-  if scale is None and method == "rda":
-    scale = 2.0  # plain He scale is too small for RDA's first step (s. 4.1)
+  scale = methods.init_scale(method, cfg)
   kinit = {} if scale is None else {"kernel_init": rda_optax.scaled_uniform(scale)}
   model = models.get(cfg.model, num_classes=splits.num_classes, dtype=dtype,
                      **kinit)
-  opt = optim.build(cfg, method, spe)
+  opt = optim.build(cfg, method, spe, target)
   tx = engine.wrap_finite(opt.tx)
 
   key = jax.random.key(cfg.seed)
@@ -191,8 +199,6 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
   params = variables["params"]
   state = engine.TrainState(params, variables.get("batch_stats", {}),
                             tx.init(params), jnp.zeros([], jnp.int32))
-  # Every process builds the same initial state from the same seed, then
-  # places it on the mesh: replicated, or split over `fsdp`.
   shardings = engine.TrainState(
       topo.params(state.params),
       jax.tree.map(lambda _: topo.replicated(), state.batch_stats),
@@ -208,11 +214,11 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
                                      reduce=parallel.sum_over_processes)
   else:
     mean, std = engine.channel_stats(train.images)
-  augment = _augment(cfg, image_shape)
-  train_epoch = engine.make_train_epoch(
-      model, tx, spe, cfg.batch_size, mean, std, augment, cfg.label_smoothing,
-      splits.num_classes, dtype, rows, topo=topo, state_shardings=shardings,
-      max_bad=cfg.max_bad_steps, sharded_data=sharded)
+  train_epoch = engine.make_train_epoch(engine.EpochSpec(
+      model, tx, spe, cfg.batch_size, mean, std, _augment(cfg, image_shape),
+      cfg.label_smoothing, splits.num_classes, dtype, rows, scan=scan,
+      topo=topo, state_shardings=shardings, max_bad=cfg.max_bad_steps,
+      sharded_data=sharded))
   evaluate = engine.make_evaluate(model, mean, std, dtype, topo=topo)
   rep = topo.replicated()
   if sharded:
@@ -236,8 +242,105 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
                                       cfg.eval_batch_size, topo.size)
       evals[name] = (parallel.put_global(xi, rep), parallel.put_global(yi, rep),
                      arr.images.shape[0], b)
+  return Run(model, opt, state, key, train_epoch, evaluate, d_images,
+             d_labels, evals, topo, spe, rows, sharded, read)
 
-  ckpts = Checkpoints(run_dir)
+
+def epoch_row(cfg: Config, method: str, epoch: int, r: Run,
+              state: engine.TrainState, m: dict[str, Any],
+              seconds: float) -> dict[str, Any]:
+  """The metrics.jsonl line of 0-based ``epoch``, from the epoch's metrics
+  ``m`` (on the host) and the state it ended in."""
+  row = dict(epoch=epoch + 1, phase=methods.phase(method, epoch, cfg),
+             loss=_finite(m["loss"]), train_top1=_finite(m["train_top1"]))
+  if "val" in r.evals:
+    row["val_top1"], row["val_top5"] = r.evaluate(state, *r.evals["val"])
+  else:
+    row["val_top1"] = row["val_top5"] = None
+  layer = rda_optax.sparsity_report(state.params)
+  row["sparsity"] = float(rda_optax.sparsity(state.params))
+  row["sparsity_per_layer"] = {l.path: l.sparsity for l in layer}
+  step = int(state.step) - 1
+  for k in ("gamma", "l1", "lr"):
+    f = getattr(r.opt, k)
+    row[k] = f(step) if f is not None else None
+  row["images_per_sec"] = r.steps_per_epoch * cfg.batch_size / seconds
+  row["skipped_steps"] = int(m["skipped_steps"])
+  if int(m["halted_steps"]):
+    row["halted_steps"] = int(m["halted_steps"])
+  return row
+
+
+class Decision(NamedTuple):
+  """What the run does once an epoch has ended (:func:`after_epoch`).
+
+  save: write a checkpoint of this epoch.
+  stop: None to go on; "diverged" (too many consecutive non-finite steps)
+    or "interrupted" (a signal arrived) to stop after the save, if any.
+  deferred: a periodic checkpoint is owed: it was due, but the epoch ended
+    in skipped steps.
+  """
+  save: bool
+  stop: Optional[str]
+  deferred: bool
+
+
+def after_epoch(epoch: int, total: int, checkpoint_every: int, bad: int,
+                max_bad: int, interrupted: bool, deferred: bool) -> Decision:
+  """Save, defer or stop after 1-based ``epoch`` of ``total``.
+
+  ``bad`` counts the consecutive skipped steps the epoch ended with,
+  ``deferred`` is the previous decision's. A state that ends in skipped
+  steps is never saved before the last epoch: the last applied step may
+  itself have sent the weights astray, so the previous checkpoint stays the
+  good one and the save moves to the next epoch that ends on an applied
+  step.
+  """
+  if bad >= max_bad:
+    # The engine halted at the K-th skip; what follows is not saved.
+    return Decision(False, "diverged", deferred)
+  if interrupted:
+    return Decision(not bad, "interrupted", deferred)
+  due = deferred or epoch % checkpoint_every == 0
+  last = epoch == total
+  if due and bad and not last:
+    return Decision(False, None, True)
+  return Decision(due or last, None, False)
+
+
+def summarize(cfg: Config, method: str, splits: data_lib.Splits, r: Run,
+              state: engine.TrainState, last_row: dict[str, Any],
+              target: Optional[float], run_dir: Path,
+              t_start: float) -> dict[str, Any]:
+  """summary.json of a finished run (``last_row``: its last epoch's row,
+  empty when this process trained none: the metrics file has it)."""
+  summary = dict(method=method, model=cfg.model, dataset=splits.name,
+                 epochs=cfg.total_epochs, sparsity=float(rda_optax.sparsity(state.params)),
+                 sparsity_all_params=float(rda_optax.sparsity(
+                     state.params, lambda p: jax.tree.map(lambda _: True, p))),
+                 target_sparsity=target, skipped_images=len(splits.skipped))
+  lines = [last_row] if last_row else (
+      report.read_metrics(run_dir) if is_main() else [])
+  summary["val_top1"] = lines[-1]["val_top1"] if lines else None
+  summary["val_top5"] = lines[-1]["val_top5"] if lines else None
+  if "test" in r.evals:
+    summary["test_top1"], summary["test_top5"] = r.evaluate(state, *r.evals["test"])
+  else:
+    summary["test_top1"] = summary["test_top5"] = None
+  summary["wall_s"] = time.time() - t_start
+  summary["device"] = jax.devices()[0].device_kind
+  summary["devices"] = r.topo.size
+  summary["processes"] = jax.process_count()
+  summary["data_sharding"] = "sharded" if r.sharded else "replicated"
+  summary["train_images_per_device"] = r.rows
+  summary["train_images_read_by_process_0"] = r.rows_read
+  return summary
+
+
+def _start_epoch(ckpts: Checkpoints, run_dir: Path, state: engine.TrainState,
+                 resume: bool) -> tuple[engine.TrainState, int]:
+  """The state and 0-based epoch to start from; on resume, the metrics file
+  is cut back to the checkpoint's epoch."""
   metrics_path = run_dir / "metrics.jsonl"
   start_epoch = 0
   if resume:
@@ -252,7 +355,27 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
       _write_atomic(metrics_path, "".join(json.dumps(l) + "\n" for l in kept))
   elif is_main():
     _write_atomic(metrics_path, "")
+  return state, start_epoch
 
+
+def train_one(cfg: Config, method: str, splits: data_lib.Splits,
+              run_dir: Path, *, resume: bool = False,
+              target: Optional[float] = None,
+              interrupted: Optional[list[int]] = None) -> dict[str, Any]:
+  """Trains ``method`` into ``run_dir`` and returns its summary.
+
+  ``interrupted`` is the list of :func:`catch_signals`; without it, this
+  call catches SIGINT and SIGTERM itself.
+  """
+  if interrupted is None:
+    with catch_signals() as got:
+      return train_one(cfg, method, splits, run_dir, resume=resume,
+                       target=target, interrupted=got)
+  t_start = time.time()
+  r = build_run(cfg, method, splits, target=target)
+  hook = methods.get(method).before_epoch
+  ckpts = Checkpoints(run_dir)
+  state, start_epoch = _start_epoch(ckpts, run_dir, r.state, resume)
   progress = report.Progress(
       cfg.total_epochs, desc=method, initial=start_epoch,
       enabled=({"auto": None, "bar": True, "lines": None, "none": False}
@@ -266,95 +389,50 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
 
   row: dict[str, Any] = {}
   deferred = False
+  resume_line = f"resume with: rda-train --resume {run_dir}"
   try:
     if interrupted:
-      raise Stopped(f"interrupted before epoch {start_epoch + 1}: resume "
-                    f"with: rda-train --resume {run_dir}", 130)
+      raise Stopped(f"interrupted before epoch {start_epoch + 1}: "
+                    f"{resume_line}", 130)
     for epoch in range(start_epoch, cfg.total_epochs):
-      if method == "prune-finetune" and epoch == cfg.epochs and target is not None:
-        pruned = prune.magnitude_prune(state.params, target, cfg.prune_scope)
-        state = state._replace(params=pruned)
-        progress.write(f"pruned to {float(rda_optax.sparsity(pruned)):.4f} "
-                       f"sparsity ({cfg.prune_scope} magnitude pruning)")
+      changed = hook(cfg, state.params, epoch, target) if hook else None
+      if changed is not None:
+        state = state._replace(params=changed[0])
+        progress.write(changed[1])
       t0 = time.time()
-      state, m = train_epoch(state, d_images, d_labels,
-                             jax.random.fold_in(key, epoch + 1))
+      state, m = r.train_epoch(state, r.images, r.labels,
+                               jax.random.fold_in(r.key, epoch + 1))
       m = jax.device_get(m)
-      dt = time.time() - t0
-      row = dict(epoch=epoch + 1, phase=_phase(method, epoch, cfg),
-                 loss=_finite(m["loss"]), train_top1=_finite(m["train_top1"]))
-      if "val" in evals:
-        row["val_top1"], row["val_top5"] = evaluate(state, *evals["val"])
-      else:
-        row["val_top1"] = row["val_top5"] = None
-      layer = rda_optax.sparsity_report(state.params)
-      row["sparsity"] = float(rda_optax.sparsity(state.params))
-      row["sparsity_per_layer"] = {r.path: r.sparsity for r in layer}
-      step = int(state.step) - 1
-      for k in ("gamma", "l1", "lr"):
-        f = getattr(opt, k)
-        row[k] = f(step) if f is not None else None
-      row["images_per_sec"] = spe * cfg.batch_size / dt
-      row["skipped_steps"] = int(m["skipped_steps"])
-      if int(m["halted_steps"]):
-        row["halted_steps"] = int(m["halted_steps"])
+      row = epoch_row(cfg, method, epoch, r, state, m, time.time() - t0)
       if is_main():
-        _append(metrics_path, json.dumps(row) + "\n")
+        _append(run_dir / "metrics.jsonl", json.dumps(row) + "\n")
       progress.update(row)
-      last_epoch = epoch + 1 == cfg.total_epochs
       bad = int(m["consecutive_bad"])
-      if bad >= cfg.max_bad_steps:
-        # The engine halted at the K-th skip; what follows is not saved: the
-        # last applied step may itself have sent the weights astray.
+      d = after_epoch(epoch + 1, cfg.total_epochs, cfg.checkpoint_every, bad,
+                      cfg.max_bad_steps, bool(interrupted), deferred)
+      if d.stop == "diverged":
         raise Stopped(
             f"stopped: {bad} consecutive steps with non-finite gradients at "
             f"epoch {epoch + 1}; {saved()}. Raise gamma, or lower lr or "
             f"init_scale, in {run_dir / 'config.json'}, then --resume", 1)
-      if interrupted and bad:
-        raise Stopped(
-            f"interrupted after epoch {epoch + 1}, which ended in skipped "
-            f"steps: not saved; {saved()}; resume with: rda-train --resume "
-            f"{run_dir}", 130)
-      if interrupted:
+      if d.save:
         ckpts.save(epoch + 1, state)
+      if d.stop == "interrupted":
         raise Stopped(
-            f"interrupted after epoch {epoch + 1}: checkpoint saved; resume "
-            f"with: rda-train --resume {run_dir}", 130)
-      due = deferred or (epoch + 1) % cfg.checkpoint_every == 0
-      if due and bad and not last_epoch:
-        # The epoch ended in skipped steps: the state may be on its way to
-        # diverging, so keep the previous checkpoint as the good one and
-        # save at the next epoch that ends on an applied step.
-        deferred = True
+            f"interrupted after epoch {epoch + 1}: checkpoint saved; "
+            f"{resume_line}" if d.save else
+            f"interrupted after epoch {epoch + 1}, which ended in skipped "
+            f"steps: not saved; {saved()}; {resume_line}", 130)
+      if d.deferred:
         progress.write(f"epoch {epoch + 1} ended with {bad} skipped steps: "
                        "checkpoint deferred")
-      elif due or last_epoch:
-        ckpts.save(epoch + 1, state)
-        deferred = False
+      deferred = d.deferred
   finally:
     progress.close()
     ckpts.close()
 
-  summary = dict(method=method, model=cfg.model, dataset=splits.name,
-                 epochs=cfg.total_epochs, sparsity=float(rda_optax.sparsity(state.params)),
-                 sparsity_all_params=float(rda_optax.sparsity(
-                     state.params, lambda p: jax.tree.map(lambda _: True, p))),
-                 target_sparsity=target, skipped_images=len(splits.skipped))
-  lines = [row] if row else (
-      report.read_metrics(run_dir) if is_main() else [])
-  summary["val_top1"] = lines[-1]["val_top1"] if lines else None
-  summary["val_top5"] = lines[-1]["val_top5"] if lines else None
-  if "test" in evals:
-    summary["test_top1"], summary["test_top5"] = evaluate(state, *evals["test"])
-  else:
-    summary["test_top1"] = summary["test_top5"] = None
-  summary["wall_s"] = time.time() - t_start
-  summary["device"] = jax.devices()[0].device_kind
-  summary["devices"] = topo.size
-  summary["processes"] = jax.process_count()
-  summary["data_sharding"] = "sharded" if sharded else "replicated"
-  summary["train_images_per_device"] = rows
-  summary["train_images_read_by_process_0"] = read
+  summary = summarize(cfg, method, splits, r, state, row, target, run_dir,
+                      t_start)
   if is_main():
     _write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
     with _writing(f"the plots in {run_dir}"):
@@ -416,21 +494,22 @@ def _run(cfg: Config, interrupted: list[int]) -> list[dict[str, Any]]:
   splits = load_data(cfg)
   check_data(cfg, splits)
   _check_interrupted(interrupted, "while loading the data")
-  methods = cfg.compare.split(",") if cfg.compare else [cfg.method]
+  names = cfg.compare.split(",") if cfg.compare else [cfg.method]
   target = cfg.target_sparsity
   if target is None and cfg.target_sparsity_from:
     target = target_from_run(cfg.target_sparsity_from)
   stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-  # Methods that others compare against run first: prune-finetune prunes to
-  # the sparsity the RDA run reached, at the same total epochs.
-  order = sorted(methods, key=lambda m: m == "prune-finetune")
+  # Methods that others compare against run first: a method with a target
+  # sparsity trains to the sparsity the RDA run reached, at the same total
+  # epochs.
+  order = sorted(names, key=lambda m: methods.get(m).needs_target)
   summaries, dirs = [], []
   for method in order:
     t = target
-    if method == "prune-finetune" and t is None:
+    if methods.get(method).needs_target and t is None:
       rda_runs = [s for s in summaries if s["method"] == "rda"]
       if not rda_runs:
-        raise UsageError("prune-finetune needs --target-sparsity, "
+        raise UsageError(f"{method} needs --target-sparsity, "
                          "--target-sparsity-from, or rda in --compare")
       t = rda_runs[0]["sparsity"]
     _check_interrupted(interrupted, f"before the {method} run")

@@ -1,0 +1,228 @@
+"""The training methods of ``rda-train``: one entry each, found by name.
+
+An entry holds all that is particular to a method: its optimizer (one optax
+chain for the whole run, both phases in it), the names of its two phases
+(``--epochs``, then ``--asr-epochs``), its default init scale, whether it
+needs a target sparsity, a hook at the start of an epoch (prune-finetune's
+pruning), its line of ``--method`` help and its place in the no-argument
+demo. ``config``, ``optim``, ``run`` and ``cli`` read this table; no other
+place lists methods, so a new method is one :func:`register` call.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import optax
+
+import rda_optax
+from train import optim
+from train import prune
+from train._errors import UsageError
+from train.config import Config
+
+# (cfg, params, 0-based epoch, target) -> (new params, log line), or None to
+# leave the params as they are.
+Hook = Callable[[Config, Any, int, Optional[float]],
+                Optional[tuple[Any, str]]]
+
+
+class Method(NamedTuple):
+  """One method of the trainer.
+
+  Attributes:
+    name: what ``--method`` and ``--compare`` take.
+    help: one line for ``--method``'s help.
+    optimizer: ``(cfg, steps_per_epoch, target) -> optim.Optimizer``;
+      ``target`` is the target sparsity (None for methods without one).
+    phases: the phase names logged during ``--epochs`` and ``--asr-epochs``.
+    init_scale: the default ``s`` of the scaled uniform init (29); None keeps
+      the model's own init.
+    needs_target: trains to a target sparsity: ``--target-sparsity``,
+      ``--target-sparsity-from``, or the sparsity an ``rda`` run of the same
+      ``--compare`` reached (such methods run after the others).
+    before_epoch: a :data:`Hook` run on the params before every epoch.
+    demo: the position in the no-argument comparison; None: not in it.
+    distribution: the default ``--sparsity-distribution`` (``auto``).
+    check: ``(cfg) -> None``, raising ``UsageError`` on a bad combination of
+      the method's options; run by ``config.validate``.
+  """
+  name: str
+  help: str
+  optimizer: Callable[[Config, int, Optional[float]], optim.Optimizer]
+  phases: tuple[str, str]
+  init_scale: Optional[float] = None
+  needs_target: bool = False
+  before_epoch: Optional[Hook] = None
+  demo: Optional[int] = None
+  distribution: str = "uniform"
+  check: Optional[Callable[[Config], None]] = None
+
+
+REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+  REGISTRY[method.name] = method
+  return method
+
+
+def names() -> tuple[str, ...]:
+  return tuple(REGISTRY)
+
+
+def get(name: str) -> Method:
+  try:
+    return REGISTRY[name]
+  except KeyError:
+    raise ValueError(f"unknown method {name!r}") from None
+
+
+def demo() -> str:
+  """The ``--compare`` list of ``rda-train`` without arguments."""
+  shown = sorted((m for m in REGISTRY.values() if m.demo is not None),
+                 key=lambda m: m.demo)
+  return ",".join(m.name for m in shown)
+
+
+def phase(name: str, epoch: int, cfg: Config) -> str:
+  """Name of the phase that 0-based ``epoch`` of method ``name`` is in."""
+  return get(name).phases[0 if epoch < cfg.epochs else 1]
+
+
+def distribution(name: str, cfg: Config) -> str:
+  """``--sparsity-distribution``, or the method's default for ``auto``."""
+  if cfg.sparsity_distribution != "auto":
+    return cfg.sparsity_distribution
+  return get(name).distribution
+
+
+def init_scale(name: str, cfg: Config) -> Optional[float]:
+  """``--init-scale`` if given, else the method's default."""
+  return cfg.init_scale if cfg.init_scale is not None else get(name).init_scale
+
+
+def _fail(msg: str) -> None:
+  raise UsageError(msg)
+
+
+# --- the optimizers ----------------------------------------------------------
+
+def _rda(cfg: Config, spe: int, target: Optional[float]) -> optim.Optimizer:
+  gamma = optim.piecewise(cfg.gamma, cfg.gamma_schedule, "gamma_schedule", spe)
+  l1 = optim.l1_schedule(cfg, spe)
+  tx = optax.chain(
+      rda_optax.rda(gamma, l1, center=cfg.center, l2=cfg.l2),
+      rda_optax.freeze_zeros(cfg.epochs * spe))
+  return optim.Optimizer(tx, optim.host(gamma), optim.host(l1), None)
+
+
+def _prox_sgd(cfg: Config, spe: int, target: Optional[float]) -> optim.Optimizer:
+  lr = optim.lr_schedule(cfg, cfg.lr, cfg.total_epochs * spe, spe)
+  l1 = optim.l1_schedule(cfg, spe)
+  tx = optax.chain(
+      rda_optax.prox_sgd(lr, l1, momentum=cfg.momentum),
+      rda_optax.freeze_zeros(cfg.epochs * spe))
+  return optim.Optimizer(tx, None, optim.host(l1), optim.host(lr))
+
+
+def _sgd(cfg: Config, spe: int, target: Optional[float]) -> optim.Optimizer:
+  lr = optim.lr_schedule(cfg, cfg.lr, cfg.total_epochs * spe, spe)
+  return optim.Optimizer(optax.chain(*optim.dense_sgd(cfg, lr)), None, None,
+                         optim.host(lr))
+
+
+def _prune_finetune(cfg: Config, spe: int, target: Optional[float]) -> optim.Optimizer:
+  # Dense training for `epochs`, magnitude pruning at the boundary (the
+  # before_epoch hook, on the params), then fine-tuning with the zeros
+  # frozen and the learning-rate schedule restarted at a lower peak.
+  phase2, total = cfg.epochs * spe, cfg.total_epochs * spe
+  s1 = optim.lr_schedule(cfg, cfg.lr, phase2, spe)
+  s2 = optim.lr_schedule(cfg, cfg.lr * cfg.finetune_lr_scale, total - phase2,
+                         spe)
+  lr = optax.join_schedules([s1, s2], [phase2])
+  tx = optax.chain(*optim.dense_sgd(cfg, lr), rda_optax.freeze_zeros(phase2))
+  return optim.Optimizer(tx, None, None, optim.host(lr))
+
+
+def gmp_steps(cfg: Config, spe: int) -> tuple[int, int]:
+  """GMP's first and last pruning steps: ``--gmp-start-epoch`` and
+  ``--gmp-end-epoch`` (0: ``--epochs``), the span cut down to a multiple of
+  ``--gmp-every`` steps (one pruning step at the start when it is shorter)."""
+  begin = cfg.gmp_start_epoch * spe
+  end = (cfg.gmp_end_epoch or cfg.epochs) * spe
+  return begin, begin + (end - begin) // cfg.gmp_every * cfg.gmp_every
+
+
+def _gmp(cfg: Config, spe: int, target: Optional[float]) -> optim.Optimizer:
+  # Zhu & Gupta's cubic schedule around the dense baseline's update and lr
+  # schedule: the same SGD as `sgd`, the pruned weights held at 0.
+  lr = optim.lr_schedule(cfg, cfg.lr, cfg.total_epochs * spe, spe)
+  begin, end = gmp_steps(cfg, spe)
+  tx = rda_optax.gmp(optax.chain(*optim.dense_sgd(cfg, lr)),
+                     0.0 if target is None else target, begin_step=begin,
+                     end_step=end, delta_t=cfg.gmp_every,
+                     distribution=distribution("gmp", cfg))
+  return optim.Optimizer(tx, None, None, optim.host(lr))
+
+
+def _check_gmp(cfg: Config) -> None:
+  end = cfg.gmp_end_epoch or cfg.epochs
+  if not cfg.gmp_start_epoch <= end <= cfg.total_epochs or end == 0:
+    _fail(f"--method gmp prunes from --gmp-start-epoch {cfg.gmp_start_epoch} "
+          f"to --gmp-end-epoch {end}: needs start <= end, 1 <= end <= "
+          f"--epochs + --asr-epochs = {cfg.total_epochs}")
+
+
+def _rigl(cfg: Config, spe: int, target: Optional[float]) -> optim.Optimizer:
+  # Evci et al.'s drop-and-grow around the dense baseline's update and lr
+  # schedule, over all epochs (no second phase: the mask stops changing at
+  # --rigl-t-end-fraction of the steps).
+  total = cfg.total_epochs * spe
+  lr = optim.lr_schedule(cfg, cfg.lr, total, spe)
+  tx = rda_optax.rigl(optax.chain(*optim.dense_sgd(cfg, lr)),
+                      0.0 if target is None else target,
+                      t_end=max(1, int(cfg.rigl_t_end_fraction * total)),
+                      delta_t=cfg.rigl_delta_t, alpha=cfg.rigl_alpha,
+                      distribution=distribution("rigl", cfg), seed=cfg.seed)
+  return optim.Optimizer(tx, None, None, optim.host(lr))
+
+
+def _check_rigl(cfg: Config) -> None:
+  if distribution("rigl", cfg) == "global":
+    _fail("--method rigl: --sparsity-distribution must be erk or uniform "
+          "(a global threshold needs trained magnitudes; RigL starts sparse)")
+
+
+def _prune_at_boundary(cfg: Config, params: Any, epoch: int,
+                       target: Optional[float]):
+  if epoch != cfg.epochs or target is None:
+    return None
+  pruned = prune.magnitude_prune(params, target, cfg.prune_scope)
+  return pruned, (f"pruned to {float(rda_optax.sparsity(pruned)):.4f} "
+                  f"sparsity ({cfg.prune_scope} magnitude pruning)")
+
+
+register(Method(
+    "rda", "RDA, then ASR (He et al. 2020)", _rda, ("rda", "asr"),
+    # The plain He scale is too small for RDA's first step (section 4.1).
+    init_scale=2.0, demo=0))
+register(Method(
+    "prox-sgd", "prox-SGD, then ASR", _prox_sgd, ("prox-sgd", "asr"), demo=1))
+register(Method(
+    "sgd", "dense, momentum, weight decay, epochs + asr-epochs in one phase",
+    _sgd, ("dense", "dense"), demo=2))
+register(Method(
+    "prune-finetune", "dense, one-shot magnitude pruning to the target "
+    "(--prune-scope), fine-tuning", _prune_finetune, ("dense", "finetune"),
+    needs_target=True, before_epoch=_prune_at_boundary))
+register(Method(
+    "gmp", "gradual magnitude pruning (Zhu & Gupta 2017) to the target on a "
+    "cubic schedule over --epochs, then training at the final mask, with "
+    "sgd's update and lr schedule", _gmp, ("gmp", "finetune"),
+    needs_target=True, demo=3, distribution="erk", check=_check_gmp))
+register(Method(
+    "rigl", "RigL (Evci et al. 2020): sparse at the target from the start, "
+    "drop-and-grow every --rigl-delta-t steps, with sgd's update and lr "
+    "schedule", _rigl, ("rigl", "rigl"), needs_target=True,
+    distribution="erk", check=_check_rigl))
