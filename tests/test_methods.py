@@ -79,6 +79,8 @@ def test_every_method_builds_and_is_known_to_config_and_cli(capsys):
     assert methods.phase(name, 1, cfg) == m.phases[0]
     assert methods.phase(name, 2, cfg) == m.phases[1]
     flags = {"method": name, "target_sparsity": 0.5}
+    if m.target_of is not None:  # net-slim's target is FLOPs
+      flags = {"method": name, "target_flops": 0.5}
     assert config_lib.build(None, None, flags).method == name
   for name in methods.demo().split(","):
     assert name in methods.REGISTRY
