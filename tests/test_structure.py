@@ -214,3 +214,20 @@ def test_prune_to_flops_removes_the_fewest_smallest_scale_channels():
     assert alive.any()
     assert np.all(np.abs(np.asarray(params[bn]["scale"]))[~alive] <= removed)
     assert not np.any(np.asarray(pruned[bn]["bias"])[~alive])
+
+
+def test_each_run_of_a_compare_writes_a_config_that_resume_accepts():
+  """A --compare shares one set of flags; each run directory's config.json
+  keeps only its own method's structure options, so --resume validates it
+  (--structure on sgd, or --target-flops on rda, would be refused)."""
+  import dataclasses
+  from train.config import validate
+  cfg = Config(compare="rda,net-slim,sgd", structure="channel",
+               group_l1=2e-3, target_flops=0.6)
+  for method, target in (("rda", None), ("net-slim", 0.6), ("sgd", None)):
+    raw = dict(dataclasses.asdict(cfg), method=method, compare=None,
+               target_sparsity=target) | structure.config_fields(method,
+                                                                 target)
+    validate(Config(**raw))
+    assert structure.resume_target(Config(**raw)) == target
+  assert structure.config_fields("rda", None)["target_flops"] is None
