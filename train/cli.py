@@ -153,7 +153,7 @@ def parser() -> argparse.ArgumentParser:
                  "(--l1 and the group term); the run ends with the slim model "
                  "in slim.msgpack")
   g.add_argument("--group-l1", type=float, help="--structure: group "
-                 "strength, lambda_g = group_l1 sqrt(|g|) (default 3e-3)")
+                 "strength, lambda_g = group_l1 sqrt(|g|) (default 1.5e-3)")
   g.add_argument("--bn-l1", type=float, help="net-slim: l1 on the "
                  "BatchNorm scales during --epochs (default 1e-4)")
   g.add_argument("--target-flops", type=float, help="net-slim: prune "
