@@ -60,16 +60,19 @@ def _params():
   return p
 
 
-@pytest.mark.parametrize("method", ["rda", "prox-sgd", "net-slim"])
-def test_second_phase_keeps_dead_channels_dead_batchnorm_included(method):
+@pytest.mark.parametrize("method,struct", [
+    ("rda", "channel"), ("rda", "sparse-group"), ("prox-sgd", "channel"),
+    ("net-slim", "none")])
+def test_second_phase_keeps_dead_channels_dead_batchnorm_included(method,
+                                                                 struct):
   """In the second phase (here from step 0) a dead channel's BatchNorm
   scale and bias get large gradients, which would revive its group (RDA
   rebuilds it from the average; SGD moves it), and must stay exactly 0;
   the live channels do move."""
-  cfg = Config(method=method, epochs=0, asr_epochs=1, structure=(
-      "channel" if method != "net-slim" else "none"), group_l1=(
-          1e-3 if method != "net-slim" else None), target_flops=(
-              0.5 if method == "net-slim" else None), lr=0.1)
+  slim = method == "net-slim"
+  cfg = Config(method=method, epochs=0, asr_epochs=1, structure=struct,
+               l1=1e-3, group_l1=None if slim else 1e-3,
+               target_flops=0.5 if slim else None, lr=0.1)
   tx = optim.build(cfg, method, 10, None).tx
   params = _params()
   state = tx.init(params)
