@@ -102,6 +102,7 @@ def test_threshold_samples_reach_rda():
     (["--target-ramp", "0.2"], "--target-ramp"),
     (["--target-sparsity", "0.9", "--epochs", "0"], "--epochs >= 1"),
     (["--target-sparsity-from", "/nonexistent"], "/nonexistent"),
+    (["--target-sparsity", "0.9", "--structure", "channel"], "--structure"),
 ])
 def test_bad_target_flags_one_line_exit_2(tmp_path, capsys, args, needle):
   code = cli.main(["--out", str(tmp_path / "runs"), "--progress", "none",

@@ -162,6 +162,23 @@ def parser() -> argparse.ArgumentParser:
                  "updates (default 100)")
   g.add_argument("--rigl-t-end-fraction", type=float, help="rigl: mask "
                  "updates stop after this fraction of the steps (default 0.75)")
+  g = p.add_argument_group("channel sparsity: group RDA, network slimming")
+  g.add_argument("--structure", help="rda, prox-sgd: none (element-wise l1, "
+                 "the paper's; default), channel (group lasso over each "
+                 "output channel with its BatchNorm, l1 = 0) or sparse-group "
+                 "(--l1 and the group term); the run ends with the slim model "
+                 "in slim.msgpack")
+  g.add_argument("--group-l1", type=float, help="--structure: group "
+                 "strength, lambda_g = group_l1 sqrt(|g|) (default 1.5e-3)")
+  g.add_argument("--bn-l1", type=float, help="net-slim: l1 on the "
+                 "BatchNorm scales during --epochs (default 1e-4)")
+  g.add_argument("--target-flops", type=float, help="net-slim: prune "
+                 "channels until the slim model has at most this fraction "
+                 "of the dense FLOPs")
+  g.add_argument("--target-flops-from", metavar="RUN_DIR", help="net-slim: "
+                 "the FLOPs fraction that run's slim model reached")
+  g.add_argument("--prune-channels", type=float, help="net-slim: prune this "
+                 "fraction of the channels instead of a FLOPs target")
   g = p.add_argument_group("devices and hosts (docs/SCALING.md)")
   g.add_argument("--devices", type=int, help="use the first N devices "
                  "(default: every visible device, data-parallel)")

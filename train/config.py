@@ -68,6 +68,12 @@ class Config:
   rigl_alpha: float = 0.3
   rigl_delta_t: int = 100
   rigl_t_end_fraction: float = 0.75
+  structure: str = "none"
+  group_l1: Optional[float] = None
+  bn_l1: float = 1e-4
+  target_flops: Optional[float] = None
+  target_flops_from: Optional[str] = None
+  prune_channels: Optional[float] = None
   seed: int = 0
   out: str = "runs"
   run_name: Optional[str] = None
@@ -177,7 +183,8 @@ def _coerce(name: str, value: Any, where: str) -> Any:
       # null means "unset" only where unset is a valid state of the field.
       raise UsageError(f"{where}: null is not allowed (default {default!r})")
     return None
-  if name in ("init_scale", "target_sparsity", "target_ramp"):
+  if name in ("init_scale", "target_sparsity", "target_ramp", "group_l1",
+              "target_flops", "prune_channels"):
     typ = float
   if name in ("image_size", "num_classes", "devices", "threshold_samples"):
     typ = int
@@ -291,6 +298,8 @@ def validate(cfg: Config) -> None:
          f"--rigl-delta-t must be >= 1, got {cfg.rigl_delta_t}")
   _check(_finite(cfg.rigl_t_end_fraction) and 0 < cfg.rigl_t_end_fraction <= 1,
          f"--rigl-t-end-fraction must be in (0, 1], got {cfg.rigl_t_end_fraction}")
+  from train import structure  # pylint: disable=g-import-not-at-top
+  structure.check(cfg)
   for m in (cfg.compare.split(",") if cfg.compare else [cfg.method]):
     check = methods_lib.get(m).check
     if check is not None:

@@ -13,17 +13,19 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple, Optional
 
+import jax.numpy as jnp
 import optax
 
 import rda_optax
 from train import optim
 from train import prune
+from train import structure
 from train._errors import UsageError
 from train.config import Config
 
-# (cfg, params, 0-based epoch, target) -> (new params, log line), or None to
-# leave the params as they are.
-Hook = Callable[[Config, Any, int, Optional[float]],
+# (cfg, params, 0-based epoch, target, run) -> (new params, log line), or
+# None to leave the params as they are; ``run`` is the ``train.run.Run``.
+Hook = Callable[[Config, Any, int, Optional[float], Any],
                 Optional[tuple[Any, str]]]
 
 
@@ -49,6 +51,9 @@ class Method(NamedTuple):
     distribution: the default ``--sparsity-distribution`` (``auto``).
     check: ``(cfg) -> None``, raising ``UsageError`` on a bad combination of
       the method's options; run by ``config.validate``.
+    target_of: ``(cfg, summaries so far) -> target`` for a method whose
+      target is not a sparsity (net-slim's FLOPs); such a method runs after
+      the others of ``--compare``.
   """
   name: str
   help: str
@@ -61,6 +66,7 @@ class Method(NamedTuple):
   demo: Optional[int] = None
   distribution: str = "uniform"
   check: Optional[Callable[[Config], None]] = None
+  target_of: Optional[Callable[[Config, list], Optional[float]]] = None
 
 
 REGISTRY: dict[str, Method] = {}
@@ -115,11 +121,15 @@ def _fail(msg: str) -> None:
 def _rda(cfg: Config, spe: int,
          target: Optional[float]) -> optim.Optimizer:
   gamma = optim.piecewise(cfg.gamma, cfg.gamma_schedule, "gamma_schedule", spe)
-  freeze = rda_optax.freeze_zeros(cfg.epochs * spe)
+  freeze = rda_optax.freeze_zeros(cfg.epochs * spe, mask=_freeze(cfg))
   if target is None:
     l1 = optim.l1_schedule(cfg, spe)
-    tx = optax.chain(rda_optax.rda(gamma, l1, center=cfg.center, l2=cfg.l2),
-                     freeze)
+    groups = structure.group_args(cfg, spe)
+    if cfg.structure == "channel":
+      l1 = optax.constant_schedule(0.0)
+    tx = optax.chain(
+        rda_optax.rda(gamma, l1, center=cfg.center, l2=cfg.l2, **groups),
+        freeze)
     return optim.Optimizer(tx, optim.host(gamma), optim.host(l1), None)
   # lambda_t chosen each step to hit the target (l1-RDA with a data-chosen
   # l1); during ASR the target is 0 (optim.target_schedule), so
@@ -135,11 +145,20 @@ def _rda(cfg: Config, spe: int,
                          logged=optim.target_log(s))
 
 
+def _freeze(cfg: Config):
+  # With channel groups, ASR also freezes the dead channels' BatchNorm.
+  return structure.freeze_mask if cfg.structure != "none" else None
+
+
 def _check_rda(cfg: Config) -> None:
   if cfg.target_sparsity is not None or cfg.target_sparsity_from:
     if cfg.epochs == 0:
       _fail("--method rda reaches a target sparsity during --epochs "
             "(ASR keeps it): needs --epochs >= 1")
+    if cfg.structure != "none":
+      # The target counts zero entries; a group threshold zeros others.
+      _fail("--structure cannot be combined with a target sparsity for "
+            "--method rda (the target counts entries, not channels)")
   else:
     for flag, given in (("--threshold-samples", cfg.threshold_samples),
                         ("--target-ramp", cfg.target_ramp)):
@@ -152,9 +171,12 @@ def _prox_sgd(cfg: Config, spe: int,
               target: Optional[float]) -> optim.Optimizer:
   lr = optim.lr_schedule(cfg, cfg.lr, cfg.total_epochs * spe, spe)
   l1 = optim.l1_schedule(cfg, spe)
+  groups = structure.group_args(cfg, spe)
+  if cfg.structure == "channel":
+    l1 = optax.constant_schedule(0.0)
   tx = optax.chain(
-      rda_optax.prox_sgd(lr, l1, momentum=cfg.momentum),
-      rda_optax.freeze_zeros(cfg.epochs * spe))
+      rda_optax.prox_sgd(lr, l1, momentum=cfg.momentum, **groups),
+      rda_optax.freeze_zeros(cfg.epochs * spe, mask=_freeze(cfg)))
   return optim.Optimizer(tx, None, optim.host(l1), optim.host(lr))
 
 
@@ -234,8 +256,38 @@ def _check_rigl(cfg: Config) -> None:
           "(a global threshold needs trained magnitudes; RigL starts sparse)")
 
 
+def _net_slim(cfg: Config, spe: int, target: Optional[float]) -> optim.Optimizer:
+  # Liu et al. (2017): dense SGD with l1 on the BatchNorm scales for
+  # `epochs`; channels pruned by |scale| at the boundary (the hook); then
+  # fine-tuning without the penalty, the pruned channels' kernels and
+  # BatchNorm frozen at 0, the lr schedule restarted as prune-finetune's.
+  phase2, total = cfg.epochs * spe, cfg.total_epochs * spe
+  s1 = optim.lr_schedule(cfg, cfg.lr, phase2, spe)
+  s2 = optim.lr_schedule(cfg, cfg.lr * cfg.finetune_lr_scale, total - phase2,
+                         spe)
+  lr = optax.join_schedules([s1, s2], [phase2])
+  bn_l1 = lambda step: jnp.where(step < phase2, cfg.bn_l1, 0.0)  # noqa: E731
+  tx = optax.chain(structure.add_bn_l1(bn_l1), *optim.dense_sgd(cfg, lr),
+                   rda_optax.freeze_zeros(phase2, mask=structure.freeze_mask))
+  return optim.Optimizer(tx, None, None, optim.host(lr))
+
+
+def _slim_at_boundary(cfg: Config, params: Any, epoch: int,
+                      target: Optional[float], run: Any):
+  if epoch != cfg.epochs:
+    return None
+  shape = run.images.shape[1:]
+  if cfg.prune_channels is not None:
+    pruned, k = structure.prune_fraction(params, cfg.prune_channels)
+  else:
+    pruned, k = structure.prune_to_flops(run.model, params, shape, target)
+  ratio = structure.flops_row(run.model, pruned, shape)["ratio"]
+  return pruned, (f"pruned {k} channels by BatchNorm scale: FLOPs "
+                  f"{ratio:.4f} of dense")
+
+
 def _prune_at_boundary(cfg: Config, params: Any, epoch: int,
-                       target: Optional[float]):
+                       target: Optional[float], run: Any):
   if epoch != cfg.epochs or target is None:
     return None
   pruned = prune.magnitude_prune(params, target, cfg.prune_scope)
@@ -271,3 +323,10 @@ register(Method(
     "drop-and-grow every --rigl-delta-t steps, with sgd's update and lr "
     "schedule", _rigl, ("rigl", "rigl"), needs_target=True,
     distribution="erk", check=_check_rigl))
+register(Method(
+    "net-slim", "network slimming (Liu et al. 2017): sgd with l1 on the "
+    "BatchNorm scales (--bn-l1), channels pruned by |scale| to "
+    "--target-flops (or --prune-channels, --target-flops-from; in --compare "
+    "the FLOPs of the rda/prox-sgd --structure run) and removed, "
+    "fine-tuning", _net_slim, ("dense", "finetune"),
+    before_epoch=_slim_at_boundary, target_of=structure.net_slim_target))

@@ -26,8 +26,9 @@ from train import optim
 from train import parallel
 from train import preflight
 from train import report
-from train import timing
 from train import resume_checks
+from train import structure
+from train import timing
 from train._errors import UsageError
 from train._lock import run_lock
 from train.checkpoint import Checkpoints
@@ -172,6 +173,8 @@ class Run(NamedTuple):
   rows: int
   sharded: bool
   rows_read: Optional[int]
+  # model -> an ``evaluate`` of that model on the same data (the slim model).
+  evaluator: Optional[Callable] = None
 
 
 def build_run(cfg: Config, method: str, splits: data_lib.Splits, *,
@@ -248,8 +251,9 @@ def build_run(cfg: Config, method: str, splits: data_lib.Splits, *,
                                       cfg.eval_batch_size, topo.size)
       evals[name] = (parallel.put_global(xi, rep), parallel.put_global(yi, rep),
                      arr.images.shape[0], b)
+  evaluator = lambda m: engine.make_evaluate(m, mean, std, dtype, topo=topo)  # noqa: E731
   return Run(model, opt, state, key, train_epoch, evaluate, d_images,
-             d_labels, evals, topo, spe, rows, sharded, read)
+             d_labels, evals, topo, spe, rows, sharded, read, evaluator)
 
 
 def epoch_row(cfg: Config, method: str, epoch: int, r: Run,
@@ -267,6 +271,7 @@ def epoch_row(cfg: Config, method: str, epoch: int, r: Run,
   layer = rda_optax.sparsity_report(state.params)
   row["sparsity"] = float(rda_optax.sparsity(state.params))
   row["sparsity_per_layer"] = {l.path: l.sparsity for l in layer}
+  row["channels_per_layer"] = structure.channel_counts(state.params)
   step = int(state.step) - 1
   for k in ("gamma", "l1", "lr"):
     f = getattr(r.opt, k)
@@ -336,6 +341,8 @@ def summarize(cfg: Config, method: str, splits: data_lib.Splits, r: Run,
     summary["test_top1"], summary["test_top5"] = r.evaluate(state, *r.evals["test"])
   else:
     summary["test_top1"] = summary["test_top5"] = None
+  summary.update(structure.summarize(cfg, method, r, state, target, run_dir,
+                                     is_main(), _dtype(cfg)))
   summary["wall_s"] = time.time() - t_start
   summary["device"] = jax.devices()[0].device_kind
   summary["devices"] = r.topo.size
@@ -403,7 +410,7 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
       raise Stopped(f"interrupted before epoch {start_epoch + 1}: "
                     f"{resume_line}", 130)
     for epoch in range(start_epoch, cfg.total_epochs):
-      changed = hook(cfg, state.params, epoch, target) if hook else None
+      changed = hook(cfg, state.params, epoch, target, r) if hook else None
       if changed is not None:
         state = state._replace(params=changed[0])
         progress.write(changed[1])
@@ -494,7 +501,8 @@ def start_run_dir(cfg: Config, method: str, stamp: str,
     run_dir.mkdir(parents=True)
     _write_atomic(run_dir / "config.json",
                   json.dumps(dict(dataclasses.asdict(cfg), method=method,
-                                  compare=None, target_sparsity=target),
+                                  compare=None, target_sparsity=target)
+                             | structure.config_fields(method, target),
                              indent=2, sort_keys=True))
   except OSError as e:
     raise UsageError(f"--out: cannot write run directory {run_dir}: "
@@ -514,7 +522,8 @@ def _run(cfg: Config, interrupted: list[int]) -> list[dict[str, Any]]:
   # Methods that others compare against run first: a method with a target
   # sparsity trains to the sparsity the RDA run reached, at the same total
   # epochs.
-  order = sorted(names, key=lambda m: methods.get(m).needs_target)
+  order = sorted(names, key=lambda m: methods.get(m).needs_target
+                 or methods.get(m).target_of is not None)
   stamp = preflight.stamp(cfg)
   preflight.check(cfg, order, [_run_dir(cfg, m, stamp) for m in order],
                   main=is_main())
@@ -530,7 +539,9 @@ def _run(cfg: Config, interrupted: list[int]) -> list[dict[str, Any]]:
     m = methods.get(method)
     # In --compare, a method without a target (sgd, prox-sgd) runs as it is.
     t = target if m.needs_target or m.takes_target else None
-    if m.needs_target and t is None:
+    if m.target_of is not None:  # net-slim: a FLOPs target
+      t = m.target_of(cfg, summaries)
+    elif m.needs_target and t is None:
       rda_runs = [s for s in summaries if s["method"] == "rda"]
       if not rda_runs:
         raise UsageError(f"{method} needs --target-sparsity, "
@@ -572,4 +583,5 @@ def resume(run_dir: str, **overrides: Any) -> list[dict[str, Any]]:
     check_data(cfg, splits)
     _check_interrupted(interrupted, "while loading the data")
     return [train_one(cfg, cfg.method, splits, path, resume=True,
-                      target=cfg.target_sparsity, interrupted=interrupted)]
+                      target=structure.resume_target(cfg),
+                      interrupted=interrupted)]

@@ -1,0 +1,410 @@
+"""Channel sparsity in the trainer: group RDA, network slimming, slim models.
+
+``--structure channel`` / ``sparse-group`` give ``rda`` and ``prox-sgd`` the
+channel groups of ``rda_optax.channel_groups`` (one group per output channel:
+its kernel column, bias and BatchNorm scale and bias). ``--method net-slim``
+is Liu et al. (2017): l1 on the BatchNorm scales, channels pruned by
+``|scale|`` at the phase boundary to a FLOPs target, fine-tuning. Both end
+in the same place: whole channel groups at exactly 0, which ``models.slim``
+cuts out. This module holds what the two share: the freeze mask that keeps
+dead channels dead in the second phase, the per-layer channel counts of the
+log, FLOPs, and the slim model written into the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, NamedTuple, Optional
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+
+import models
+import rda_optax
+from train._errors import UsageError
+
+STRUCTURES = ("none", "channel", "sparse-group")
+# Methods that take --structure: the ones whose update has a proximal step.
+STRUCTURED_METHODS = ("rda", "prox-sgd")
+SLIM_FILE = "slim.msgpack"
+SLIM_META = "slim.json"
+# Digits (small CNN, digits-demo preset, 20 + 5 epochs): 1.5e-3 leaves 39 of
+# 128 hidden channels at 99.6% test top-1; 2.5e-3 kills the whole layer
+# within 14 epochs (docs/RESULTS.md). Larger networks need their own value.
+DEFAULT_GROUP_L1 = 1.5e-3
+
+
+def _fail(msg: str) -> None:
+  raise UsageError(msg)
+
+
+# --- options ----------------------------------------------------------------
+
+def uses_groups(cfg: Any, method: str) -> bool:
+  """Whether ``method`` of ``cfg`` trains with channel groups."""
+  return cfg.structure != "none" and method in STRUCTURED_METHODS
+
+
+def slims(cfg: Any, method: str) -> bool:
+  """Whether the run ends with a slim model written and evaluated."""
+  return uses_groups(cfg, method) or method == "net-slim"
+
+
+def _abstract_params(model_name: str) -> Any:
+  # Which leaves form channel groups does not depend on the input size or
+  # the classes, so any small RGB input will do.
+  model = models.get(model_name)
+  x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+  # Zero-stride views: the shapes channel_groups reads, no memory.
+  return jax.tree.map(lambda s: np.broadcast_to(np.float32(0), s.shape),
+                      shapes["params"])
+
+
+def check(cfg: Any) -> None:
+  """Checks ``--structure``, ``--group-l1`` and net-slim's options."""
+  def _check(ok: bool, msg: str) -> None:
+    if not ok:
+      _fail(msg)
+
+  _check(cfg.structure in STRUCTURES,
+         f"--structure must be {', '.join(STRUCTURES)}, got {cfg.structure!r}")
+  run = cfg.compare.split(",") if cfg.compare else [cfg.method]
+  if cfg.structure != "none":
+    _check(any(m in STRUCTURED_METHODS for m in run),
+           f"--structure {cfg.structure} needs --method "
+           f"{' or '.join(STRUCTURED_METHODS)} (got {', '.join(run)})")
+  if cfg.group_l1 is not None:
+    _check(cfg.structure != "none",
+           "--group-l1 needs --structure channel or sparse-group")
+    _check(isinstance(cfg.group_l1, (int, float)) and
+           np.isfinite(cfg.group_l1) and cfg.group_l1 > 0,
+           f"--group-l1 must be > 0, got {cfg.group_l1}")
+  if cfg.structure != "none" or "net-slim" in run:
+    specs = rda_optax.channel_groups(_abstract_params(cfg.model))
+    _check(any(s is not None for s in jax.tree.leaves(specs)),
+           f"--model {cfg.model}: no kernel feeds a BatchNorm, so there are "
+           "no channel groups to remove")
+  _check(isinstance(cfg.bn_l1, (int, float)) and np.isfinite(cfg.bn_l1)
+         and cfg.bn_l1 >= 0, f"--bn-l1 must be >= 0, got {cfg.bn_l1}")
+  given = [f for f in ("target_flops", "target_flops_from", "prune_channels")
+           if getattr(cfg, f) is not None]
+  if given and "net-slim" not in run:
+    _fail(f"--{given[0].replace('_', '-')} is an option of --method net-slim")
+  _check(len(given) <= 1, "net-slim: give one of --target-flops, "
+         "--target-flops-from, --prune-channels")
+  if cfg.target_flops is not None:
+    _check(np.isfinite(cfg.target_flops) and 0 < cfg.target_flops <= 1,
+           f"--target-flops must be in (0, 1], got {cfg.target_flops}")
+  if cfg.prune_channels is not None:
+    _check(np.isfinite(cfg.prune_channels) and 0 <= cfg.prune_channels < 1,
+           f"--prune-channels must be in [0, 1), got {cfg.prune_channels}")
+  if cfg.target_flops_from is not None:
+    flops_from_run(cfg.target_flops_from)
+  if "net-slim" in run and not given:
+    _check(cfg.structure != "none" and any(
+        m in STRUCTURED_METHODS for m in run),
+           "--method net-slim needs --target-flops, --target-flops-from, "
+           "--prune-channels, or --compare with rda or prox-sgd and "
+           "--structure (to match that run's FLOPs)")
+
+
+def flops_from_run(run_dir: str) -> float:
+  """The FLOPs ratio (slim / dense) another run reached, from summary.json."""
+  path = Path(run_dir) / "summary.json"
+  try:
+    r = json.loads(path.read_text())["flops"]["ratio"]
+  except FileNotFoundError:
+    raise UsageError(f"--target-flops-from: {path} does not exist "
+                     "(has that run finished?)") from None
+  except (OSError, ValueError, KeyError, TypeError):
+    raise UsageError(f"--target-flops-from: {path} has no readable "
+                     "flops ratio") from None
+  if not (isinstance(r, (int, float)) and 0 < r <= 1):
+    raise UsageError(f"--target-flops-from: {path}: flops ratio {r!r} not "
+                     "in (0, 1]")
+  return float(r)
+
+
+def net_slim_target(cfg: Any, summaries: list[dict]) -> Optional[float]:
+  """net-slim's FLOPs target: the flag, the file, or the FLOPs ratio the
+  grouped rda/prox-sgd run of the same ``--compare`` reached; None with
+  ``--prune-channels``."""
+  if cfg.prune_channels is not None:
+    return None
+  if cfg.target_flops is not None:
+    return cfg.target_flops
+  if cfg.target_flops_from is not None:
+    return flops_from_run(cfg.target_flops_from)
+  for s in summaries:
+    if s["method"] in STRUCTURED_METHODS and s.get("flops"):
+      return s["flops"]["ratio"]
+  raise UsageError("net-slim needs --target-flops, --target-flops-from or "
+                   "--prune-channels")
+
+
+# --- optimizers -------------------------------------------------------------
+
+def group_args(cfg: Any, spe: int) -> dict[str, Any]:
+  """``groups=``/``group_l1=`` for ``rda``/``prox_sgd``: the channel groups
+  with ``--group-l1`` (0 in the ``--debias-epochs``, like l1)."""
+  if cfg.structure == "none":
+    return {}
+  lam = cfg.group_l1 if cfg.group_l1 is not None else DEFAULT_GROUP_L1
+  if cfg.debias_epochs:
+    start = (cfg.total_epochs - cfg.debias_epochs) * spe
+    g = lambda step: jnp.where(step >= start, 0.0, lam)  # noqa: E731
+  else:
+    g = lam
+  return dict(groups=rda_optax.channel_groups, group_l1=g)
+
+
+
+def freeze_mask(params: Any) -> Any:
+  """Kernels and every leaf in a channel group (BatchNorm scale and bias).
+
+  ASR freezes exact zeros in these leaves. Kernels alone are not enough: a
+  dead channel's BatchNorm scale and bias still get gradients, the group's
+  average may grow past its threshold again, and the channel would come
+  back as a constant ``relu(bias)`` that ``models.slim`` cannot remove.
+  """
+  specs = rda_optax.channel_groups(params)
+  kernels = rda_optax.default_l1_mask(params)
+  return jax.tree.map(lambda k, s: bool(k) or s is not None, kernels, specs,
+                      is_leaf=lambda x: x is None)
+
+
+def _bn_scales(params: Any) -> Any:
+  specs = rda_optax.channel_groups(params)
+  return jax.tree_util.tree_map_with_path(
+      lambda p, s: s is not None and str(getattr(p[-1], "key", "")) == "scale",
+      specs, is_leaf=lambda x: x is None)
+
+
+def add_bn_l1(strength: optax.ScalarOrSchedule) -> optax.GradientTransformation:
+  r"""Adds the subgradient of ``strength * sum |gamma|`` over the BatchNorm
+  scales ``gamma`` that belong to a channel group: network slimming's
+  sparsity term (Liu et al. 2017, eq. 1), ``g <- g + s sign(gamma)``."""
+
+  def init_fn(params):
+    del params
+    return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    s = strength(state.count) if callable(strength) else strength
+    mask = _bn_scales(params)
+    updates = jax.tree.map(
+        lambda u, w, m: u + (s * jnp.sign(w)).astype(u.dtype) if m else u,
+        updates, params, mask)
+    return updates, optax.ScaleByScheduleState(
+        count=optax.safe_increment(state.count))
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+# --- pruning by BatchNorm scale (net-slim) ----------------------------------
+
+class Units(NamedTuple):
+  """The prunable channels: family key and index of each, and its score."""
+  keys: list[str]
+  index: np.ndarray
+  score: np.ndarray
+
+
+def _flat(params):
+  return traverse_util.flatten_dict(params, sep="/")
+
+
+def _spec_flat(params):
+  specs = rda_optax.channel_groups(params)
+  return {"/".join(str(getattr(k, "key", k)) for k in p): s
+          for p, s in jax.tree_util.tree_flatten_with_path(
+              specs, is_leaf=lambda x: x is None)[0] if s is not None}
+
+
+def prune_units(params: Any) -> Units:
+  """One unit per channel group; its score is the largest ``|scale|`` of
+  the group's BatchNorms (a ResNet stream channel goes only when every
+  writer's scale is small). Each family's best channel is left out, so no
+  layer loses all of its channels."""
+  flat, specs = _flat(params), _spec_flat(params)
+  fam: dict[str, np.ndarray] = {}
+  for path, s in specs.items():
+    if path.endswith("/scale"):
+      a = np.abs(np.asarray(flat[path], np.float32))
+      fam[s.key] = a if s.key not in fam else np.maximum(fam[s.key], a)
+  keys, idx, score = [], [], []
+  for k, a in fam.items():
+    for c in np.argsort(a, kind="stable")[:-1]:
+      keys.append(k)
+      idx.append(c)
+      score.append(a[c])
+  order = np.argsort(np.asarray(score), kind="stable")
+  return Units([keys[i] for i in order], np.asarray(idx)[order],
+               np.asarray(score)[order])
+
+
+def zero_units(params: Any, units: Units, k: int) -> Any:
+  """``params`` with the first ``k`` units' whole groups set to exactly 0."""
+  flat, specs = _flat(params), _spec_flat(params)
+  out = {p: np.array(v) for p, v in flat.items()}
+  by_key: dict[str, list[int]] = {}
+  for key, c in zip(units.keys[:k], units.index[:k]):
+    by_key.setdefault(key, []).append(int(c))
+  for path, s in specs.items():
+    if s.key in by_key:
+      sl = [slice(None)] * out[path].ndim
+      sl[s.axis] = by_key[s.key]
+      out[path][tuple(sl)] = 0
+  return jax.tree.map(jnp.asarray, traverse_util.unflatten_dict(out, sep="/"))
+
+
+def slim_flops(model: Any, params: Any, input_shape) -> int:
+  small, _ = models.slim(model, {"params": params})
+  return models.flops(small, input_shape)
+
+
+def prune_to_flops(model: Any, params: Any, input_shape, target: float
+                   ) -> tuple[Any, int]:
+  """Prunes the fewest lowest-scale units that bring the slim model's FLOPs
+  to at most ``target`` times the dense model's (binary search: FLOPs only
+  fall as units go). Returns the params and the number pruned; if even
+  every prunable unit is not enough, all of them go."""
+  units = prune_units(params)
+  goal = target * models.flops(model, input_shape)
+  lo, hi = 0, len(units.keys)
+  cache: dict[int, int] = {}
+
+  def f(k):
+    if k not in cache:
+      cache[k] = slim_flops(model, zero_units(params, units, k), input_shape)
+    return cache[k]
+
+  while lo < hi:
+    mid = (lo + hi) // 2
+    if f(mid) <= goal:
+      hi = mid
+    else:
+      lo = mid + 1
+  return zero_units(params, units, lo), lo
+
+
+def prune_fraction(params: Any, fraction: float) -> tuple[Any, int]:
+  """Prunes ``round(fraction * channels)`` lowest-scale units (capped at
+  the prunable ones)."""
+  units = prune_units(params)
+  total = len(units.keys) + len({k for k in units.keys})
+  k = min(int(round(fraction * total)), len(units.keys))
+  return zero_units(params, units, k), k
+
+
+# --- what the run logs and writes -------------------------------------------
+
+def channel_counts(params: Any) -> dict[str, int]:
+  """Alive channels of each BatchNorm layer (``models.dead_channels``)."""
+  return {k: int((~d).sum())
+          for k, d in models.dead_channels({"params": params}).items()}
+
+
+def flops_row(model: Any, params: Any, input_shape) -> dict[str, Any]:
+  dense = models.flops(model, input_shape)
+  small = slim_flops(model, params, input_shape)
+  return dict(dense=dense, slim=small, ratio=small / dense)
+
+
+def save_slim(run_dir: Path, model: Any, variables: Any) -> None:
+  """Writes the slim model: its widths (``slim.json``) and variables
+  (``slim.msgpack``, ``flax.serialization``)."""
+  widths = jax.tree.map(int, model.widths)
+  meta = dict(widths=widths, num_classes=model.num_classes)
+  (run_dir / SLIM_FILE).write_bytes(flax.serialization.msgpack_serialize(
+      jax.tree.map(np.asarray, variables)))
+  (run_dir / SLIM_META).write_text(json.dumps(meta))
+
+
+def _tuples(x):
+  return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
+
+
+def load_slim(run_dir: str | Path, dtype: Any = jnp.float32
+              ) -> tuple[Any, dict]:
+  """Rebuilds the slim model of a finished run: ``(model, variables)``.
+
+  The model is ``models.get(config.model)`` with the widths of
+  ``slim.json``; the variables are those of ``slim.msgpack``.
+  """
+  run_dir = Path(run_dir)
+  try:
+    cfg = json.loads((run_dir / "config.json").read_text())
+    meta = json.loads((run_dir / SLIM_META).read_text())
+    raw = (run_dir / SLIM_FILE).read_bytes()
+  except (OSError, ValueError) as e:
+    raise UsageError(f"{run_dir}: no readable slim model: {e}") from None
+  model = models.get(cfg["model"], num_classes=meta["num_classes"],
+                     dtype=dtype, widths=_tuples(meta["widths"]))
+  variables = flax.serialization.msgpack_restore(raw)
+  return model, jax.tree.map(jnp.asarray, variables)
+
+
+def config_fields(method: str, target: Optional[float]) -> dict[str, Any]:
+  """What a run directory's config.json says of the structure options:
+  only the ones its own method takes, so that ``--resume`` validates it
+  (a ``--compare`` shares one set of flags among methods)."""
+  out: dict[str, Any] = {}
+  if method not in STRUCTURED_METHODS:
+    out.update(structure="none", group_l1=None)
+  if method == "net-slim":
+    out.update(target_sparsity=None, target_flops=target,
+               target_flops_from=None)
+  else:
+    out.update(target_flops=None, target_flops_from=None, prune_channels=None)
+  return out
+
+
+def resume_target(cfg: Any) -> Optional[float]:
+  """The target a resumed run trains to, from its config.json."""
+  if cfg.method == "net-slim":
+    return cfg.target_flops
+  return cfg.target_sparsity
+
+
+def summarize(cfg: Any, method: str, r: Any, state: Any,
+              target: Optional[float], run_dir: Path, main: bool,
+              dtype: Any) -> dict[str, Any]:
+  """The summary's structure fields: FLOPs (dense, slim, ratio) for every
+  run; for the structured ones, the slim model's widths, parameters and
+  val/test top-1, evaluated after writing it and reading it back."""
+  shape = r.images.shape[1:]
+  out: dict[str, Any] = dict(flops=flops_row(r.model, state.params, shape))
+  out["channels_per_layer"] = channel_counts(state.params)
+  if method == "net-slim":
+    out.update(target_sparsity=None, target_flops=target)
+  if not slims(cfg, method):
+    return out
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  small, sv = models.slim(r.model, jax.device_get(variables))
+  if main:
+    try:
+      save_slim(run_dir, small, sv)
+    except OSError as e:
+      raise UsageError(f"cannot write the slim model into {run_dir}: "
+                       f"{e.strerror or e}") from None
+    if jax.process_count() == 1:
+      # What the summary reports is the model as read back from disk.
+      small, sv = load_slim(run_dir, dtype)
+  evaluate = r.evaluator(small)
+  slim_state = state._replace(params=sv["params"],
+                              batch_stats=sv.get("batch_stats", {}))
+  row = dict(widths=jax.tree.map(int, small.widths),
+             params=models.param_count(sv["params"]),
+             dense_params=models.param_count(state.params))
+  for split in ("val", "test"):
+    row[f"{split}_top1"] = (evaluate(slim_state, *r.evals[split])[0]
+                            if split in r.evals else None)
+  out["slim"] = row
+  return out
