@@ -42,6 +42,10 @@ def test_rda_reaches_the_target_per_layer_and_asr_keeps_it(tmp_path):
   other = tmp_path / "other"
   other.mkdir()
   (other / "summary.json").write_text(json.dumps({"sparsity": 0.9}))
+  # A run of the same model and data (preflight.check_source_run).
+  (other / "config.json").write_text(json.dumps(
+      {"model": "small_cnn", "dataset": "digits", "data_dir": None,
+       "image_size": None}))
   code = cli.main(["--out", str(tmp_path / "runs"), "--run-name", "u",
                    *FAST, "--method", "rda", "--target-sparsity-from",
                    str(other), "--sparsity-distribution", "uniform"])
