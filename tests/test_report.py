@@ -205,6 +205,31 @@ def test_progress_resumed_run_eta(monkeypatch):
   assert stream.getvalue() == "cnn epoch  5/10 skipped 2 eta 0:00:25\n"
 
 
+def test_progress_inside_a_long_epoch(monkeypatch):
+  """A step line at most every step_every seconds of an epoch, none for its
+  last step (the epoch line follows), and the interval restarts with each
+  epoch."""
+  now = [0.0]
+  monkeypatch.setattr(report, "_now", lambda: now[0])
+  stream = io.StringIO()
+  progress = report.Progress(2, desc="cnn", stream=stream)
+  for t, done in ((4.0, 1), (9.9, 2), (10.0, 3), (15.0, 4), (20.5, 5),
+                  (40.0, 6)):
+    now[0] = t
+    progress.step(done, 6)
+  now[0] = 41.0
+  progress.update({"epoch": 1})
+  now[0] = 45.0
+  progress.step(1, 6)  # 4 s into epoch 2: quiet
+  now[0] = 55.0
+  progress.step(2, 6)  # 10 s after the epoch's first step
+  now[0] = 60.0
+  progress.step(3, 6)  # 5 s after that line: quiet
+  assert stream.getvalue().splitlines() == [
+      "cnn epoch 1/2 step 3/6", "cnn epoch 1/2 step 5/6",
+      "cnn epoch 1/2 eta 0:00:41", "cnn epoch 2/2 step 2/6"]
+
+
 def test_progress_disabled_prints_nothing():
   stream = io.StringIO()
   with report.Progress(3, enabled=False, stream=stream) as progress:

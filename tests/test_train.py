@@ -231,7 +231,10 @@ def test_scan_and_loop_epochs_agree():
     ep = engine.make_train_epoch(model, tx, 4, 64, np.zeros(1), np.ones(1),
                                  "crop", 0.0, 10, jnp.float32, x.shape[0],
                                  scan=scan)
-    st, m = ep(st, jax.device_put(x), jax.device_put(y), jax.random.key(3))
+    calls = []  # in-epoch progress: every step of the host loop, none in scan
+    st, m = ep(st, jax.device_put(x), jax.device_put(y), jax.random.key(3),
+               on_step=lambda done, steps, _: calls.append((done, steps)))
+    assert calls == ([] if scan else [(i, 4) for i in range(1, 5)])
     out.append((st.params, float(m["loss"])))
   assert out[0][1] == pytest.approx(out[1][1], rel=1e-4)
   # SGD, not RDA: RDA's first steps (w_2 = -g_1/gamma ahead of BatchNorm)

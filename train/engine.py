@@ -271,18 +271,23 @@ def make_train_epoch(spec: EpochSpec | nn.Module, *args, **kwargs):
 
   jit_step = jax.jit(step, donate_argnums=(0,))
 
-  def looped_epoch(state, images, labels, idx, keys):
+  def looped_epoch(state, images, labels, idx, keys, on_step=None):
     per_step = []
     for i in range(steps):
       state, m = jit_step(state, images, labels, idx[i], keys[i])
       per_step.append(m)
+      if on_step is not None:
+        on_step(i + 1, steps, m)
     return state, summarize(state, jnp.stack(per_step))
 
-  run = scanned_epoch if use_scan else looped_epoch
-
-  def epoch(state, images, labels, key):
+  def epoch(state, images, labels, key, on_step=None):
+    """One epoch. ``on_step(done, steps, metrics)`` is called after each
+    step is dispatched on the host loop (never inside the compiled scan);
+    blocking on ``metrics`` waits for that step."""
     idx, keys = plan(key)
-    return run(state, images, labels, idx, keys)
+    if use_scan:
+      return scanned_epoch(state, images, labels, idx, keys)
+    return looped_epoch(state, images, labels, idx, keys, on_step)
 
   return epoch
 

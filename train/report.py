@@ -751,6 +751,9 @@ class Progress:
     self._initial = initial
     self._stream = sys.stderr if stream is None else stream
     self._start = _now()
+    # In-epoch lines (step()) start after one quiet interval.
+    self._last_step_line = self._start
+    self.step_every = 10.0
     self._closed = False
     self._bar = None
     if enabled is False:
@@ -784,6 +787,7 @@ class Progress:
     if self._closed:
       return
     self.n += 1
+    self._last_step_line = None  # the next epoch's quiet interval
     postfix = _postfix(metrics)
     if self._bar is not None:
       self._bar.set_postfix_str(postfix, refresh=False)
@@ -803,6 +807,33 @@ class Progress:
     width = len(str(self.total))
     counter = f"epoch {self.n:>{width}}/{self.total}"
     return " ".join(p for p in (prefix + counter, postfix, timing) if p)
+
+  def step(self, done: int, steps: int, pending: Any = None) -> None:
+    """Shows progress inside an epoch, at most every ``step_every`` seconds.
+
+    The host loop of a CPU epoch calls this after each step, so a long epoch
+    is not minutes of silence. ``pending`` (the step's output) is waited for
+    only when a line is shown, so that it reports steps done, not queued.
+    """
+    if self.mode == "off" or self._closed or done >= steps:
+      return
+    now = _now()
+    if self._last_step_line is None:
+      self._last_step_line = now
+    if now - self._last_step_line < self.step_every:
+      return
+    if pending is not None:
+      import jax  # pylint: disable=g-import-not-at-top
+      jax.block_until_ready(pending)
+      now = _now()
+    self._last_step_line = now
+    if self._bar is not None:
+      self._bar.set_postfix_str(f"step {done}/{steps}")
+    else:
+      prefix = f"{self.desc} " if self.desc else ""
+      width = len(str(self.total))
+      print(f"{prefix}epoch {self.n + 1:>{width}}/{self.total} "
+            f"step {done}/{steps}", file=self._stream, flush=True)
 
   def write(self, msg: str) -> None:
     """Prints a message on its own line without breaking the bar."""

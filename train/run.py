@@ -417,7 +417,8 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
       t0 = time.time()
       timing.take_compile_seconds()
       state, m = r.train_epoch(state, r.images, r.labels,
-                               jax.random.fold_in(r.key, epoch + 1))
+                               jax.random.fold_in(r.key, epoch + 1),
+                               on_step=progress.step)
       m = jax.device_get(m)
       dt = time.time() - t0
       compile_s = min(timing.take_compile_seconds(), dt)
