@@ -9,18 +9,11 @@ import pytest
 import rda_optax
 from rda_optax import _gmp
 
-
-def _params(seed=0):
-  rng = np.random.default_rng(seed)
-  return {"w": jnp.asarray(rng.normal(size=(20, 25)), jnp.float32),
-          "v": jnp.asarray(rng.normal(size=(3, 3, 4, 8)), jnp.float32),
-          "b": jnp.asarray(rng.normal(size=(8,)), jnp.float32)}
+import _toy_tree  # tests/_toy_tree.py
 
 
-def _grads(params, i):
-  rng = np.random.default_rng(1000 + i)
-  return jax.tree.map(
-      lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+_params = _toy_tree.params
+_grads = _toy_tree.grads
 
 
 def _cubic(t, s_i, s_f, t0, n, dt):
