@@ -46,10 +46,12 @@ def test_part_a_end_to_end(tmp_path):
   """PART=a with a small CNN and 1 + 1 epochs, two runs side by side as on
   the device: the flags, GMP and RigL at the RDA run's sparsity, the goals
   table and the speed tables."""
-  runs = tmp_path / "runs"
+  runs, out = tmp_path / "runs", tmp_path / "out"
+  out.mkdir()
   done = _script(dict(PART="a", MODEL="small_cnn", E1="1", E2="1", DEBIAS="1",
                       PARALLEL="2", DATA=str(_tiny_cifar(tmp_path)),
-                      RUNS=str(runs), RDA_OPTAX_CACHE=str(tmp_path / "cache")))
+                      RUNS=str(runs), OUT=str(out),
+                      RDA_OPTAX_CACHE=str(tmp_path / "cache")))
   assert done.returncode == 0, done.stderr[-3000:]
   assert "failed" not in done.stderr, done.stderr[-3000:]
   names = {"small_cnn-sgd-2", "small_cnn-rda-debias1-2", "small_cnn-gmp-2",
@@ -88,18 +90,31 @@ def test_part_a_end_to_end(tmp_path):
   assert cells["goal 2"] in ("yes", "no") and cells["goal 1"] in ("yes", "no")
   assert (runs / "compare-small_cnn-2-s0.png").stat().st_size > 0
   assert "rda-debias1" in done.stdout and "runs side by side" in done.stdout
+  # What comes back from the device: one tarball (no checkpoints) and goals.
+  assert sorted(p.name for p in out.iterdir()) == ["goals-a.md", "issue17-a.tar.gz"]
+  assert (out / "goals-a.md").read_text() == table
+  with tarfile.open(out / "issue17-a.tar.gz") as packed:
+    members = {m.name.removeprefix("./") for m in packed.getmembers()}
+  assert {f"{n}/{f}" for n in names for f in ("config.json", "summary.json",
+          "metrics.jsonl", "curves.png")} <= members
+  assert {"timeline.tsv", "goals.md", "logs/small_cnn-rigl-2.log",
+          "compare-small_cnn-2-s0.png"} <= members
+  assert not any("checkpoints" in m for m in members)
 
 
 @pytest.mark.parametrize("env, line", [
-    (dict(PART="z"), "gpu_issue17.sh: PART must be a, b, c or d, not 'z'"),
+    (dict(PART="z"), "gpu_issue17.sh: PART must be a, b, c, d or e, not 'z'"),
     (dict(PART="a", PARALLEL="0"),
      "gpu_issue17.sh: PARALLEL must be 1 to 9, not '0'"),
     (dict(PART="b", DATA="/nonexistent/train.tar.xz"),
      "gpu_issue17.sh: DATA /nonexistent/train.tar.xz does not exist "
      "(carry .data with the tarball)"),
+    (dict(PART="c", E1="1", E2="1", DEBIAS="1", MODEL="m"),
+     "gpu_issue17.sh: PART c needs RDA seed 1's run (PART b): no "
+     "{tmp}/r/m-rda-debias1-2-s1/summary.json; set FROM_S1"),
 ])
 def test_bad_settings_are_one_line_and_exit_2(tmp_path, env, line):
   done = _script(dict(dict(DATA=str(tmp_path)), RUNS=str(tmp_path / "r"), **env),
                  timeout=60)
-  assert (done.returncode, done.stderr.strip()) == (2, line)
+  assert (done.returncode, done.stderr.strip()) == (2, line.format(tmp=tmp_path))
   assert not (tmp_path / "r").exists()
