@@ -52,7 +52,8 @@
 # (phase epochs, default 70 + 30), DEBIAS (default 15), RDA_TARGETS (default
 # "0.95 0.98"), PARALLEL (runs at once in a wave, default 3; 1 runs them one
 # by one, the alone baseline), MEM_FRACTION (GPU memory per process, default
-# 0.9 / PARALLEL), RUNS, PYTHON, FROM_S1 (PART c), DENSE_TOP1 (for goals.py
+# 0.9 / PARALLEL), RUNS, PYTHON, FROM_S1 (PART c), GROUP_L1 (PART e; default
+# the trainer's), DENSE_TOP1 (for goals.py
 # when RUNS holds no dense run of a model, as in PARTs c and e on a fresh
 # machine; or rerun goals.py here over every part brought back).
 set -u
@@ -185,9 +186,9 @@ case "$PART" in
   e)
     wave
     launch "$M-rda-channel-$E" --model "$M" "${RDA0[@]}" --init-scale "$S" \
-      --structure channel
+      --structure channel ${GROUP_L1:+--group-l1 "$GROUP_L1"}
     launch "$M-rda-sparse-group-$E" --model "$M" "${RDA0[@]}" --init-scale "$S" \
-      --l1 1e-4 --structure sparse-group
+      --l1 1e-4 --structure sparse-group ${GROUP_L1:+--group-l1 "$GROUP_L1"}
     wave
     launch "$M-net-slim-$E" --model "$M" --method net-slim "${DENSE[@]}" \
       --target-flops-from "$R/$M-rda-channel-$E"
