@@ -37,15 +37,15 @@
 #
 # Every run writes its directory under RUNS (default /tmp/issue17) with the
 # trainer's log in RUNS/logs/ and one line per finished run in
-# RUNS/timeline.tsv. After each wave, benchmarks/goals.py rewrites
-# RUNS/goals.md and, when OUT is set, RUNS (checkpoints and exported models
-# left out) is packed into $OUT/issue17-$PART.tar.gz with a copy of goals.md
-# as $OUT/goals-$PART.md: the device returns at most 8 files from $OUT, so a
-# run directory there would not come back whole, and a call stopped at its
-# limit still returns the waves it finished. At the end goals.py prints the
-# goals table (gap to dense, goal 1, RDA against GMP/RigL at equal sparsity,
-# goal 2) and the speed tables (per-run median img/s, total img/s per wave
-# side by side).
+# RUNS/timeline.tsv (waves named a1, a2, b1...). After each wave,
+# benchmarks/goals.py rewrites RUNS/goals.md and, when OUT is set, RUNS
+# (checkpoints and exported models left out) is packed into
+# $OUT/issue17-$PART.tar.gz, with a copy of goals.md as $OUT/goals-$PART.md:
+# the device returns at most 8 files from $OUT, so run directories there
+# would not come back whole, and a call stopped at its limit still returns
+# the waves it finished. At the end goals.py prints the goals table (gap to
+# dense, goal 1, RDA against GMP/RigL at equal sparsity, goal 2) and the
+# speed tables (per-run median img/s, total img/s per wave side by side).
 #
 # Overrides (tests/test_gpu_script.py runs PART=a on CPU with a tiny tarball):
 # DATA (default .data/train.tar.xz), MODEL (every part's model), E1 + E2
@@ -53,9 +53,9 @@
 # "0.95 0.98"), PARALLEL (runs at once in a wave, default 3; 1 runs them one
 # by one, the alone baseline), MEM_FRACTION (GPU memory per process, default
 # 0.9 / PARALLEL), RUNS, PYTHON, FROM_S1 (PART c), GROUP_L1 (PART e; default
-# the trainer's), DENSE_TOP1 (for goals.py
-# when RUNS holds no dense run of a model, as in PARTs c and e on a fresh
-# machine; or rerun goals.py here over every part brought back).
+# the trainer's), DENSE_TOP1 (for goals.py when RUNS holds no dense run of a
+# model, as in PARTs c and e on a fresh machine; or rerun goals.py here over
+# every part brought back).
 set -u
 # In braces, so bash reads the whole script before it runs: editing the file
 # (a checkout, a merge) while a part runs cannot change what it runs.
@@ -120,12 +120,12 @@ launch() {
   local name=$1; shift
   if [ -f "$R/$name/summary.json" ]; then echo "== kept: $name" >&2; return; fi
   while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do wait -n; done
-  echo "== wave $WAVE: $name: $*" >&2
+  echo "== wave $PART$WAVE: $name: $*" >&2
   (
     start=$(date +%s.%N)
     "$PY" -m train "${D[@]}" --run-name "$name" "$@" >"$R/logs/$name.log" 2>&1
     rc=$?
-    printf '%s\t%s\t%s\t%s\t%s\n' "$WAVE" "$name" "$start" "$(date +%s.%N)" "$rc" \
+    printf '%s\t%s\t%s\t%s\t%s\n' "$PART$WAVE" "$name" "$start" "$(date +%s.%N)" "$rc" \
       >>"$R/timeline.tsv"
     if [ "$rc" != 0 ]; then
       echo "== failed ($rc): $name; the end of $R/logs/$name.log:" >&2

@@ -75,8 +75,8 @@ def test_part_a_end_to_end(tmp_path):
   # The waves: dense and RDA side by side, then GMP and RigL.
   timeline = goals.read_timeline(runs / "timeline.tsv")
   waves = {t["run"]: t["wave"] for t in timeline}
-  assert waves == {"small_cnn-sgd-2": "1", "small_cnn-rda-debias1-2": "1",
-                   "small_cnn-gmp-2": "2", "small_cnn-rigl-2": "2"}
+  assert waves == {"small_cnn-sgd-2": "a1", "small_cnn-rda-debias1-2": "a1",
+                   "small_cnn-gmp-2": "a2", "small_cnn-rigl-2": "a2"}
   by = {t["run"]: t for t in timeline}
   first = [by["small_cnn-sgd-2"], by["small_cnn-rda-debias1-2"]]
   assert max(t["start"] for t in first) < min(t["end"] for t in first)
