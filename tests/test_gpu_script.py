@@ -51,7 +51,12 @@ def test_part_a_end_to_end(tmp_path):
   done = _script(dict(PART="a", MODEL="small_cnn", E1="1", E2="1", DEBIAS="1",
                       PARALLEL="2", DATA=str(_tiny_cifar(tmp_path)),
                       RUNS=str(runs), OUT=str(out),
-                      RDA_OPTAX_CACHE=str(tmp_path / "cache")))
+                      RDA_OPTAX_CACHE=str(tmp_path / "cache"),
+                      # The second wave reuses the first's small programs
+                      # (init, evaluation, statistics): ~10 s of CPU less.
+                      JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax-cache"),
+                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0"))
   assert done.returncode == 0, done.stderr[-3000:]
   assert "failed" not in done.stderr, done.stderr[-3000:]
   names = {"small_cnn-sgd-2", "small_cnn-rda-debias1-2", "small_cnn-gmp-2",
