@@ -175,8 +175,9 @@ def speed(runs: list[dict], timeline: list[dict]) -> tuple[list[dict], list[dict
 
   A run's images are its epochs times its training images (the summary's
   ``train_images_per_device`` on one device); a wave's total is the sum of
-  its runs' medians, and its images over the wall time from its first start
-  to its last end."""
+  its runs' medians (the total while they all ran side by side, when "at
+  most side by side" equals its runs), and its images over the wall time from
+  its first start to its last end."""
   by_name = {r["run"]: r for r in runs}
   per_run, waves = [], {}
   for t in timeline:
@@ -200,6 +201,10 @@ def speed(runs: list[dict], timeline: list[dict]) -> tuple[list[dict], list[dict
     w["images"] += row.get("images") or 0
   for w in waves.values():
     w["wall"] = w["end"] - w["start"]
+    # With more runs than PARALLEL, some ran after others: the sum of
+    # medians then overstates the total, and "at once" says so.
+    spans = [(t["start"], t["end"]) for t in timeline if t["wave"] == w["wave"]]
+    w["at_once"] = max(sum(a <= s < b for a, b in spans) for s, _ in spans)
     w["overall"] = w["images"] / w["wall"] if w["wall"] > 0 else None
   return per_run, list(waves.values())
 
@@ -207,7 +212,8 @@ def speed(runs: list[dict], timeline: list[dict]) -> tuple[list[dict], list[dict
 _SPEED_RUN = [("wave", "wave", "s"), ("run", "run", "s"), ("batch", "batch", "d"),
               ("speed", "img/s (median epoch)", ",.0f"), ("wall", "wall s", ".0f"),
               ("rc", "exit", "d")]
-_SPEED_WAVE = [("wave", "wave", "s"), ("runs", "runs side by side", "d"),
+_SPEED_WAVE = [("wave", "wave", "s"), ("runs", "runs", "d"),
+               ("at_once", "at most side by side", "d"),
                ("speed", "total img/s (sum of medians)", ",.0f"),
                ("wall", "wall s", ".0f"),
                ("overall", "img/s over the wall time", ",.0f")]

@@ -139,10 +139,14 @@ def test_speed_per_run_and_per_wave_from_the_timeline(tmp_path, capsys):
   assert [(r["run"], r["speed"], r["images"]) for r in per_run] == [
       ("a", 410.0, 270), ("b", 300.0, 270), ("c", 500.0, 270)]
   w1, w2 = waves
-  assert (w1["runs"], w1["speed"], w1["wall"]) == (2, 710.0, 20.0)
+  assert (w1["runs"], w1["at_once"], w1["speed"], w1["wall"]) == (2, 2, 710.0, 20.0)
   assert w1["overall"] == pytest.approx(540 / 20)
   assert (w2["runs"], w2["wall"]) == (1, 9.0) and per_run[2]["rc"] == 1
   assert goals.main([str(tmp_path), "--no-plots"]) == 0
   out = capsys.readouterr().out
   assert "total img/s (sum of medians)" in out and "710" in out
-  assert "runs side by side" in (tmp_path / "goals.md").read_text()
+  assert "at most side by side" in (tmp_path / "goals.md").read_text()
+  # Three runs of one wave, two at a time: at most 2 side by side.
+  queued = [dict(wave="1", run=n, start=a, end=b, rc=0)
+            for n, a, b in (("a", 0.0, 10.0), ("b", 1.0, 5.0), ("c", 5.0, 9.0))]
+  assert goals.speed([], queued)[1][0]["at_once"] == 2

@@ -94,7 +94,7 @@ def test_part_a_end_to_end(tmp_path):
   assert cells["gmp %"] != "-" and cells["rigl %"] != "-"
   assert cells["goal 2"] in ("yes", "no") and cells["goal 1"] in ("yes", "no")
   assert (runs / "compare-small_cnn-2-s0.png").stat().st_size > 0
-  assert "rda-debias1" in done.stdout and "runs side by side" in done.stdout
+  assert "rda-debias1" in done.stdout and "at most side by side" in done.stdout
   # What comes back from the device: one tarball (no checkpoints) and goals.
   assert sorted(p.name for p in out.iterdir()) == ["goals-a.md", "issue17-a.tar.gz"]
   assert (out / "goals-a.md").read_text() == table
