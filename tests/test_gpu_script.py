@@ -1,0 +1,125 @@
+"""scripts/gpu_issue17.sh, the device script of issue 17, run on CPU."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "gpu_issue17.sh"
+_spec = importlib.util.spec_from_file_location("goals", ROOT / "benchmarks" / "goals.py")
+goals = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(goals)
+
+
+def _tiny_cifar(path: Path) -> Path:
+  """A 2-class, 32x32 RGB tarball laid out class/image, like the CIFAR one."""
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  src = path / "src"
+  for label, name in enumerate(("airplane", "cat")):
+    (src / name).mkdir(parents=True)
+    for i in range(300):  # 540 training images: one dense batch of 512
+      px = rng.integers(0, 80, (32, 32, 3)) + np.array([160 * label, 40, 90])
+      Image.fromarray(px.astype(np.uint8)).save(src / name / f"{i:03d}.jpg")
+  tar = path / "train.tar.xz"
+  with tarfile.open(tar, "w:xz") as archive:
+    for name in ("airplane", "cat"):
+      archive.add(src / name, arcname=name)
+  return tar
+
+
+def _script(env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+  return subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, capture_output=True,
+                        text=True, timeout=timeout,
+                        env=dict(os.environ, PYTHON=sys.executable,
+                                 PYTHONPATH=str(ROOT), **env))
+
+
+def test_part_a_end_to_end(tmp_path):
+  """PART=a with a small CNN and 1 + 1 epochs, two runs side by side as on
+  the device: the flags, GMP and RigL at the RDA run's sparsity, the goals
+  table and the speed tables."""
+  runs, out = tmp_path / "runs", tmp_path / "out"
+  out.mkdir()
+  done = _script(dict(PART="a", MODEL="small_cnn", E1="1", E2="1", DEBIAS="1",
+                      PARALLEL="2", DATA=str(_tiny_cifar(tmp_path)),
+                      RUNS=str(runs), OUT=str(out),
+                      RDA_OPTAX_CACHE=str(tmp_path / "cache"),
+                      # The second wave reuses the first's small programs
+                      # (init, evaluation, statistics): ~10 s of CPU less.
+                      JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax-cache"),
+                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0"))
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "failed" not in done.stderr, done.stderr[-3000:]
+  names = {"small_cnn-sgd-2", "small_cnn-rda-debias1-2", "small_cnn-gmp-2",
+           "small_cnn-rigl-2"}
+  assert {p.name for p in runs.iterdir() if p.is_dir()} == names | {"logs"}
+  config = {n: json.loads((runs / n / "config.json").read_text()) for n in names}
+  summary = {n: json.loads((runs / n / "summary.json").read_text()) for n in names}
+  rda = config["small_cnn-rda-debias1-2"]
+  assert (rda["method"], rda["debias_epochs"], rda["batch_size"],
+          rda["init_scale"]) == ("rda", 1, 128, 10)
+  for n in ("small_cnn-sgd-2", "small_cnn-gmp-2", "small_cnn-rigl-2"):
+    c = config[n]
+    assert (c["batch_size"], c["lr"], c["lr_schedule"]) == (512, 0.4, "onecycle")
+  assert all((c["val_fraction"], c["seed"], c["epochs"], c["asr_epochs"])
+             == (0.1, 0, 1, 1) for c in config.values())
+  reached = summary["small_cnn-rda-debias1-2"]["sparsity"]
+  assert reached > 0
+  for n in ("small_cnn-gmp-2", "small_cnn-rigl-2"):
+    assert config[n]["method"] == n.split("-")[1]
+    assert summary[n]["sparsity"] == pytest.approx(reached, abs=goals._SAME_SPARSITY)
+  # The waves: dense and RDA side by side, then GMP and RigL.
+  timeline = goals.read_timeline(runs / "timeline.tsv")
+  waves = {t["run"]: t["wave"] for t in timeline}
+  assert waves == {"small_cnn-sgd-2": "a1", "small_cnn-rda-debias1-2": "a1",
+                   "small_cnn-gmp-2": "a2", "small_cnn-rigl-2": "a2"}
+  by = {t["run"]: t for t in timeline}
+  first = [by["small_cnn-sgd-2"], by["small_cnn-rda-debias1-2"]]
+  assert max(t["start"] for t in first) < min(t["end"] for t in first)
+  assert by["small_cnn-gmp-2"]["start"] >= max(t["end"] for t in first)
+  # The goals table: RDA set against GMP and RigL, goal 2 decided.
+  table = (runs / "goals.md").read_text()
+  head = [c.strip() for c in table.splitlines()[2].strip("|").split("|")]
+  row = next(line for line in table.splitlines() if "rda-debias1" in line)
+  cells = dict(zip(head, [c.strip() for c in row.strip("|").split("|")]))
+  assert cells["gmp %"] != "-" and cells["rigl %"] != "-"
+  assert cells["goal 2"] in ("yes", "no") and cells["goal 1"] in ("yes", "no")
+  assert (runs / "compare-small_cnn-2-s0.png").stat().st_size > 0
+  assert "rda-debias1" in done.stdout and "at most side by side" in done.stdout
+  # What comes back from the device: one tarball (no checkpoints) and goals.
+  assert sorted(p.name for p in out.iterdir()) == ["goals-a.md", "issue17-a.tar.gz"]
+  assert (out / "goals-a.md").read_text() == table
+  with tarfile.open(out / "issue17-a.tar.gz") as packed:
+    members = {m.name.removeprefix("./") for m in packed.getmembers()}
+  assert {f"{n}/{f}" for n in names for f in ("config.json", "summary.json",
+          "metrics.jsonl", "curves.png")} <= members
+  assert {"timeline.tsv", "goals.md", "logs/small_cnn-rigl-2.log",
+          "compare-small_cnn-2-s0.png"} <= members
+  assert not any("checkpoints" in m for m in members)
+
+
+@pytest.mark.parametrize("env, line", [
+    (dict(PART="z"), "gpu_issue17.sh: PART must be a, b, c, d or e, not 'z'"),
+    (dict(PART="a", PARALLEL="0"),
+     "gpu_issue17.sh: PARALLEL must be 1 to 9, not '0'"),
+    (dict(PART="b", DATA="/nonexistent/train.tar.xz"),
+     "gpu_issue17.sh: DATA /nonexistent/train.tar.xz does not exist "
+     "(carry .data with the tarball)"),
+    (dict(PART="c", E1="1", E2="1", DEBIAS="1", MODEL="m"),
+     "gpu_issue17.sh: PART c needs RDA seed 1's run (PART b): no "
+     "{tmp}/r/m-rda-debias1-2-s1/summary.json; set FROM_S1"),
+])
+def test_bad_settings_are_one_line_and_exit_2(tmp_path, env, line):
+  done = _script(dict(dict(DATA=str(tmp_path)), RUNS=str(tmp_path / "r"), **env),
+                 timeout=60)
+  assert (done.returncode, done.stderr.strip()) == (2, line.format(tmp=tmp_path))
+  assert not (tmp_path / "r").exists()
