@@ -84,8 +84,8 @@ def _dense_reference(r: dict, peers: list[dict],
                      dense_top1: float | None) -> float | None:
   dense = [p for p in peers if p["method"] == "sgd" and p["top1"] is not None]
   same_seed = [p["top1"] for p in dense if p.get("seed", 0) == r.get("seed", 0)]
-  if same_seed:
-    return same_seed[0]
+  if same_seed:  # several runs of one seed (e.g. repeats): their mean
+    return statistics.mean(same_seed)
   if dense:
     return statistics.mean(p["top1"] for p in dense)
   return dense_top1
