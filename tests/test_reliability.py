@@ -1080,10 +1080,35 @@ def test_each_signal_is_acknowledged_at_once_with_one_line(capfd):
   assert got == [signal.SIGINT, signal.SIGINT]
   assert capfd.readouterr().err.splitlines() == [
       "rda-train: SIGINT received: stopping at the end of this epoch, with a "
-      "checkpoint (at once while the data loads)",
+      "checkpoint (at once while the data loads or while no checkpoint "
+      "exists)",
       "rda-train: SIGINT received again: still stopping at the end of this "
       "epoch (SIGKILL stops at once, losing the epochs since the last "
       "checkpoint)"]
+
+
+def test_interrupt_before_any_checkpoint_stops_inside_the_epoch(
+    tmp_path, monkeypatch):
+  """SIGINT at step 3 of the first CPU epoch (20 steps): nothing is saved
+  yet, so nothing is lost by stopping at once, and the run does."""
+  steps = []
+  real_step = report.Progress.step
+
+  def step(self, done, total, pending=None):
+    steps.append(done)
+    if done == 3:
+      os.kill(os.getpid(), signal.SIGINT)
+    return real_step(self, done, total, pending)
+
+  monkeypatch.setattr(report.Progress, "step", step)
+  code, err = _main(["--out", tmp_path, "--run-name", "r", *SMALL, *RDA1,
+                     "1"])
+  assert code == 130, err
+  assert steps == [1, 2, 3]
+  assert "interrupted in epoch 1, before any checkpoint: stopped at once" in err
+  assert not (tmp_path / "r" / "checkpoints").exists() or not any(
+      (tmp_path / "r" / "checkpoints").iterdir())
+  assert report.read_metrics(tmp_path / "r") == []
 
 
 def test_compile_time_is_reported_apart_from_images_per_sec(twice):

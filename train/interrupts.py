@@ -52,7 +52,8 @@ def recorder(got: list[int]) -> Callable[[int, Any], None]:
     name = signal.Signals(signum).name
     if len(got) == 1:
       text = (f"rda-train: {name} received: stopping at the end of this "
-              "epoch, with a checkpoint (at once while the data loads)")
+              "epoch, with a checkpoint (at once while the data loads or "
+              "while no checkpoint exists)")
     else:
       text = (f"rda-train: {name} received again: still stopping at the end "
               "of this epoch (SIGKILL stops at once, losing the epochs since "

@@ -405,11 +405,25 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
   row: dict[str, Any] = {}
   deferred = False
   resume_line = f"resume with: rda-train --resume {run_dir}"
+  epoch = start_epoch
+
+  def on_step(done: int, steps: int, pending: Any) -> None:
+    progress.step(done, steps, pending)
+    # With no checkpoint yet, nothing is lost by stopping inside the epoch
+    # (the host loop of CPU epochs; one process, so no peer is left waiting
+    # in a collective). Otherwise the safe point is the epoch's end, which
+    # --resume replays exactly.
+    if interrupted and nothing_saved and jax.process_count() == 1:
+      raise Stopped(f"interrupted in epoch {epoch + 1}, before any "
+                    f"checkpoint: stopped at once; {resume_line} (it starts "
+                    "over)", 130)
+
   try:
     if interrupted:
       raise Stopped(f"interrupted before epoch {start_epoch + 1}: "
                     f"{resume_line}", 130)
     for epoch in range(start_epoch, cfg.total_epochs):
+      nothing_saved = ckpts.latest() is None
       changed = hook(cfg, state.params, epoch, target, r) if hook else None
       if changed is not None:
         state = state._replace(params=changed[0])
@@ -418,7 +432,7 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
       timing.take_compile_seconds()
       state, m = r.train_epoch(state, r.images, r.labels,
                                jax.random.fold_in(r.key, epoch + 1),
-                               on_step=progress.step)
+                               on_step=on_step)
       m = jax.device_get(m)
       dt = time.time() - t0
       compile_s = min(timing.take_compile_seconds(), dt)
