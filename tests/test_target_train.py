@@ -115,3 +115,37 @@ def test_bad_target_flags_one_line_exit_2(tmp_path, capsys, args, needle):
   assert code == 2
   assert len(err.splitlines()) == 1 and needle in err, err
   assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("fn,flag,summary,needle", [
+    ("sparsity", "--target-sparsity-from", None, "does not exist"),
+    ("sparsity", "--target-sparsity-from", "{not json", "no readable 'sparsity'"),
+    ("sparsity", "--target-sparsity-from", {"flops": {}}, "no readable"),
+    ("sparsity", "--target-sparsity-from", {"sparsity": 1.0}, "not in [0, 1)"),
+    ("flops", "--target-flops-from", None, "does not exist"),
+    ("flops", "--target-flops-from", {"flops": None}, "no readable flops ratio"),
+    ("flops", "--target-flops-from", {"flops": {"ratio": 0}}, "not in (0, 1]"),
+])
+def test_a_source_runs_summary_is_read_or_refused_in_one_line(
+    tmp_path, fn, flag, summary, needle):
+  from train import config as config_lib
+  from train import structure
+  from train._errors import UsageError
+  if summary is not None:
+    (tmp_path / "summary.json").write_text(
+        summary if isinstance(summary, str) else json.dumps(summary))
+  read = {"sparsity": config_lib.target_from_run,
+          "flops": structure.flops_from_run}[fn]
+  with pytest.raises(UsageError) as info:
+    read(str(tmp_path))
+  msg = str(info.value)
+  assert msg.startswith(flag) and needle in msg and "\n" not in msg, msg
+
+
+def test_a_source_runs_summary_values(tmp_path):
+  from train import config as config_lib
+  from train import structure
+  (tmp_path / "summary.json").write_text(json.dumps(
+      {"sparsity": 0.97, "flops": {"ratio": 0.4}}))
+  assert config_lib.target_from_run(str(tmp_path)) == 0.97
+  assert structure.flops_from_run(str(tmp_path)) == 0.4

@@ -352,17 +352,28 @@ def validate(cfg: Config) -> None:
          f"--seed must be in [0, 2**63), got {cfg.seed}")
 
 
-def target_from_run(run_dir: str) -> float:
-  """The sparsity another run reached, from its summary.json."""
+def summary_value(run_dir: str, flag: str, keys: tuple[str, ...],
+                  what: str) -> Any:
+  """``summary.json[keys...]`` of the run that ``flag`` names; one line
+  naming the flag and the file when it is missing or unreadable."""
   path = Path(run_dir) / "summary.json"
   try:
-    s = json.loads(path.read_text())["sparsity"]
+    value = json.loads(path.read_text())
+    for key in keys:
+      value = value[key]
   except FileNotFoundError:
-    raise UsageError(f"--target-sparsity-from: {path} does not exist "
+    raise UsageError(f"{flag}: {path} does not exist "
                      "(has that run finished?)") from None
   except (OSError, ValueError, KeyError, TypeError):
-    raise UsageError(f"--target-sparsity-from: {path} has no readable "
-                     "'sparsity'") from None
+    raise UsageError(f"{flag}: {path} has no readable {what}") from None
+  return value
+
+
+def target_from_run(run_dir: str) -> float:
+  """The sparsity another run reached, from its summary.json."""
+  flag = "--target-sparsity-from"
+  s = summary_value(run_dir, flag, ("sparsity",), "'sparsity'")
   if not (_finite(s) and 0 <= s < 1):
-    raise UsageError(f"--target-sparsity-from: {path}: sparsity {s!r} not in [0, 1)")
+    raise UsageError(f"{flag}: {Path(run_dir) / 'summary.json'}: sparsity "
+                     f"{s!r} not in [0, 1)")
   return float(s)

@@ -27,6 +27,7 @@ from flax import traverse_util
 import models
 import rda_optax
 from train._errors import UsageError
+from train.config import summary_value
 
 STRUCTURES = ("none", "channel", "sparse-group")
 # Methods that take --structure: the ones whose update has a proximal step.
@@ -116,18 +117,11 @@ def check(cfg: Any) -> None:
 
 def flops_from_run(run_dir: str) -> float:
   """The FLOPs ratio (slim / dense) another run reached, from summary.json."""
-  path = Path(run_dir) / "summary.json"
-  try:
-    r = json.loads(path.read_text())["flops"]["ratio"]
-  except FileNotFoundError:
-    raise UsageError(f"--target-flops-from: {path} does not exist "
-                     "(has that run finished?)") from None
-  except (OSError, ValueError, KeyError, TypeError):
-    raise UsageError(f"--target-flops-from: {path} has no readable "
-                     "flops ratio") from None
+  flag = "--target-flops-from"
+  r = summary_value(run_dir, flag, ("flops", "ratio"), "flops ratio")
   if not (isinstance(r, (int, float)) and 0 < r <= 1):
-    raise UsageError(f"--target-flops-from: {path}: flops ratio {r!r} not "
-                     "in (0, 1]")
+    raise UsageError(f"{flag}: {Path(run_dir) / 'summary.json'}: flops "
+                     f"ratio {r!r} not in (0, 1]")
   return float(r)
 
 
