@@ -1080,8 +1080,8 @@ def test_each_signal_is_acknowledged_at_once_with_one_line(capfd):
   assert got == [signal.SIGINT, signal.SIGINT]
   assert capfd.readouterr().err.splitlines() == [
       "rda-train: SIGINT received: stopping at the end of this epoch, with a "
-      "checkpoint (at once while the data loads or while no checkpoint "
-      "exists)",
+      "checkpoint (at once while the data loads or in a new run's first "
+      "epoch)",
       "rda-train: SIGINT received again: still stopping at the end of this "
       "epoch (SIGKILL stops at once, losing the epochs since the last "
       "checkpoint)"]
@@ -1089,8 +1089,10 @@ def test_each_signal_is_acknowledged_at_once_with_one_line(capfd):
 
 def test_interrupt_before_any_checkpoint_stops_inside_the_epoch(
     tmp_path, monkeypatch):
-  """SIGINT at step 3 of the first CPU epoch (20 steps): nothing is saved
-  yet, so nothing is lost by stopping at once, and the run does."""
+  """SIGINT at step 3 of a new run's first CPU epoch (20 steps): no epoch
+  is done, so nothing is lost by stopping at once, and the run does. (After
+  an epoch, even with no checkpoint yet, the stop waits for the epoch's end
+  and saves: test_sigterm_sigint_sigkill_then_resume_completes.)"""
   steps = []
   real_step = report.Progress.step
 

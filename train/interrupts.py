@@ -53,7 +53,7 @@ def recorder(got: list[int]) -> Callable[[int, Any], None]:
     if len(got) == 1:
       text = (f"rda-train: {name} received: stopping at the end of this "
               "epoch, with a checkpoint (at once while the data loads or "
-              "while no checkpoint exists)")
+              "in a new run's first epoch)")
     else:
       text = (f"rda-train: {name} received again: still stopping at the end "
               "of this epoch (SIGKILL stops at once, losing the epochs since "

@@ -409,11 +409,11 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
 
   def on_step(done: int, steps: int, pending: Any) -> None:
     progress.step(done, steps, pending)
-    # With no checkpoint yet, nothing is lost by stopping inside the epoch
-    # (the host loop of CPU epochs; one process, so no peer is left waiting
-    # in a collective). Otherwise the safe point is the epoch's end, which
-    # --resume replays exactly.
-    if interrupted and nothing_saved and jax.process_count() == 1:
+    # In the first epoch of a fresh run nothing is lost by stopping inside
+    # it (the host loop of CPU epochs; one process, so no peer is left
+    # waiting in a collective). Otherwise the safe point is the epoch's end:
+    # it saves the epochs done, and --resume replays them exactly.
+    if interrupted and nothing_to_lose and jax.process_count() == 1:
       raise Stopped(f"interrupted in epoch {epoch + 1}, before any "
                     f"checkpoint: stopped at once; {resume_line} (it starts "
                     "over)", 130)
@@ -423,7 +423,7 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
       raise Stopped(f"interrupted before epoch {start_epoch + 1}: "
                     f"{resume_line}", 130)
     for epoch in range(start_epoch, cfg.total_epochs):
-      nothing_saved = ckpts.latest() is None
+      nothing_to_lose = epoch == start_epoch and ckpts.latest() is None
       changed = hook(cfg, state.params, epoch, target, r) if hook else None
       if changed is not None:
         state = state._replace(params=changed[0])
