@@ -193,9 +193,9 @@ def test_nonfinite_steps_are_skipped_and_leave_no_trace():
   the bad ones. One compiled step serves both: the fault is in the data."""
   batch = 64
   x, y, x_bad, spe, model, tx, state = _nan_setup(3, batch)
-  epoch = engine.make_train_epoch(model, tx, spe, batch, np.zeros(1),
+  epoch = engine.make_train_epoch(engine.EpochSpec(model, tx, spe, batch, np.zeros(1),
                                   np.ones(1), "none", 0.0, 10, jnp.float32,
-                                  x.shape[0])
+                                  x.shape[0]))
   dx, dy, dbad = jax.device_put(x), jax.device_put(y), jax.device_put(x_bad)
   dev = lambda t: jax.tree.map(jnp.asarray, t)  # epochs donate their input
 
@@ -293,9 +293,9 @@ def test_nonfinite_halt_is_per_step_and_state_stays_the_last_good_one():
   batch, k = 64, 7
   x, y, x_bad, spe, model, tx, state = _nan_setup(2, batch)
   for scan in (False, True):
-    epoch = engine.make_train_epoch(model, tx, spe, batch, np.zeros(1),
+    epoch = engine.make_train_epoch(engine.EpochSpec(model, tx, spe, batch, np.zeros(1),
                                     np.ones(1), "none", 0.0, 10, jnp.float32,
-                                    x.shape[0], scan=scan, max_bad=k)
+                                    x.shape[0], scan=scan, max_bad=k))
     s0 = jax.tree.map(jnp.copy, state)
     before = _np(s0)
     s1, m = epoch(s0, jax.device_put(x_bad), jax.device_put(y),

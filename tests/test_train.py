@@ -147,8 +147,8 @@ def test_asr_never_revives_a_zero():
   tx = engine.wrap_finite(optim.build(cfg, "rda", spe).tx)
   state = engine.TrainState(v["params"], v["batch_stats"], tx.init(v["params"]),
                             jnp.zeros([], jnp.int32))
-  epoch = engine.make_train_epoch(model, tx, spe, 64, np.zeros(1), np.ones(1),
-                                  "none", 0.0, 10, jnp.float32, x.shape[0])
+  epoch = engine.make_train_epoch(engine.EpochSpec(model, tx, spe, 64, np.zeros(1), np.ones(1),
+                                  "none", 0.0, 10, jnp.float32, x.shape[0]))
   dx, dy = jax.device_put(x), jax.device_put(y)
   zeros = None
   for e in range(5):
@@ -189,9 +189,9 @@ def test_debias_epochs_keep_the_zeros_and_drop_the_shrinkage(method):
     tx = engine.wrap_finite(opt.tx)
     state = engine.TrainState(v["params"], v["batch_stats"],
                               tx.init(v["params"]), jnp.zeros([], jnp.int32))
-    epoch = engine.make_train_epoch(model, tx, spe, 64, np.zeros(1),
+    epoch = engine.make_train_epoch(engine.EpochSpec(model, tx, spe, 64, np.zeros(1),
                                     np.ones(1), "none", 0.0, 10, jnp.float32,
-                                    x.shape[0])
+                                    x.shape[0]))
     dx, dy = jax.device_put(x), jax.device_put(y)
     snaps = []
     for e in range(4):
@@ -228,9 +228,9 @@ def test_scan_and_loop_epochs_agree():
     tx = engine.wrap_finite(optim.build(cfg, "sgd", 4).tx)
     st = engine.TrainState(v["params"], v["batch_stats"], tx.init(v["params"]),
                            jnp.zeros([], jnp.int32))
-    ep = engine.make_train_epoch(model, tx, 4, 64, np.zeros(1), np.ones(1),
+    ep = engine.make_train_epoch(engine.EpochSpec(model, tx, 4, 64, np.zeros(1), np.ones(1),
                                  "crop", 0.0, 10, jnp.float32, x.shape[0],
-                                 scan=scan)
+                                 scan=scan))
     calls = []  # in-epoch progress: every step of the host loop, none in scan
     st, m = ep(st, jax.device_put(x), jax.device_put(y), jax.random.key(3),
                on_step=lambda done, steps, _: calls.append((done, steps)))

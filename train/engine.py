@@ -128,11 +128,8 @@ class EpochSpec(NamedTuple):
   sharded_data: bool = False
 
 
-def make_train_epoch(spec: EpochSpec | nn.Module, *args, **kwargs):
+def make_train_epoch(spec: EpochSpec):
   """Returns ``epoch(state, images, labels, key) -> (state, metrics)``.
-
-  ``spec`` is an :class:`EpochSpec`; ``make_train_epoch(model, tx, ...)``
-  with the spec's fields as arguments builds one.
 
   With ``max_bad``, once ``max_bad`` consecutive steps have been skipped for
   non-finite gradients, the remaining steps of the epoch leave the state
@@ -150,8 +147,6 @@ def make_train_epoch(spec: EpochSpec | nn.Module, *args, **kwargs):
   local gather. The batches then depend on the device count, not on how the
   devices are split between processes.
   """
-  if not isinstance(spec, EpochSpec):
-    spec = EpochSpec(spec, *args, **kwargs)
   (model, tx, steps, batch, mean, std, augment, label_smoothing, num_classes,
    dtype, n_images, scan, topo, state_shardings, max_bad, sharded_data) = spec
   if sharded_data and topo is None:

@@ -16,7 +16,6 @@ import math
 from pathlib import Path
 from typing import Optional, Sequence
 
-from train import methods as method_registry
 from train import parallel
 from train._errors import UsageError
 from train.config import Config, parse_piecewise
@@ -32,14 +31,12 @@ def stamp(cfg: Config, now: Optional[datetime.datetime] = None) -> str:
   return f"{now:%Y%m%d-%H%M%S}-seed{cfg.seed}"
 
 
-def check(cfg: Config, methods: Sequence[str], run_dirs: Sequence[Path],
-          main: bool = True) -> None:
+def check(cfg: Config, run_dirs: Sequence[Path], main: bool = True) -> None:
   """Everything that can be checked before the data is loaded.
 
   Args:
     cfg: the validated configuration.
-    methods: the methods about to run, in order.
-    run_dirs: their run directories, in the same order.
+    run_dirs: the run directories about to be made.
     main: this process writes the run directories (process 0).
 
   Raises:
@@ -47,11 +44,6 @@ def check(cfg: Config, methods: Sequence[str], run_dirs: Sequence[Path],
   """
   parallel.topology(cfg.devices, cfg.fsdp)  # more devices than the machine
   _check_epochs(cfg)
-  needy = [m for m in methods if method_registry.get(m).needs_target]
-  if (needy and len(methods) > 1 and cfg.target_sparsity is None
-      and cfg.target_sparsity_from is None and "rda" not in methods):
-    raise UsageError(f"--compare: {needy[0]} needs --target-sparsity, "
-                     "--target-sparsity-from, or rda in --compare")
   if cfg.target_sparsity_from is not None and cfg.target_sparsity is None:
     check_source_run(cfg, cfg.target_sparsity_from)
   if main:

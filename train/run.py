@@ -540,7 +540,7 @@ def _run(cfg: Config, interrupted: list[int]) -> list[dict[str, Any]]:
   order = sorted(names, key=lambda m: methods.get(m).needs_target
                  or methods.get(m).target_of is not None)
   stamp = preflight.stamp(cfg)
-  preflight.check(cfg, order, [_run_dir(cfg, m, stamp) for m in order],
+  preflight.check(cfg, [_run_dir(cfg, m, stamp) for m in order],
                   main=is_main())
   splits = load_data(cfg)
   check_data(cfg, splits)
