@@ -319,7 +319,8 @@ def _field_type(name: str):
   default = config_lib.FIELDS[name].default
   if name in ("init_scale", "target_sparsity", "target_ramp"):
     return float
-  if name in ("image_size", "num_classes", "devices", "threshold_samples"):
+  if name in ("image_size", "num_classes", "devices", "threshold_samples",
+              "val_seed"):
     return int
   return type(default) if default is not None else str
 

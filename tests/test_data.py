@@ -119,6 +119,19 @@ def test_digits_test_split_does_not_depend_on_seed():
   assert not np.array_equal(a.val.images, b.val.images)
 
 
+def test_val_seed_fixes_the_validation_split_across_seeds():
+  from train import config as config_lib
+  from train import run as run_lib
+  load = lambda **f: run_lib.load_data(
+      config_lib.build("digits-demo", None, dict(progress="none", **f)))
+  base = load(seed=0)
+  other = load(seed=1)
+  fixed = load(seed=1, val_seed=0)
+  assert not np.array_equal(base.val.images, other.val.images)
+  np.testing.assert_array_equal(base.val.images, fixed.val.images)
+  np.testing.assert_array_equal(base.train.labels, fixed.train.labels)
+
+
 def test_digits_image_size_resizes():
   splits = data.load("digits", image_size=16, val_fraction=0, progress=False)
   assert splits.train.images.shape[1:] == (16, 16, 1)

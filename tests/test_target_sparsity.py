@@ -180,6 +180,23 @@ def test_sampled_threshold():
   assert int(sum(jnp.sum(params[k] == 0) for k in SHAPES)) == n - round(n * 0.1)
 
 
+def test_sampled_threshold_is_the_order_statistic_of_its_sample():
+  # Two arrays, a rank that rounds, ties and zeros: the estimate is the
+  # r-th smallest of the entries at sample_positions, r = round(k m / n).
+  rng = np.random.default_rng(5)
+  a = np.abs(rng.standard_normal((300, 70))).astype(np.float32)
+  b = np.round(np.abs(rng.standard_normal(9000)), 2).astype(np.float32)
+  b[:500] = 0.0
+  pos = _target.sample_positions([a.size, b.size], 1000)
+  sample = np.sort(np.concatenate([a.ravel()[pos[0]], b.ravel()[pos[1]]]))
+  m, n = sample.size, a.size + b.size
+  select = jax.jit(lambda x, y, k: _target.sampled_kth_smallest([x, y], k, 1000))
+  for k in (0, 1, 17, 4567, n // 2, n - 3, n):
+    r = min(m, round(k * m / n))
+    want = sample[r - 1] if r else np.float32(0)
+    assert np.float32(select(a, b, k)) == want, k
+
+
 ERK_SHAPES = [(3, 3, 3, 64), (3, 3, 64, 64), (3, 3, 64, 128), (1, 1, 64, 128),
               (3, 3, 128, 128), (512, 10), (4096, 128), (128, 10)]
 _erk_traced = jax.jit(lambda t: _target.zero_counts(ERK_SHAPES, t, "erk"))

@@ -202,6 +202,9 @@ def parser() -> argparse.ArgumentParser:
                  "float32 on CPU), float32 or bfloat16; params stay float32")
   g.add_argument("--seed", type=int, help="seed of init, shuffling, "
                  "augmentation and the validation split (default 0)")
+  g.add_argument("--val-seed", type=int, help="seed of the validation split "
+                 "alone, so that runs of several --seed values are scored on "
+                 "the same images (default: --seed)")
   g.add_argument("--out", help="parent directory of run directories "
                  "(default runs)")
   g.add_argument("--run-name", help="run directory name (default: time, "

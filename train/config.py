@@ -75,6 +75,7 @@ class Config:
   target_flops_from: Optional[str] = None
   prune_channels: Optional[float] = None
   seed: int = 0
+  val_seed: Optional[int] = None
   out: str = "runs"
   run_name: Optional[str] = None
   checkpoint_every: int = 10
@@ -186,7 +187,8 @@ def _coerce(name: str, value: Any, where: str) -> Any:
   if name in ("init_scale", "target_sparsity", "target_ramp", "group_l1",
               "target_flops", "prune_channels"):
     typ = float
-  if name in ("image_size", "num_classes", "devices", "threshold_samples"):
+  if name in ("image_size", "num_classes", "devices", "threshold_samples",
+              "val_seed"):
     typ = int
   if typ is bool:
     if not isinstance(value, bool):
@@ -350,6 +352,9 @@ def validate(cfg: Config) -> None:
   _check(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool)
          and 0 <= cfg.seed < 2**63,
          f"--seed must be in [0, 2**63), got {cfg.seed}")
+  if cfg.val_seed is not None:
+    _check(0 <= cfg.val_seed < 2**63,
+           f"--val-seed must be in [0, 2**63), got {cfg.val_seed}")
 
 
 def summary_value(run_dir: str, flag: str, keys: tuple[str, ...],

@@ -47,7 +47,9 @@ def load_data(cfg: Config) -> data_lib.Splits:
   try:
     return data_lib.load(
         cfg.dataset, data_dir=cfg.data_dir, test_dir=cfg.test_dir,
-        val_fraction=cfg.val_fraction, seed=cfg.seed, cache_dir=cfg.cache_dir,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed if cfg.val_seed is None else cfg.val_seed,
+        cache_dir=cfg.cache_dir,
         skip_bad_images=cfg.skip_bad_images, image_size=cfg.image_size,
         progress=cfg.progress != "none")
   except interrupts.Interrupted:
