@@ -29,12 +29,17 @@ row() {
     # issue 14: at the sparsity RDA + ASR (l1 = 0 for the last 3 epochs) reached
     # (gmp-lr0.05 etc.: the same at another peak lr, the lr search).
     gmp|rigl) train --method "$1" "${SGD[@]}" --target-sparsity-from "$PREV/rda-l1e-3-10-5-debias3" --run-name "$1-15" ;;
+    gmp-global) train --method gmp "${SGD[@]}" --sparsity-distribution global --target-sparsity-from "$PREV/rda-l1e-3-10-5-debias3" --run-name gmp-global-15 ;;
+    # ... and at the sparsity of the paper's RDA + ASR (0.9884)
+    gmp-global-paper) train --method gmp "${SGD[@]}" --sparsity-distribution global --target-sparsity-from "$PREV/rda-l1e-3-10-5" --run-name gmp-global-paper-15 ;;
     gmp-lr*|rigl-lr*) lr=${1#*-lr}
           train --method "${1%%-*}" --lr "$lr" --target-sparsity-from "$PREV/rda-l1e-3-10-5-debias3" --run-name "$1-15" ;;
     sgd-lr*) train --method sgd --lr "${1#sgd-lr}" --run-name "$1-15" ;;
     # issue 15: hand-tuned l1 (l1 = 0 in all of ASR, as a target run does)
     # against lambda_t chosen each step for the sparsity that l1 reached
     l1-*) train "${RDA[@]}" --l1 "${1#l1-}" --debias-epochs 5 --run-name "rda-$1-d5" ;;
+    # the same at a sparsity given by hand (when the l1 run is still going)
+    target-[0-9]*) train "${RDA[@]}" --target-sparsity "${1#target-}" --run-name "rda-$1" ;;
     target-from-*) src=${1#target-from-}
           dir="$R/rda-$src-d5"; [ "$src" = l1-1e-3 ] && dir="$PREV/rda-l1e-3-10-5-debias5"
           train "${RDA[@]}" --target-sparsity-from "$dir" --run-name "rda-target-as-$src" ;;
