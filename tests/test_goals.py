@@ -97,6 +97,20 @@ def test_rda_against_gmp_and_rigl_of_its_seed_at_its_sparsity():
   assert by["gmp0"]["gap"] == pytest.approx(1.5) and "goal2" not in by["gmp0"]
 
 
+def test_the_strongest_baseline_of_a_method_counts():
+  # Two GMP runs at RDA's sparsity (ERK and global allocation), in either
+  # order: RDA must beat the better one, and the column shows it.
+  for order in (1, -1):
+    runs = goals.check([
+        _run("rda", "rda", 69.66, 0.9823, seed=0),
+        *[_run("gmp-erk", "gmp", 68.12, 0.9823, seed=0),
+          _run("gmp-global", "gmp", 72.96, 0.9823, seed=0)][::order],
+        _run("sgd", "sgd", 79.14, 0.0, seed=0),
+    ])
+    r = next(r for r in runs if r["run"] == "rda")
+    assert (r["gmp"], r["goal2"]) == (72.96, "no"), order
+
+
 def test_channel_run_against_net_slim_at_its_flops():
   runs = goals.check([
       _run("ch", "rda", 90.0, 0.5, model="vgg16bn", flops=0.40),
