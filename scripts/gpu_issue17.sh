@@ -55,7 +55,10 @@
 # 0.9 / PARALLEL), RUNS, PYTHON, FROM_S1 (PART c), GROUP_L1 (PART e; default
 # the trainer's), DENSE_TOP1 (for goals.py when RUNS holds no dense run of a
 # model, as in PARTs c and e on a fresh machine; or rerun goals.py here over
-# every part brought back).
+# every part brought back), GMP_GLOBAL (set to 1: every GMP wave also runs
+# GMP with --sparsity-distribution global, the stronger GMP on the CIFAR-10
+# small CNN (docs/RESULTS.md); a third run in the wave, about +50% on that
+# wave's time when the GPU is already full).
 set -u
 # In braces, so bash reads the whole script before it runs: editing the file
 # (a checkout, a merge) while a part runs cannot change what it runs.
@@ -99,6 +102,7 @@ if [ "$PART" = c ] && [ ! -f "$S1/summary.json" ]; then
   echo "gpu_issue17.sh: PART c needs RDA seed 1's run (PART b): no $S1/summary.json; set FROM_S1" >&2
   exit 2
 fi
+GMP_GLOBAL=${GMP_GLOBAL:-}
 mkdir -p "$R/logs"
 D=(--dataset folder --data-dir "$DATA" --val-fraction 0.1 --val-seed 0
    --progress none --out "$R" --checkpoint-every 1000 --epochs "$E1" --asr-epochs "$E2")
@@ -161,6 +165,8 @@ case "$PART" in
     wave
     FROM=(--target-sparsity-from "$R/$M-rda-debias$DEBIAS-$E")
     launch "$M-gmp-$E" --model "$M" --method gmp "${DENSE[@]}" "${FROM[@]}"
+    [ -z "$GMP_GLOBAL" ] || launch "$M-gmp-global-$E" --model "$M" --method gmp \
+      "${DENSE[@]}" "${FROM[@]}" --sparsity-distribution global
     [ "$PART" = d ] ||
       launch "$M-rigl-$E" --model "$M" --method rigl "${DENSE[@]}" "${FROM[@]}"
     ;;
@@ -181,6 +187,8 @@ case "$PART" in
     wave
     FROM=(--target-sparsity-from "$S1")
     launch "$M-gmp-$E-s1" --model "$M" --method gmp "${DENSE[@]}" "${FROM[@]}" --seed 1
+    [ -z "$GMP_GLOBAL" ] || launch "$M-gmp-global-$E-s1" --model "$M" --method gmp \
+      "${DENSE[@]}" "${FROM[@]}" --sparsity-distribution global --seed 1
     launch "$M-rigl-$E-s1" --model "$M" --method rigl "${DENSE[@]}" "${FROM[@]}" --seed 1
     ;;
   e)

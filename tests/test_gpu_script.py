@@ -44,12 +44,13 @@ def _script(env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
 
 def test_part_a_end_to_end(tmp_path):
   """PART=a with a small CNN and 1 + 1 epochs, two runs side by side as on
-  the device: the flags, GMP and RigL at the RDA run's sparsity, the goals
-  table and the speed tables."""
+  the device: the flags, GMP (ERK and, with GMP_GLOBAL, global) and RigL at
+  the RDA run's sparsity, the goals table and the speed tables."""
   runs, out = tmp_path / "runs", tmp_path / "out"
   out.mkdir()
   done = _script(dict(PART="a", MODEL="small_cnn", E1="1", E2="1", DEBIAS="1",
-                      PARALLEL="2", DATA=str(_tiny_cifar(tmp_path)),
+                      PARALLEL="2", GMP_GLOBAL="1",
+                      DATA=str(_tiny_cifar(tmp_path)),
                       RUNS=str(runs), OUT=str(out),
                       RDA_OPTAX_CACHE=str(tmp_path / "cache"),
                       # The second wave reuses the first's small programs
@@ -60,28 +61,32 @@ def test_part_a_end_to_end(tmp_path):
   assert done.returncode == 0, done.stderr[-3000:]
   assert "failed" not in done.stderr, done.stderr[-3000:]
   names = {"small_cnn-sgd-2", "small_cnn-rda-debias1-2", "small_cnn-gmp-2",
-           "small_cnn-rigl-2"}
+           "small_cnn-gmp-global-2", "small_cnn-rigl-2"}
   assert {p.name for p in runs.iterdir() if p.is_dir()} == names | {"logs"}
   config = {n: json.loads((runs / n / "config.json").read_text()) for n in names}
   summary = {n: json.loads((runs / n / "summary.json").read_text()) for n in names}
   rda = config["small_cnn-rda-debias1-2"]
   assert (rda["method"], rda["debias_epochs"], rda["batch_size"],
           rda["init_scale"]) == ("rda", 1, 128, 10)
-  for n in ("small_cnn-sgd-2", "small_cnn-gmp-2", "small_cnn-rigl-2"):
+  for n in ("small_cnn-sgd-2", "small_cnn-gmp-2", "small_cnn-gmp-global-2",
+            "small_cnn-rigl-2"):
     c = config[n]
     assert (c["batch_size"], c["lr"], c["lr_schedule"]) == (512, 0.4, "onecycle")
-  assert all((c["val_fraction"], c["seed"], c["epochs"], c["asr_epochs"])
-             == (0.1, 0, 1, 1) for c in config.values())
+  assert all((c["val_fraction"], c["val_seed"], c["seed"], c["epochs"],
+              c["asr_epochs"]) == (0.1, 0, 0, 1, 1) for c in config.values())
+  assert config["small_cnn-gmp-global-2"]["sparsity_distribution"] == "global"
+  assert config["small_cnn-gmp-2"]["sparsity_distribution"] == "auto"
   reached = summary["small_cnn-rda-debias1-2"]["sparsity"]
   assert reached > 0
-  for n in ("small_cnn-gmp-2", "small_cnn-rigl-2"):
+  for n in ("small_cnn-gmp-2", "small_cnn-gmp-global-2", "small_cnn-rigl-2"):
     assert config[n]["method"] == n.split("-")[1]
     assert summary[n]["sparsity"] == pytest.approx(reached, abs=goals._SAME_SPARSITY)
   # The waves: dense and RDA side by side, then GMP and RigL.
   timeline = goals.read_timeline(runs / "timeline.tsv")
   waves = {t["run"]: t["wave"] for t in timeline}
   assert waves == {"small_cnn-sgd-2": "a1", "small_cnn-rda-debias1-2": "a1",
-                   "small_cnn-gmp-2": "a2", "small_cnn-rigl-2": "a2"}
+                   "small_cnn-gmp-2": "a2", "small_cnn-gmp-global-2": "a2",
+                   "small_cnn-rigl-2": "a2"}
   by = {t["run"]: t for t in timeline}
   first = [by["small_cnn-sgd-2"], by["small_cnn-rda-debias1-2"]]
   assert max(t["start"] for t in first) < min(t["end"] for t in first)
