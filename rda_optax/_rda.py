@@ -202,11 +202,10 @@ def rda(
       default 1, exact at every step).
     threshold_samples: ``None`` (default): ``lambda_t`` is the exact order
       statistic. An int ``m``: estimated from ``m`` fixed random entries
-      (per leaf for ``"uniform"``/``"erk"``), a gather of ``m``
-      values and their radix select instead of two histogram passes over
-      every entry; exact for
-      leaves (``"global"``: all penalized entries) of at most ``m``
-      entries, and otherwise off the target by about ``sqrt(s(1-s)/m)``
+      (per leaf for ``"uniform"``/``"erk"``), a gather of ``m`` values and
+      their radix select instead of two histogram passes over every entry;
+      exact for leaves (``"global"``: all penalized entries) of at most
+      ``m`` entries, and otherwise off the target by about ``sqrt(s(1-s)/m)``
       (``rda_optax._target.sampled_kth_smallest`` states the tail bound).
 
   Returns:

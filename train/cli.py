@@ -201,7 +201,8 @@ def parser() -> argparse.ArgumentParser:
   g.add_argument("--dtype", help="compute dtype: auto (bfloat16 on GPU/TPU, "
                  "float32 on CPU), float32 or bfloat16; params stay float32")
   g.add_argument("--seed", type=int, help="seed of init, shuffling, "
-                 "augmentation and the validation split (default 0)")
+                 "augmentation and (without --val-seed) the validation "
+                 "split (default 0)")
   g.add_argument("--val-seed", type=int, help="seed of the validation split "
                  "alone, so that runs of several --seed values are scored on "
                  "the same images (default: --seed)")

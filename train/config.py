@@ -175,21 +175,22 @@ def _read_config_file(file: str) -> dict[str, Any]:
   return data
 
 
+_OPTIONAL_TYPES = {"Optional[int]": int, "Optional[float]": float,
+                   "Optional[str]": str}
+
+
 def _coerce(name: str, value: Any, where: str) -> Any:
   """Checks a config-file value against the field's type."""
   default = FIELDS[name].default
-  typ = type(default) if default is not None else None
   if value is None:
     if default is not None:
       # null means "unset" only where unset is a valid state of the field.
       raise UsageError(f"{where}: null is not allowed (default {default!r})")
     return None
-  if name in ("init_scale", "target_sparsity", "target_ramp", "group_l1",
-              "target_flops", "prune_channels"):
-    typ = float
-  if name in ("image_size", "num_classes", "devices", "threshold_samples",
-              "val_seed"):
-    typ = int
+  # A field unset by default takes its type from its annotation (a string
+  # under postponed evaluation).
+  typ = (type(default) if default is not None
+         else _OPTIONAL_TYPES[FIELDS[name].type])
   if typ is bool:
     if not isinstance(value, bool):
       raise UsageError(f"{where}: expected true/false, got {value!r}")
@@ -200,7 +201,7 @@ def _coerce(name: str, value: Any, where: str) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
       raise UsageError(f"{where}: expected a number, got {value!r}")
     value = float(value)
-  elif typ is str or typ is None:
+  elif typ is str:
     if not isinstance(value, str):
       raise UsageError(f"{where}: expected a string, got {value!r}")
   return value
