@@ -9,10 +9,13 @@ batch 1 and batch 64, dense and slim interleaved, median of the repeats.
 
 This shows the mechanics of slimming (what removing channels buys on this
 CPU); it is NOT a trained result: which channels a trained model loses, and
-at what accuracy, is for the trainer.
+at what accuracy, is for the trainer. ``--run-dir`` times a trained one
+instead: the final variables of an ``rda-train --structure`` (or
+``net-slim``) run against the slim model written into it.
 
   python benchmarks/slim_latency.py [--fractions 0.5 0.75] [--repeats 7]
       [--side 32]
+  python benchmarks/slim_latency.py --run-dir RUN_DIR [--side 32]
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ import numpy as np
 from flax import traverse_util
 
 import models
+from train import export, structure
+from train._errors import UsageError
 
 
 
@@ -91,28 +96,39 @@ def main(argv=None):
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--side", type=int, default=32,
                   help="input height = width (CIFAR: 32)")
+  ap.add_argument("--run-dir", help="a finished run with a slim model: "
+                  "time it against the run's own dense variables")
   args = ap.parse_args(argv)
   for f in args.fractions:
     if not 0.0 <= f < 1.0:
       ap.error(f"--fractions: each must be in [0, 1), got {f}")
   if args.side < 1:
     ap.error(f"--side: must be >= 1, got {args.side}")
-  shape = (args.side, args.side, 3)
-
   rng = np.random.default_rng(args.seed)
-  dense = models.get("vgg16bn")
-  v_dense = random_variables(dense, rng, shape)
-  variants = {"dense": (dense, as_f32(v_dense))}
   killed = {}  # the dense model with the channels killed: slim's reference
-  for f in args.fractions:
-    name = f"slim {f:.0%}"
-    killed[name] = as_f32(kill_channels(v_dense, f, rng))
-    m, v = models.slim(dense, killed[name])
-    variants[name] = (m, as_f32(v))
+  if args.run_dir:
+    try:
+      variants, shape, what = trained(Path(args.run_dir), args.side)
+    except (UsageError, ValueError, OSError) as e:
+      print(f"slim_latency.py: --run-dir {args.run_dir}: {e}",
+            file=sys.stderr)
+      return 2
+    killed["slim"] = variants["dense"][1]  # dead channels are exact zeros
+  else:
+    shape = (args.side, args.side, 3)
+    dense = models.get("vgg16bn")
+    v_dense = random_variables(dense, rng, shape)
+    variants = {"dense": (dense, as_f32(v_dense))}
+    for f in args.fractions:
+      name = f"slim {f:.0%}"
+      killed[name] = as_f32(kill_channels(v_dense, f, rng))
+      m, v = models.slim(dense, killed[name])
+      variants[name] = (m, as_f32(v))
+    what = "VGG-16bn, random weights (not trained)"
 
-  print(f"VGG-16bn, {shape[0]}x{shape[1]} inputs, random weights (not "
-        f"trained); jax {jax.__version__}, {jax.devices()[0].platform}, "
-        f"float32, median of {args.repeats}")
+  print(f"{what}, {shape[0]}x{shape[1]}x{shape[2]} inputs; jax "
+        f"{jax.__version__}, {jax.devices()[0].platform}, float32, median "
+        f"of {args.repeats}")
   # Variables are arguments, not constants baked into the program, as in
   # any served model.
   applies = {k: jax.jit(functools.partial(m.apply, train=False))
@@ -154,6 +170,28 @@ def main(argv=None):
         "slim vs the dense model with the same channels dead, float32 "
         "(summation order only).")
   print(f"load average (1 min) before/after timing: {load0} / {load1}")
+  return 0
+
+
+def trained(run_dir: Path, side: int):
+  """The run's final variables (dense) and its slim model, as variants."""
+  cfg = export._config(run_dir, "--run-dir")  # pylint: disable=protected-access
+  small, sv = structure.load_slim(run_dir)
+  dense_vars = export.final_variables(run_dir, "--run-dir")
+  dense = models.get(cfg.model, num_classes=small.num_classes)
+  want = jax.tree.map(np.shape, dense_vars["params"])
+  for c in (3, 1):  # the input channels the run's params were built for
+    shape = (side, side, c)
+    got = jax.eval_shape(dense.init, jax.random.key(0),
+                         jax.ShapeDtypeStruct((1, *shape), jnp.float32))
+    if jax.tree.map(lambda a: a.shape, got["params"]) == want:
+      break
+  else:
+    raise ValueError(f"its params do not fit {cfg.model} on {side}x{side} "
+                     "inputs with 1 or 3 channels (--side?)")
+  what = f"{cfg.model} of {run_dir} ({cfg.method}, trained)"
+  return ({"dense": (dense, as_f32(dense_vars)), "slim": (small, as_f32(sv))},
+          shape, what)
 
 
 def _loadavg():
@@ -164,4 +202,4 @@ def _loadavg():
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -13,6 +13,7 @@ from rda_optax._export import save_sparse
 from rda_optax._gmp import GMPState
 from rda_optax._gmp import gmp
 from rda_optax._group import GroupSpec
+from rda_optax._group import GROUP_WEIGHTINGS
 from rda_optax._group import channel_groups
 from rda_optax._group import group_norms
 from rda_optax._group import group_sizes
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 
 __all__ = (
     "FreezeZerosState",
+    "GROUP_WEIGHTINGS",
     "GMPState",
     "GroupSpec",
     "LeafSparsity",

@@ -33,12 +33,16 @@ class GroupSpec:
   have the same length along their axes. ``axis=None`` puts the whole leaf
   into one group (the family then has one group).
 
+  ``weight`` multiplies the family's threshold, ``lambda_g = tau weight
+  sqrt(|g|)``; every leaf of a family must give the same weight (>= 0).
+
   Not a pytree node: a spec is a leaf of the group-spec tree, which has the
   structure of the params with a ``GroupSpec`` or ``None`` (no group) at
   each leaf.
   """
   key: str
   axis: Optional[int] = -1
+  weight: float = 1.0
 
 
 GroupsOrFn = Union[Any, Callable[[Any], Any]]
@@ -93,14 +97,16 @@ def group_soft_threshold(tree: Any, groups: GroupsOrFn,
 
   .. math::
     T_\tau(z)_g = z_g \max\Big(0,\ 1 - \frac{\lambda_g}{\|z_g\|_2}\Big),
-    \qquad \lambda_g = \tau \sqrt{|g|},
+    \qquad \lambda_g = \tau\, w_g \sqrt{|g|},
 
-  which is ``argmin_w (1/2)||w - z||^2 + sum_g lambda_g ||w_g||_2``. The
+  which is ``argmin_w (1/2)||w - z||^2 + sum_g lambda_g ||w_g||_2``
+  (``w_g``: the family's :attr:`GroupSpec.weight`, default 1). The
   ``sqrt(|g|)`` scaling (Yuan & Lin, 2006) makes the threshold of a group of
   ``|g|`` entries of typical size ``tau`` equal to its norm, so groups of
   different sizes (a 3x3x512 kernel column vs a 3x3x3 one) are thresholded
-  alike. A group is zero exactly when ``||z_g|| <= lambda_g`` (the group form
-  of criterion (18)); zeros are exact ``+0.0``. A group of zeros gives zeros
+  alike; ``w_g = 1 / sqrt(|g|)`` undoes it (``channel_groups(...,
+  weighting="uniform")``). A group is zero exactly when ``||z_g|| <=
+  lambda_g`` (the group form of criterion (18)); zeros are exact ``+0.0``. A group of zeros gives zeros
   (never NaN); a NaN in a group makes the whole group NaN. Leaves whose spec
   is ``None`` are returned unchanged (no penalty).
 
@@ -193,9 +199,10 @@ def prox_leaves(leaves: list, specs: list, l1_flags: list,
             for x, m in zip(leaves, l1_flags)]
   sumsq = _sumsq(leaves, specs)
   sizes = _sizes(leaves, specs)
+  weights = _weights(specs)
   factors = {}
   for key, s in sumsq.items():
-    lam = jnp.asarray(tau, s.dtype) * math.sqrt(sizes[key])
+    lam = jnp.asarray(tau, s.dtype) * (weights[key] * math.sqrt(sizes[key]))
     norm = jnp.sqrt(s)
     # ``~(norm <= lam)`` rather than ``norm > lam``: a NaN norm keeps its
     # group, whose entries then all become NaN instead of silently zero.
@@ -247,7 +254,25 @@ def resolve_groups(groups: GroupsOrFn, tree: Any) -> list:
     if s is not None and not isinstance(s, GroupSpec):
       raise ValueError(
           f"groups: leaves must be GroupSpec or None, got {type(s).__name__}")
+  _weights(specs)
   return specs
+
+
+def _weights(specs: list) -> dict[str, float]:
+  """{key: weight}, checking that each weight is finite, >= 0 and the same
+  over a family."""
+  out: dict[str, float] = {}
+  for s in specs:
+    if s is None:
+      continue
+    w = s.weight
+    if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
+      raise ValueError(f"groups: the weight of family {s.key!r} must be a "
+                       f"finite number >= 0, got {w!r}")
+    if out.setdefault(s.key, w) != w:
+      raise ValueError(f"groups: family {s.key!r} has weight {out[s.key]} "
+                       f"in one leaf and {w} in another")
+  return out
 
 
 def _axis(x, spec):
@@ -292,7 +317,11 @@ def _sumsq(leaves, specs):
 _STREAM = re.compile(r"^(?:(stem)_conv|layer(\d+)_\d+/(?:conv2|shortcut_conv))$")
 
 
-def channel_groups(params: Any, *, tie_residual: bool = True) -> Any:
+GROUP_WEIGHTINGS = ("size", "uniform")
+
+
+def channel_groups(params: Any, *, tie_residual: bool = True,
+                   weighting: Union[str, dict[str, float]] = "size") -> Any:
   """One group per output channel of each kernel that feeds a BatchNorm.
 
   Group ``c`` of a layer holds the layer's kernel ``[..., c]`` (its last
@@ -313,6 +342,16 @@ def channel_groups(params: Any, *, tie_residual: bool = True) -> Any:
       layer writing into it (the stem or the stage's projection, and each
       block's ``conv2``), because the stream channel is removable only when
       all of them are zero. ``False``: one group per layer.
+    weighting: how ``lambda_g`` varies between layers. ``"size"``: ``tau
+      sqrt(|g|)`` (Yuan & Lin), the default. ``"uniform"``: ``tau`` for
+      every channel (weight ``1 / sqrt(|g|)``). A group holding a BatchNorm
+      scale ``s_1`` cannot be zero while ``s_1 / (step size) > lambda_g``;
+      for RDA that is the first ``(gamma s_1 / lambda_g)^2`` steps, so under
+      ``"size"`` the widest groups (a Dense layer's channels, the last
+      convs of a VGG) lose that protection first, whatever their share of
+      the FLOPs, and under ``"uniform"`` every layer loses it at the same
+      step. A dict ``{family key: weight}`` sets the weights directly
+      (families left out: 1).
 
   Returns:
     A group-spec tree for :func:`group_soft_threshold` and ``rda(groups=)``.
@@ -326,11 +365,18 @@ def channel_groups(params: Any, *, tie_residual: bool = True) -> Any:
     ...                          "bias": jnp.zeros(10)}}
     >>> spec = rda_optax.channel_groups(params)
     >>> spec["conv0"]["kernel"], spec["bn0"]["scale"], spec["classifier"]
-    (GroupSpec(key='conv0', axis=-1), GroupSpec(key='conv0', axis=-1), \
-{'bias': None, 'kernel': None})
+    (GroupSpec(key='conv0', axis=-1, weight=1.0), \
+GroupSpec(key='conv0', axis=-1, weight=1.0), {'bias': None, 'kernel': None})
     >>> rda_optax.group_sizes(params, spec)  # 3 * 3 * 1 + 2 per channel
     {'conv0': 11}
+    >>> u = rda_optax.channel_groups(params, weighting="uniform")
+    >>> round(u["conv0"]["kernel"].weight, 4)  # 1 / sqrt(11)
+    0.3015
   """
+  if isinstance(weighting, str) and weighting not in GROUP_WEIGHTINGS:
+    raise ValueError(
+        f"channel_groups: weighting must be one of "
+        f"{', '.join(GROUP_WEIGHTINGS)} or a dict, got {weighting!r}")
   flat = {_path_name(p): leaf
           for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
   specs: dict[str, Optional[GroupSpec]] = {k: None for k in flat}
@@ -356,6 +402,14 @@ def channel_groups(params: Any, *, tie_residual: bool = True) -> Any:
                    f"{bn}/bias"):
       if member in flat:
         specs[member] = GroupSpec(key, -1)
+  if weighting == "uniform":
+    names = [k for k, s in specs.items() if s is not None]
+    sizes = _sizes([flat[k] for k in names], [specs[k] for k in names])
+    weighting = {k: 1.0 / math.sqrt(n) for k, n in sizes.items()}
+  if isinstance(weighting, dict):
+    specs = {k: s if s is None else dataclasses.replace(
+        s, weight=float(weighting.get(s.key, 1.0)))
+             for k, s in specs.items()}
   return jax.tree_util.tree_map_with_path(lambda p, _: specs[_path_name(p)],
                                          params)
 

@@ -79,7 +79,7 @@ def prox_sgd(
     l1_mask: as in :func:`rda_optax.rda`.
     groups: as in :func:`rda_optax.rda`.
     group_l1: as in :func:`rda_optax.rda` (``lambda_g = group_l1
-      sqrt(|g|)``); given exactly when ``groups`` is.
+      w_g sqrt(|g|)``); given exactly when ``groups`` is.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs

@@ -102,7 +102,7 @@ def rda(
   Structured sparsity (beyond the paper): with ``groups`` (e.g.
   :func:`rda_optax.channel_groups`, one group per output channel with its
   BatchNorm scale and bias) the penalty becomes ``lambda ||w_M||_1 +
-  sum_g lambda_g ||w_g||_2`` with ``lambda_g = group_l1 sqrt(|g|)``, and the
+  sum_g lambda_g ||w_g||_2`` with ``lambda_g = group_l1 w_g sqrt(|g|)`` (``w_g``: the spec's weight, default 1), and the
   subproblem (13) is still solved in closed form by the sparse-group
   threshold ``P`` (:func:`rda_optax.sparse_group_soft_threshold`):
 
@@ -188,7 +188,7 @@ def rda(
       ``optax.inject_hyperparams`` pass the tree (``channel_groups(params)``)
       or name ``"groups"`` in ``static_args``: it takes a callable argument
       for a schedule.
-    group_l1: ``group_l1`` of ``lambda_g = group_l1 sqrt(|g|)``, >= 0;
+    group_l1: ``group_l1`` of ``lambda_g = group_l1 w_g sqrt(|g|)``, >= 0;
       float, array or schedule; given exactly when ``groups`` is (``None``
       otherwise, so that ``optax.inject_hyperparams`` does not inject an
       argument without effect).

@@ -9,6 +9,8 @@
 #     (target-from-l1-X: lambda_t chosen for the sparsity the l1 = X run
 #     reached; run it after that run)
 #   bash scripts/cpu_cifar_round2.sh channel-2e-3 net-slim-from-2e-3  # issue 16
+#   bash scripts/cpu_cifar_round2.sh uchannel-0.03 net-slim-from-uchannel-0.03
+#     (--group-weighting uniform)
 # Rows run one after another, in the order given: about 20 minutes a row
 # alone on 2 CPU cores (about 600 img/s). Invocations side by side raise
 # the total throughput (measured: docs/RESULTS.md). Tables: docs/RESULTS.md.
@@ -46,6 +48,12 @@ row() {
     # issue 16: channel-group RDA (one group per output channel with its
     # BatchNorm scale and bias), then network slimming at the FLOPs it reached
     channel-*) train "${RDA[@]}" --structure channel --group-l1 "${1#channel-}" --run-name "rda-$1" ;;
+    # the same with lambda_g = group_l1 for every channel (no sqrt(|g|))
+    uchannel-*) train "${RDA[@]}" --structure channel --group-weighting uniform --group-l1 "${1#uchannel-}" --run-name "rda-$1" ;;
+    # at a FLOPs ratio given by hand (read off an rda run's widths at the
+    # switch to ASR, after which its channels no longer change)
+    net-slim-at-*) train --method net-slim "${SGD[@]}" --target-flops "${1#net-slim-at-}" --run-name "$1" ;;
+    net-slim-from-uchannel-*) train --method net-slim "${SGD[@]}" --target-flops-from "$R/rda-${1#net-slim-from-}" --run-name "$1" ;;
     net-slim-from-*) train --method net-slim "${SGD[@]}" --target-flops-from "$R/rda-channel-${1#net-slim-from-}" --run-name "$1" ;;
     *) echo "unknown row: $1" >&2; exit 2 ;;
   esac

@@ -17,8 +17,11 @@
 #           line when neither has its summary.json.
 #   PART=d  VGG-16bn [6]. Wave 1: dense | RDA + ASR + debias. Wave 2: GMP at
 #           RDA's sparsity.
-#   PART=e  VGG-16bn [7]: channel-group RDA (--structure channel) | sparse-
-#           group RDA, then network slimming at the channel run's FLOPs.
+#   PART=e  VGG-16bn [7]. Wave 1: channel-group RDA (--structure channel) |
+#           the same with --group-weighting uniform (lambda_g = UGROUP_L1
+#           for every channel, so the FLOP-heavy first convs can go too) |
+#           sparse-group RDA. Wave 2: network slimming at each channel
+#           run's FLOPs.
 #           Exits 2 with a line while the trainer lacks --structure/net-slim.
 # Every run, seed 1 too, is scored on the same validation split (--val-seed 0).
 #
@@ -32,7 +35,7 @@
 #   b: 3 RDA + 1 dense ~390 s: ~420-450 s (~210 s + decode without row 4);
 #   c: ~190 s (+ decode on a fresh machine);
 #   d: VGG-16bn costs about half ResNet-18's FLOPs: ~250-350 s;
-#   e: ~250-300 s.
+#   e: ~350-420 s.
 # How to run it and what comes back: docs/RESULTS.md, "Issue 17 on a device".
 #
 # Every run writes its directory under RUNS (default /tmp/issue17) with the
@@ -53,7 +56,8 @@
 # "0.95 0.98"), PARALLEL (runs at once in a wave, default 3; 1 runs them one
 # by one, the alone baseline), MEM_FRACTION (GPU memory per process, default
 # 0.9 / PARALLEL), RUNS, PYTHON, FROM_S1 (PART c), GROUP_L1 (PART e; default
-# the trainer's), DENSE_TOP1 (for goals.py when RUNS holds no dense run of a
+# the trainer's), UGROUP_L1 (PART e's uniform run, default 0.02: its
+# protection time (1/0.02)^2 = 2,500 steps is 10% of 70 epochs at batch 128), DENSE_TOP1 (for goals.py when RUNS holds no dense run of a
 # model, as in PARTs c and e on a fresh machine; or rerun goals.py here over
 # every part brought back), GMP_GLOBAL (set to 1: every GMP wave also runs
 # GMP with --sparsity-distribution global, the stronger GMP on the CIFAR-10
@@ -195,11 +199,15 @@ case "$PART" in
     wave
     launch "$M-rda-channel-$E" --model "$M" "${RDA0[@]}" --init-scale "$S" \
       --structure channel ${GROUP_L1:+--group-l1 "$GROUP_L1"}
+    launch "$M-rda-uchannel-$E" --model "$M" "${RDA0[@]}" --init-scale "$S" \
+      --structure channel --group-weighting uniform --group-l1 "${UGROUP_L1:-0.02}"
     launch "$M-rda-sparse-group-$E" --model "$M" "${RDA0[@]}" --init-scale "$S" \
       --l1 1e-4 --structure sparse-group ${GROUP_L1:+--group-l1 "$GROUP_L1"}
     wave
     launch "$M-net-slim-$E" --model "$M" --method net-slim "${DENSE[@]}" \
       --target-flops-from "$R/$M-rda-channel-$E"
+    launch "$M-net-slim-u-$E" --model "$M" --method net-slim "${DENSE[@]}" \
+      --target-flops-from "$R/$M-rda-uchannel-$E"
     ;;
 esac
 wait

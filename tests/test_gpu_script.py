@@ -112,6 +112,45 @@ def test_part_a_end_to_end(tmp_path):
   assert not any("checkpoints" in m for m in members)
 
 
+def test_part_e_end_to_end(tmp_path):
+  """PART=e with a small CNN and 1 + 1 epochs: the three channel runs side
+  by side (default, uniform weighting, sparse-group), then network slimming
+  at each channel run's FLOPs, the slim models written."""
+  runs, out = tmp_path / "runs", tmp_path / "out"
+  out.mkdir()
+  done = _script(dict(PART="e", MODEL="small_cnn", E1="1", E2="1",
+                      PARALLEL="3", UGROUP_L1="0.5",
+                      DATA=str(_tiny_cifar(tmp_path)), DENSE_TOP1="90",
+                      RUNS=str(runs), OUT=str(out),
+                      RDA_OPTAX_CACHE=str(tmp_path / "cache"),
+                      JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax-cache"),
+                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0"))
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "failed" not in done.stderr, done.stderr[-3000:]
+  m = "small_cnn"
+  names = {f"{m}-rda-channel-2", f"{m}-rda-uchannel-2",
+           f"{m}-rda-sparse-group-2", f"{m}-net-slim-2", f"{m}-net-slim-u-2"}
+  assert {p.name for p in runs.iterdir() if p.is_dir()} == names | {"logs"}
+  config = {n: json.loads((runs / n / "config.json").read_text()) for n in names}
+  summary = {n: json.loads((runs / n / "summary.json").read_text()) for n in names}
+  u = config[f"{m}-rda-uchannel-2"]
+  assert (u["structure"], u["group_weighting"], u["group_l1"]) == (
+      "channel", "uniform", 0.5)
+  assert config[f"{m}-rda-channel-2"]["group_weighting"] == "size"
+  assert config[f"{m}-rda-sparse-group-2"]["structure"] == "sparse-group"
+  for slim, src in (("net-slim", "rda-channel"), ("net-slim-u", "rda-uchannel")):
+    assert config[f"{m}-{slim}-2"]["target_flops"] == pytest.approx(
+        summary[f"{m}-{src}-2"]["flops"]["ratio"])
+  for n in names:
+    assert summary[n]["slim"]["val_top1"] == summary[n]["val_top1"]
+  waves = {t["run"]: t["wave"] for t in goals.read_timeline(runs / "timeline.tsv")}
+  assert waves == {f"{m}-rda-channel-2": "e1", f"{m}-rda-uchannel-2": "e1",
+                   f"{m}-rda-sparse-group-2": "e1", f"{m}-net-slim-2": "e2",
+                   f"{m}-net-slim-u-2": "e2"}
+  assert sorted(p.name for p in out.iterdir()) == ["goals-e.md", "issue17-e.tar.gz"]
+
+
 @pytest.mark.parametrize("env, line", [
     (dict(PART="z"), "gpu_issue17.sh: PART must be a, b, c, d or e, not 'z'"),
     (dict(PART="a", PARALLEL="0"),

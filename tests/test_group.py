@@ -125,6 +125,92 @@ def test_bad_group_specs_name_the_problem():
     rda_optax.group_soft_threshold(x, {"a": None, "b": GroupSpec("f", 1)}, 1.)
 
 
+def test_group_weight_multiplies_the_threshold_of_its_family():
+  """lambda_g = tau w sqrt(|g|), per family, against a float64 reference."""
+  rng = np.random.default_rng(0)
+  tree = {"a": rng.normal(size=(5, 6)).astype(np.float32),
+          "b": rng.normal(size=(3, 6)).astype(np.float32),
+          "c": rng.normal(size=(4, 2)).astype(np.float32)}
+  weights = {"f": 2.5, "h": 1.5}
+  spec = {"a": GroupSpec("f", weight=2.5), "b": GroupSpec("f", weight=2.5),
+          "c": GroupSpec("h", weight=1.5)}
+  tau = 0.35
+  out = rda_optax.group_soft_threshold(
+      jax.tree.map(jnp.asarray, tree), spec, tau)
+  fam = {"f": np.concatenate([tree["a"], tree["b"]]).astype(np.float64),
+         "h": tree["c"].astype(np.float64)}
+  dead = 0
+  for key, z in fam.items():
+    lam = tau * weights[key] * math.sqrt(z.shape[0])
+    norm = np.linalg.norm(z, axis=0)
+    # No group within rounding of its threshold, so none can flip.
+    assert np.min(np.abs(norm - lam) / lam) > 1e-3
+    dead += int(np.sum(norm <= lam))
+    fam[key] = z * np.maximum(0.0, 1 - lam / norm)
+  assert 0 < dead < 8  # both sides of the threshold are exercised
+  got = np.concatenate([out["a"], out["b"]])
+  np.testing.assert_allclose(got, fam["f"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out["c"], fam["h"], rtol=1e-5, atol=1e-6)
+
+
+def _two_layer_params(norm):
+  # Every channel group has norm ``norm``; the groups hold 3*3*1 + 2 = 11
+  # and 40 + 2 = 42 entries.
+  def layer(shape):
+    n = math.prod(shape[:-1]) + 2
+    v = norm / math.sqrt(n)
+    return ({"kernel": jnp.full(shape, v)},
+            {"scale": jnp.full(shape[-1:], v), "bias": jnp.full(shape[-1:], v)})
+  conv, bn0 = layer((3, 3, 1, 8))
+  hidden, bnh = layer((40, 5))
+  return {"conv0": conv, "bn0": bn0, "hidden": hidden, "bn_hidden": bnh}
+
+
+@pytest.mark.parametrize("factor, alive", [(0.99, True), (1.01, False)])
+def test_uniform_weighting_gives_every_channel_the_threshold_tau(factor,
+                                                                 alive):
+  params = _two_layer_params(1.0)
+  tau = 1.0 * factor  # just under / over every group's norm
+  uni = rda_optax.channel_groups(params, weighting="uniform")
+  out = rda_optax.group_soft_threshold(params, uni, tau)
+  for leaf in jax.tree.leaves(out):
+    assert bool(np.all(np.asarray(leaf) != 0)) == alive
+  # Under the default sqrt(|g|) scaling the same tau kills both layers.
+  out = rda_optax.group_soft_threshold(
+      params, rda_optax.channel_groups(params), tau / 3.0)
+  assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(out))
+
+
+def test_weighting_dict_sets_families_and_leaves_the_rest_at_one():
+  params = _two_layer_params(1.0)
+  spec = rda_optax.channel_groups(params, weighting={"hidden": 0.5})
+  assert spec["hidden"]["kernel"].weight == 0.5
+  assert spec["bn_hidden"]["scale"].weight == 0.5
+  assert spec["conv0"]["kernel"].weight == 1.0
+  # Every group has norm 1: conv0 dies from tau = 1/sqrt(11) = 0.302,
+  # hidden from tau = 2/sqrt(42) = 0.309 (0.154 without the weight).
+  for tau in (0.2, 0.3, 0.305, 0.32):
+    out = rda_optax.group_soft_threshold(params, spec, tau)
+    for fam, n, w in (("conv0", 11, 1.0), ("hidden", 42, 0.5)):
+      assert bool(np.all(out[fam]["kernel"] == 0)) == (
+          tau * w * math.sqrt(n) >= 1.0), (tau, fam)
+
+
+def test_bad_weights_name_the_problem():
+  x = {"a": jnp.ones((2, 3)), "b": jnp.ones((4, 3))}
+  with pytest.raises(ValueError, match="weight of family 'f' must be"):
+    rda_optax.group_soft_threshold(x, {"a": GroupSpec("f", weight=-1.0),
+                                       "b": None}, 1.0)
+  with pytest.raises(ValueError, match="weight of family 'f' must be"):
+    rda_optax.group_soft_threshold(
+        x, {"a": GroupSpec("f", weight=float("nan")), "b": None}, 1.0)
+  with pytest.raises(ValueError, match="family 'f' has weight 1.0 in one"):
+    rda_optax.group_soft_threshold(x, {"a": GroupSpec("f"),
+                                       "b": GroupSpec("f", weight=2.0)}, 1.0)
+  with pytest.raises(ValueError, match="weighting must be one of"):
+    rda_optax.channel_groups(_two_layer_params(1.0), weighting="flops")
+
+
 @settings(max_examples=25, deadline=None)
 @given(hnp.arrays(np.float32, (4, 3), elements=_FLOATS),
        st.floats(0.0, 2.0), st.floats(0.0, 2.0))

@@ -1,5 +1,6 @@
 """Channel sparsity in the trainer: --structure, net-slim, slim models."""
 
+import functools
 import json
 
 import jax
@@ -9,6 +10,7 @@ import optax
 import pytest
 
 import models
+import rda_optax
 from train import cli, optim, structure
 from train.config import Config
 
@@ -20,6 +22,9 @@ FAST = ["--batch-size", "64", "--progress", "none", "--checkpoint-every", "9"]
     (["--structure", "rows"], "--structure"),
     (["--group-l1", "1e-3"], "--group-l1"),
     (["--structure", "channel", "--group-l1", "0"], "--group-l1"),
+    (["--structure", "channel", "--group-weighting", "flops"],
+     "--group-weighting"),
+    (["--group-weighting", "uniform"], "--group-weighting"),
     (["--method", "net-slim"], "net-slim"),
     (["--method", "net-slim", "--target-flops", "1.5"], "--target-flops"),
     (["--method", "net-slim", "--prune-channels", "1"], "--prune-channels"),
@@ -48,6 +53,29 @@ def test_a_model_without_channel_groups_is_refused(tmp_path, capsys,
                    "--structure", "channel"])
   err = capsys.readouterr().err.strip()
   assert code == 2 and "no channel groups" in err and "--model" in err, err
+
+
+@pytest.mark.parametrize("weighting", ["size", "uniform"])
+def test_group_weighting_reaches_the_optimizer(weighting):
+  """--group-weighting sets lambda_g of the trainer's rda: one step from
+  the same state matches the library's rda with that weighting and no
+  other."""
+  p = _params()
+  g = jax.tree.map(lambda x: 0.3 * jnp.cos(jnp.arange(x.size) + 1.0
+                                          ).reshape(x.shape), p)
+  cfg = Config(method="rda", structure="channel", group_l1=0.02,
+               group_weighting=weighting, epochs=2, asr_epochs=1)
+  tx = optim.build(cfg, "rda", 10).tx
+  got, _ = tx.update(g, tx.init(p), p)
+  outs = {}
+  for w in ("size", "uniform"):
+    ref = rda_optax.rda(cfg.gamma, 0.0, groups=functools.partial(
+        rda_optax.channel_groups, weighting=w), group_l1=0.02)
+    outs[w], _ = ref.update(g, ref.init(p), p)
+  same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(  # noqa: E731
+      jax.tree.leaves(a), jax.tree.leaves(b)))
+  other = "uniform" if weighting == "size" else "size"
+  assert same(got, outs[weighting]) and not same(got, outs[other])
 
 
 def _params():
@@ -234,3 +262,27 @@ def test_each_run_of_a_compare_writes_a_config_that_resume_accepts():
     validate(Config(**raw))
     assert structure.resume_target(Config(**raw)) == target
   assert structure.config_fields("rda", None)["target_flops"] is None
+
+
+def test_slim_latency_times_a_trained_run_and_refuses_a_bad_one(
+    slim_runs, capsys, tmp_path):
+  """benchmarks/slim_latency.py --run-dir: the run's dense variables beside
+  its slim model, with the parameter and FLOPs ratios of the run, and the
+  slim logits equal to the dense ones (the dead channels are exact zeros)."""
+  from benchmarks import slim_latency  # pylint: disable=g-import-not-at-top
+  run = slim_runs["net-slim"]
+  assert slim_latency.main(["--run-dir", str(run), "--side", "8",
+                            "--repeats", "1", "--batch-sizes", "2"]) == 0
+  out = capsys.readouterr().out
+  rows = {l.split()[0]: l.split() for l in out.splitlines()
+          if l.split() and l.split()[0] in ("dense", "slim")}
+  s = _summary(run)
+  dense_p, slim_p = s["slim"]["dense_params"], s["slim"]["params"]
+  assert int(rows["dense"][1].replace(",", "")) == dense_p
+  assert int(rows["slim"][1].replace(",", "")) == slim_p < dense_p
+  assert float(rows["slim"][4]) == pytest.approx(1 / s["flops"]["ratio"],
+                                                 abs=0.01)
+  assert float(rows["slim"][-1]) < 1e-4  # max|dlogit|
+  assert slim_latency.main(["--run-dir", str(tmp_path)]) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and str(tmp_path) in err, err

@@ -170,6 +170,10 @@ def parser() -> argparse.ArgumentParser:
                  "in slim.msgpack")
   g.add_argument("--group-l1", type=float, help="--structure: group "
                  "strength, lambda_g = group_l1 sqrt(|g|) (default 1.5e-3)")
+  g.add_argument("--group-weighting", help="--structure: size (lambda_g = "
+                 "group_l1 sqrt(|g|), the default) or uniform (lambda_g = "
+                 "group_l1 for every channel, so that wide layers are not "
+                 "the first to die)")
   g.add_argument("--bn-l1", type=float, help="net-slim: l1 on the "
                  "BatchNorm scales during --epochs (default 1e-4)")
   g.add_argument("--target-flops", type=float, help="net-slim: prune "

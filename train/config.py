@@ -70,6 +70,7 @@ class Config:
   rigl_t_end_fraction: float = 0.75
   structure: str = "none"
   group_l1: Optional[float] = None
+  group_weighting: str = "size"
   bn_l1: float = 1e-4
   target_flops: Optional[float] = None
   target_flops_from: Optional[str] = None

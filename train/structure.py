@@ -13,6 +13,7 @@ log, FLOPs, and the slim model written into the run directory.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
@@ -80,6 +81,13 @@ def check(cfg: Any) -> None:
     _check(any(m in STRUCTURED_METHODS for m in run),
            f"--structure {cfg.structure} needs --method "
            f"{' or '.join(STRUCTURED_METHODS)} (got {', '.join(run)})")
+  _check(cfg.group_weighting in rda_optax.GROUP_WEIGHTINGS,
+         "--group-weighting must be "
+         f"{' or '.join(rda_optax.GROUP_WEIGHTINGS)}, "
+         f"got {cfg.group_weighting!r}")
+  if cfg.group_weighting != "size":
+    _check(cfg.structure != "none",
+           "--group-weighting needs --structure channel or sparse-group")
   if cfg.group_l1 is not None:
     _check(cfg.structure != "none",
            "--group-l1 needs --structure channel or sparse-group")
@@ -146,7 +154,8 @@ def net_slim_target(cfg: Any, summaries: list[dict]) -> Optional[float]:
 
 def group_args(cfg: Any, spe: int) -> dict[str, Any]:
   """``groups=``/``group_l1=`` for ``rda``/``prox_sgd``: the channel groups
-  with ``--group-l1`` (0 in the ``--debias-epochs``, like l1)."""
+  weighted by ``--group-weighting``, with ``--group-l1`` (0 in the
+  ``--debias-epochs``, like l1)."""
   if cfg.structure == "none":
     return {}
   lam = cfg.group_l1 if cfg.group_l1 is not None else DEFAULT_GROUP_L1
@@ -155,7 +164,9 @@ def group_args(cfg: Any, spe: int) -> dict[str, Any]:
     g = lambda step: jnp.where(step >= start, 0.0, lam)  # noqa: E731
   else:
     g = lam
-  return dict(groups=rda_optax.channel_groups, group_l1=g)
+  return dict(groups=functools.partial(rda_optax.channel_groups,
+                                       weighting=cfg.group_weighting),
+              group_l1=g)
 
 
 
@@ -351,7 +362,7 @@ def config_fields(method: str, target: Optional[float]) -> dict[str, Any]:
   (a ``--compare`` shares one set of flags among methods)."""
   out: dict[str, Any] = {}
   if method not in STRUCTURED_METHODS:
-    out.update(structure="none", group_l1=None)
+    out.update(structure="none", group_l1=None, group_weighting="size")
   if method == "net-slim":
     out.update(target_sparsity=None, target_flops=target,
                target_flops_from=None)
