@@ -17,9 +17,12 @@
 set -euo pipefail
 target=${1:-lib}
 root=$(cd "$(dirname "$0")/.." && pwd)
-py=${PYTHON:-python}
-# Absolute: the run below happens in the scratch copy.
-mutmut=$(realpath "${MUTMUT:-$(dirname "$(command -v "$py")")/mutmut}")
+# Absolute (the run happens in the scratch copy) but not resolved: a venv's
+# python is a link out of the venv, and mutmut sits beside the link.
+py=$(command -v "${PYTHON:-python}")
+py=$(cd "$(dirname "$py")" && pwd)/$(basename "$py")
+mutmut=${MUTMUT:-$(dirname "$py")/mutmut}
+mutmut=$(cd "$(dirname "$mutmut")" && pwd)/$(basename "$mutmut")
 work=${MUTATE_DIR:-$(mktemp -d /tmp/rda-mutate.XXXXXX)}
 case $target in
   lib)

@@ -92,3 +92,24 @@ def test_frontier_reuses_only_runs_of_the_same_configuration(tmp_path, capsys):
     assert sorted(p.name for p in runs.iterdir()) == ["rda-l11e-3-seed0"]
     cfg[key] = good
     (d / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("methods", ["sgd", "rda,sgd"])
+def test_train_throughput_runs_any_method_list(methods, tmp_path, capsys):
+  """``--methods sgd`` alone used to raise KeyError computing rda / sgd; the
+  ratio is given only when both were measured."""
+  throughput = _load("train_throughput")
+  out = tmp_path / "t.json"
+  throughput.main(["--model", "small_cnn", "--batch-size", "8", "--steps",
+                   "1", "--repeats", "1", "--image-shape", "8,8,1",
+                   "--methods", methods, "--json", str(out)])
+  res = json.loads(out.read_text())
+  assert set(res["images_per_sec"]) == set(methods.split(","))
+  assert all(v > 0 for v in res["images_per_sec"].values())
+  printed = capsys.readouterr().out
+  if "rda" in methods:
+    ips = res["images_per_sec"]
+    assert res["ratio"] == pytest.approx(ips["rda"] / ips["sgd"])
+    assert "rda / sgd" in printed
+  else:
+    assert res["ratio"] is None and "rda / sgd" not in printed

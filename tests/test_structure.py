@@ -78,6 +78,15 @@ def test_group_weighting_reaches_the_optimizer(weighting):
   assert same(got, outs[weighting]) and not same(got, outs[other])
 
 
+@pytest.mark.parametrize("weighting,default", [("size", 1.5e-3),
+                                               ("uniform", 0.06)])
+def test_default_group_l1_follows_the_weighting(weighting, default):
+  """The documented defaults of --group-l1 (the uniform threshold is not
+  scaled by sqrt(|g|), so its useful values are ~30x larger)."""
+  cfg = Config(method="rda", structure="channel", group_weighting=weighting)
+  assert structure.group_args(cfg, 10)["group_l1"] == default
+
+
 def _params():
   """A conv + BatchNorm pair whose channel 0 is dead (its whole group 0)."""
   k = jax.random.normal(jax.random.key(0), (3, 3, 1, 4))

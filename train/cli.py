@@ -169,7 +169,8 @@ def parser() -> argparse.ArgumentParser:
                  "(--l1 and the group term); the run ends with the slim model "
                  "in slim.msgpack")
   g.add_argument("--group-l1", type=float, help="--structure: group "
-                 "strength, lambda_g = group_l1 sqrt(|g|) (default 1.5e-3)")
+                 "strength, lambda_g = group_l1 sqrt(|g|) (default 1.5e-3; "
+                 "0.06 with --group-weighting uniform)")
   g.add_argument("--group-weighting", help="--structure: size (lambda_g = "
                  "group_l1 sqrt(|g|), the default) or uniform (lambda_g = "
                  "group_l1 for every channel, so that wide layers are not "
