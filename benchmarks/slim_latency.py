@@ -98,12 +98,17 @@ def main(argv=None):
                   help="input height = width (CIFAR: 32)")
   ap.add_argument("--run-dir", help="a finished run with a slim model: "
                   "time it against the run's own dense variables")
+  ap.add_argument("--multiple", type=int, help="also time each slim model "
+                  "with its widths rounded up to a multiple of this "
+                  "(models.slim(..., multiple=))")
   args = ap.parse_args(argv)
   for f in args.fractions:
     if not 0.0 <= f < 1.0:
       ap.error(f"--fractions: each must be in [0, 1), got {f}")
   if args.side < 1:
     ap.error(f"--side: must be >= 1, got {args.side}")
+  if args.multiple is not None and args.multiple < 1:
+    ap.error(f"--multiple: must be >= 1, got {args.multiple}")
   rng = np.random.default_rng(args.seed)
   killed = {}  # the dense model with the channels killed: slim's reference
   if args.run_dir:
@@ -125,7 +130,12 @@ def main(argv=None):
       m, v = models.slim(dense, killed[name])
       variants[name] = (m, as_f32(v))
     what = "VGG-16bn, random weights (not trained)"
-
+  if args.multiple:
+    dense = variants["dense"][0]
+    for name in list(killed):
+      m, v = models.slim(dense, killed[name], multiple=args.multiple)
+      variants[f"{name}/{args.multiple}"] = (m, as_f32(v))
+      killed[f"{name}/{args.multiple}"] = killed[name]
   print(f"{what}, {shape[0]}x{shape[1]}x{shape[2]} inputs; jax "
         f"{jax.__version__}, {jax.devices()[0].platform}, float32, median "
         f"of {args.repeats}")
@@ -149,14 +159,14 @@ def main(argv=None):
 
   base = variants["dense"]
   p0, f0 = models.param_count(base[1]["params"]), models.flops(base[0], shape)
-  head = (f"{'model':<10} {'params':>10} {'x':>6} {'MFLOPs':>8} {'x':>6}"
+  head = (f"{'model':<13} {'params':>10} {'x':>6} {'MFLOPs':>8} {'x':>6}"
           + "".join(f" {'ms@' + str(b):>9} {'x':>6}" for b in xs)
           + f" {'max|dlogit|':>11}")
   print(head)
   med0 = {b: statistics.median(times["dense"][b]) for b in xs}
   for k, (m, v) in variants.items():
     p, fl = models.param_count(v["params"]), models.flops(m, shape)
-    row = f"{k:<10} {p:>10,} {p0 / p:>6.2f} {fl / 1e6:>8.1f} {f0 / fl:>6.2f}"
+    row = f"{k:<13} {p:>10,} {p0 / p:>6.2f} {fl / 1e6:>8.1f} {f0 / fl:>6.2f}"
     for b in xs:
       med = statistics.median(times[k][b])
       row += f" {med * 1e3:>9.2f} {med0[b] / med:>6.2f}"

@@ -45,13 +45,19 @@ from models._small_cnn import SmallCNN
 from models._vgg import CONFIGS, VGG
 
 
-def slim(model: nn.Module, variables: Any) -> tuple[nn.Module, dict]:
+def slim(model: nn.Module, variables: Any, *,
+         multiple: int = 1) -> tuple[nn.Module, dict]:
   """Removes every dead channel: a physically smaller model and variables.
 
   Args:
     model: a ``SmallCNN``, ``VGG`` or ``ResNet18`` (as from ``models.get``),
       possibly already slimmed.
     variables: its variables, ``{"params": ..., "batch_stats": ...}``.
+    multiple: keep enough dead channels (the first ones) that every width is
+      a multiple of this, or the layer's full width. Kept dead channels
+      still output exact zeros, so the result is as exact; widths such as 24
+      or 41 can run slower on a CPU than the dense 32 or 64 (measured in
+      ``docs/RESULTS.md``).
 
   Returns:
     ``(slim_model, slim_variables)``: the same class with per-layer
@@ -62,6 +68,7 @@ def slim(model: nn.Module, variables: Any) -> tuple[nn.Module, dict]:
 
   Raises:
     TypeError: for a model of another class.
+    ValueError: if ``multiple < 1``.
 
   Examples:
     >>> import jax, models
@@ -72,8 +79,12 @@ def slim(model: nn.Module, variables: Any) -> tuple[nn.Module, dict]:
     >>> small, sv = models.slim(m, v)
     >>> small.widths, sv["params"]["conv1"]["kernel"].shape
     ((24, 64, 128), (3, 3, 24, 64))
+    >>> models.slim(m, v, multiple=16)[0].widths
+    (32, 64, 128)
   """
-  s = _Slicer(variables)
+  if not (isinstance(multiple, int) and multiple >= 1):
+    raise ValueError(f"slim: multiple must be an int >= 1, got {multiple!r}")
+  s = _Slicer(variables, multiple)
   if isinstance(model, SmallCNN):
     c1 = s.dead("bn1").size
     k0 = s.layer("conv0", "bn0", None)
@@ -96,7 +107,8 @@ def slim(model: nn.Module, variables: Any) -> tuple[nn.Module, dict]:
       first = "stem" if i == 0 else f"layer{i + 1}_0/shortcut"
       writers = [f"{first}_bn"] + [f"layer{i + 1}_{j}/bn2"
                                    for j in range(blocks)]
-      stream = _keep(np.logical_and.reduce([s.dead(w) for w in writers]))
+      stream = _keep(np.logical_and.reduce([s.dead(w) for w in writers]),
+                     multiple)
       if i == 0:
         s.kernel("stem_conv", None, stream)
       else:
@@ -161,15 +173,20 @@ def flops(model: nn.Module, input_shape: Sequence[int]) -> int:
   return int(sum(total))
 
 
-def _keep(dead: np.ndarray) -> np.ndarray:
-  idx = np.flatnonzero(~dead)
-  return idx if idx.size else np.zeros(1, np.int64)
+def _keep(dead: np.ndarray, multiple: int = 1) -> np.ndarray:
+  """Indices of the channels to keep: the alive ones, then the first dead
+  ones up to a multiple of ``multiple`` (or all), at least one."""
+  alive = np.flatnonzero(~dead)
+  n = min(-(-max(alive.size, 1) // multiple) * multiple, dead.size)
+  extra = np.flatnonzero(dead)[:n - alive.size]
+  return np.sort(np.concatenate([alive, extra]))
 
 
 class _Slicer:
   """Cuts channels out of flat ``path -> array`` copies of the variables."""
 
-  def __init__(self, variables):
+  def __init__(self, variables, multiple=1):
+    self.multiple = multiple
     self.params = traverse_util.flatten_dict(variables["params"], sep="/")
     self.stats = traverse_util.flatten_dict(
         variables.get("batch_stats", {}), sep="/")
@@ -205,7 +222,7 @@ class _Slicer:
 
   def layer(self, layer, bn, keep_in, flat_channels=None):
     """Slims a kernel + BatchNorm pair; returns the kept output channels."""
-    keep = _keep(self.dead(bn))
+    keep = _keep(self.dead(bn), self.multiple)
     self.kernel(layer, keep_in, keep, flat_channels)
     self.bn(bn, keep)
     return keep

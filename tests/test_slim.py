@@ -140,6 +140,43 @@ def test_slim_model_computes_the_same_logits(name):
     np.testing.assert_allclose(got32, ref, rtol=0, atol=1e-4 * scale)
 
 
+def _flat_widths(w):
+  return [x for v in w for x in (v if isinstance(v, tuple) else (v,))]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_slim_to_a_multiple_keeps_the_first_dead_channels_exactly(name):
+  """``multiple=4``: each width rounds up to a multiple of 4 (or the full
+  width) with the lowest-index dead channels, and the logits are still the
+  original's."""
+  kw, shape = CASES[name]
+  model = models.get(name, **kw)
+  v = _trained_like(model, shape, seed=len(name))
+  full = _flat_widths(model.widths)
+  tight = _flat_widths(models.slim(model, v)[0].widths)
+  small, sv = models.slim(model, v, multiple=4)
+  got = _flat_widths(small.widths)
+  assert got != tight
+  for f, t, g in zip(full, tight, got):
+    assert g == min(-(-t // 4) * 4, f), (full, tight, got)
+  # The kept dead channels are the first ones: channel 0 of conv0 / the
+  # stem, whatever its state, is kept when the layer was rounded up.
+  bn0 = "stem_bn" if name == "resnet18" else "bn0"
+  dead0 = models.dead_channels(v)[bn0]
+  kept = small.widths[0][0] if name == "resnet18" else small.widths[0]
+  ref_scale = np.asarray(v["params"][bn0]["scale"])
+  keep_idx = np.sort(np.concatenate([np.flatnonzero(~dead0), np.flatnonzero(
+      dead0)[:kept - int((~dead0).sum())]]))
+  np.testing.assert_array_equal(sv["params"][bn0]["scale"],
+                                ref_scale[keep_idx])
+  x = np.random.default_rng(0).normal(size=(3, *shape))
+  ref = _logits(model, v, x, jnp.float64)
+  np.testing.assert_allclose(_logits(small, sv, x, jnp.float64), ref,
+                             rtol=2.0 ** -23, atol=1e-9 * np.abs(ref).max())
+  with pytest.raises(ValueError, match="multiple"):
+    models.slim(model, v, multiple=0)
+
+
 @pytest.mark.parametrize("name,kw", [
     ("vgg19bn", {"widths": (5,) * 16}),
     ("resnet18_imagenet", {"widths": ((8, 6, 6),) * 4})])
