@@ -390,6 +390,40 @@ def test_rda_with_channel_groups_matches_the_closed_form():
       np.all(np.asarray(p["conv"]["kernel"]) == 0, axis=(0, 1, 2)), dead)
 
 
+def test_prox_sgd_sparse_group_step_is_the_threshold_of_the_sgd_step():
+  """One prox-SGD step with l1 and groups: P_{lr l1, lr glam}(w - lr g),
+  element-wise on the kernel, then group shrinkage (the closed form of
+  sparse_group_soft_threshold, by hand in float64)."""
+  rng = np.random.default_rng(3)
+  size = np.array([0.03, 0.03, 1.0, 1.0, 1.0])  # channels 0, 1: small
+  params = {"conv": {"kernel": jnp.asarray(rng.normal(size=(2, 2, 3, 5))
+                                           * size, jnp.float32)},
+            "bn": {"scale": jnp.asarray(size, jnp.float32),
+                   "bias": jnp.zeros(5)}}
+  grads = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape) * size,
+                                             jnp.float32), params)
+  lr, l1, glam = 0.5, 0.3, 0.2
+  tx = rda_optax.prox_sgd(lr, l1, groups=rda_optax.channel_groups,
+                          group_l1=glam)
+  u, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  p = optax.apply_updates(params, u)
+  f64 = lambda a: np.asarray(a, np.float64)  # noqa: E731
+  zk = f64(params["conv"]["kernel"]) - lr * f64(grads["conv"]["kernel"])
+  zk = np.sign(zk) * np.maximum(np.abs(zk) - lr * l1, 0)  # kernels only
+  zs = f64(params["bn"]["scale"]) - lr * f64(grads["bn"]["scale"])
+  zb = f64(params["bn"]["bias"]) - lr * f64(grads["bn"]["bias"])
+  vec = np.concatenate([zk.reshape(-1, 5), zs[None], zb[None]])
+  lam_g = lr * glam * math.sqrt(vec.shape[0])
+  norms = np.linalg.norm(vec, axis=0)
+  assert np.min(np.abs(norms - lam_g)) > 1e-3
+  want = vec * np.maximum(0, 1 - lam_g / norms)
+  assert 0 < np.sum(np.all(want == 0, axis=0)) < 5  # some channels die
+  got = np.concatenate([np.asarray(p["conv"]["kernel"]).reshape(-1, 5),
+                        np.asarray(p["bn"]["scale"])[None],
+                        np.asarray(p["bn"]["bias"])[None]])
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def _loss_and_params(a, b, sizes):
   a32, b32 = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
 

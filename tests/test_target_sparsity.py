@@ -197,6 +197,18 @@ def test_sampled_threshold_is_the_order_statistic_of_its_sample():
     assert np.float32(select(a, b, k)) == want, k
 
 
+def test_sample_positions_are_distinct_sorted_and_proportional():
+  """A draw without replacement: no entry counted twice in the estimate."""
+  sizes = [50, 3000, 12000]
+  pos = _target.sample_positions(sizes, 1500, seed=2)
+  for p, n in zip(pos, sizes):
+    assert p.dtype == np.int32 and np.all(np.diff(p) > 0)  # distinct, sorted
+    assert 0 <= p.min() and p.max() < n
+    assert p.size == max(1, round(1500 * n / sum(sizes)))
+  # Sizes the sample covers: every entry, no positions needed.
+  assert _target.sample_positions(sizes, sum(sizes)) == [None] * 3
+
+
 ERK_SHAPES = [(3, 3, 3, 64), (3, 3, 64, 64), (3, 3, 64, 128), (1, 1, 64, 128),
               (3, 3, 128, 128), (512, 10), (4096, 128), (128, 10)]
 _erk_traced = jax.jit(lambda t: _target.zero_counts(ERK_SHAPES, t, "erk"))
