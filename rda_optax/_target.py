@@ -143,8 +143,9 @@ def sampled_kth_smallest(scores: Sequence[jax.Array], k: Any,
   The positions are drawn once, at trace time (:func:`sample_positions`),
   so the cost is a gather of ``samples`` values and their radix select.
   When ``samples`` covers every entry the result is exact. Otherwise the
-  fraction of entries at or below the estimate misses ``k / n`` by the sampling error of a quantile: about
-  ``sqrt(q (1 - q) / samples)`` (q = k/n) typically, and by more than
+  fraction of entries at or below the estimate misses ``k / n`` by the
+  sampling error of a quantile: about ``sqrt(q (1 - q) / samples)``
+  (q = k/n) typically, and by more than
   ``eps`` with probability at most ``2 exp(-2 samples eps^2)`` (the
   Dvoretzky-Kiefer-Wolfowitz inequality, for a with-replacement sample;
   without replacement is no worse).
