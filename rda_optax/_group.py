@@ -106,9 +106,10 @@ def group_soft_threshold(tree: Any, groups: GroupsOrFn,
   different sizes (a 3x3x512 kernel column vs a 3x3x3 one) are thresholded
   alike; ``w_g = 1 / sqrt(|g|)`` undoes it (``channel_groups(...,
   weighting="uniform")``). A group is zero exactly when ``||z_g|| <=
-  lambda_g`` (the group form of criterion (18)); zeros are exact ``+0.0``. A group of zeros gives zeros
-  (never NaN); a NaN in a group makes the whole group NaN. Leaves whose spec
-  is ``None`` are returned unchanged (no penalty).
+  lambda_g`` (the group form of criterion (18)); zeros are exact ``+0.0``.
+  A group of zeros gives zeros (never NaN); a NaN in a group makes the
+  whole group NaN. Leaves whose spec is ``None`` are returned unchanged
+  (no penalty).
 
   Args:
     tree: a pytree of arrays.

@@ -102,9 +102,10 @@ def rda(
   Structured sparsity (beyond the paper): with ``groups`` (e.g.
   :func:`rda_optax.channel_groups`, one group per output channel with its
   BatchNorm scale and bias) the penalty becomes ``lambda ||w_M||_1 +
-  sum_g lambda_g ||w_g||_2`` with ``lambda_g = group_l1 w_g sqrt(|g|)`` (``w_g``: the spec's weight, default 1), and the
-  subproblem (13) is still solved in closed form by the sparse-group
-  threshold ``P`` (:func:`rda_optax.sparse_group_soft_threshold`):
+  sum_g lambda_g ||w_g||_2`` with ``lambda_g = group_l1 w_g sqrt(|g|)``
+  (``w_g``: the spec's weight, default 1), and the subproblem (13) is
+  still solved in closed form by the sparse-group threshold ``P``
+  (:func:`rda_optax.sparse_group_soft_threshold`):
 
   .. math::
     w_{t+1} = \frac{P_{\lambda, \lambda_G}(b_t c - \bar g_t)}{b_t + \ell_2}
@@ -119,8 +120,8 @@ def rda(
   grouped leaf (one quadratic weight per group keeps the closed form).
   ``l1 = 0`` gives the pure group lasso.
 
-  Schedules: ``gamma``, ``l1`` and ``group_l1`` may be optax schedules of the 0-based
-  step. Because the iterate is rebuilt from ``gbar_t`` at every step, a step
+  Schedules: ``gamma``, ``l1`` and ``group_l1`` may be optax schedules of
+  the 0-based step. Because the iterate is rebuilt from ``gbar_t`` at every step, a step
   change of ``gamma`` rescales the whole displacement ``w - c`` at once and a
   change of ``l1`` re-thresholds the whole average at once (section 5.2's
   schedules act this way; nothing is accumulated per step).
