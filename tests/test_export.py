@@ -187,6 +187,15 @@ def test_header_that_disagrees_with_the_payload_is_refused(field, value):
     _export.decode_sparse(_resign(body))
 
 
+def test_index_gaps_that_run_past_the_leaf_are_refused():
+  # Each gap is below the leaf's size, but their sum is not: a correctly
+  # signed file from a faulty writer must not index past the leaf.
+  with pytest.raises(ValueError, match="indices outside the leaf"):
+    _export._indices(np.array([3, 3], np.uint64), 5, "w")  # 3, then 7
+  np.testing.assert_array_equal(
+      _export._indices(np.array([3, 0], np.uint64), 5, "w"), [3, 4])
+
+
 def test_doctests():
   assert doctest.testmod(_export).failed == 0
 
