@@ -174,7 +174,20 @@ def test_wrong_magic_and_version_are_named(tmp_path):
     ("path", ["params", "x"]),
 ])
 def test_header_that_disagrees_with_the_payload_is_refused(field, value):
-  # A correctly signed file from a writer that disagrees with this reader.
+  with pytest.raises(rda_optax.SparseFormatError, match="invalid contents"):
+    _export.decode_sparse(_signed_with(field, value))
+
+
+def test_values_of_another_type_than_the_leaf_are_named():
+  # A float32 leaf: only bfloat16 values may differ from its dtype.
+  with pytest.raises(rda_optax.SparseFormatError,
+                     match="values int32 for dtype float32"):
+    _export.decode_sparse(_signed_with("values", "int32"))
+
+
+def _signed_with(field, value):
+  """A correctly signed file from a writer that disagrees with this reader:
+  ``field`` of the leaf ``params/k`` set to ``value`` in the header."""
   data = _small_file()
   header = _header(data)
   leaf = next(l for l in header["leaves"] if l["path"] == ["params", "k"])
@@ -183,8 +196,7 @@ def test_header_that_disagrees_with_the_payload_is_refused(field, value):
   _, v, r, hlen, plen = _export._PREFIX.unpack_from(data)
   body = (_export._PREFIX.pack(_export.MAGIC, v, r, len(h), plen) + h
           + data[_export._PREFIX.size + hlen:-32])
-  with pytest.raises(rda_optax.SparseFormatError, match="invalid contents"):
-    _export.decode_sparse(_resign(body))
+  return _resign(body)
 
 
 def test_index_gaps_that_run_past_the_leaf_are_refused():
