@@ -4,6 +4,7 @@ and ``rda-train export`` / ``evaluate`` on a tiny digits run."""
 import doctest
 import hashlib
 import json
+import re
 import struct
 
 import jax
@@ -168,13 +169,25 @@ def test_wrong_magic_and_version_are_named(tmp_path):
     rda_optax.load_sparse(f)
 
 
-@pytest.mark.parametrize("field,value", [
-    ("nnz", 1000), ("nnz", 3), ("offset", 10**6), ("encoding", "rle"),
-    ("dtype", "complex64"), ("values", "bfloat16"), ("shape", [2, 3]),
-    ("path", ["params", "x"]),
+_K = re.escape("leaf ['params', 'k']: ")
+
+
+@pytest.mark.parametrize("field,value,says", [
+    ("nnz", 1000, _K + "nnz or extent out of range"),
+    ("nnz", 3, "36 varints where 3 are announced"),
+    ("offset", 10**6, _K + "nnz or extent out of range"),
+    ("encoding", "rle", _K + "unknown encoding 'rle'"),
+    ("dtype", "complex64", "unsupported dtype 'complex64'"),
+    ("values", "bfloat16", "29 varints where 15 are announced"),
+    ("shape", [2, 3], _K + "nnz or extent out of range"),
+    ("shape", [4, 5], _K + "index gap beyond the leaf"),
+    ("path", ["params", "x"], "tree entry .* does not match the leaf list"),
 ])
-def test_header_that_disagrees_with_the_payload_is_refused(field, value):
-  with pytest.raises(rda_optax.SparseFormatError, match="invalid contents"):
+def test_header_that_disagrees_with_the_payload_is_refused(field, value,
+                                                           says):
+  # The message names what disagrees (and the leaf), not only that it does.
+  with pytest.raises(rda_optax.SparseFormatError,
+                     match="invalid contents: " + says):
     _export.decode_sparse(_signed_with(field, value))
 
 
