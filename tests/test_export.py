@@ -91,6 +91,16 @@ def test_round_trip_property(n, sparsity, seed, values):
   _same_tree({"w": want}, back)
 
 
+def test_a_leaf_with_no_nonzeros_round_trips():
+  # A layer pruned away entirely: no positions, no values to write.
+  tree = {"params": {"dead": np.zeros((4, 6), np.float32),
+                     "live": np.arange(5, dtype=np.float32)}}
+  assert _export._varints(np.zeros(0, np.uint64)) == b""
+  back = _export.decode_sparse(_export.encode_sparse(tree))
+  np.testing.assert_array_equal(back["params"]["dead"], tree["params"]["dead"])
+  np.testing.assert_array_equal(back["params"]["live"], tree["params"]["live"])
+
+
 def test_varints_round_trip_large_gaps():
   gaps = np.array([0, 1, 127, 128, 16383, 16384, 2**35, 2**62], np.uint64)
   raw = _export._varints(gaps)

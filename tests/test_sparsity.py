@@ -25,6 +25,9 @@ def test_jittable_and_empty():
   assert rda_optax.sparsity_report(params) == []
 
 
-def test_mask_mismatch():
+@pytest.mark.parametrize("fn", [rda_optax.sparsity,
+                                rda_optax.sparsity_report])
+def test_mask_mismatch(fn):
+  # The message names the caller's argument, ``mask``.
   with pytest.raises(ValueError, match="mask"):
-    rda_optax.sparsity({"a": jnp.ones((2, 2))}, {"b": True})
+    fn({"a": jnp.ones((2, 2))}, {"b": True})
