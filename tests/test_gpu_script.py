@@ -42,24 +42,31 @@ def _script(env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
                                  PYTHONPATH=str(ROOT), **env))
 
 
+def _tiny_part(tmp_path, **env):
+  """One PART with a small CNN, 1 + 1 epochs and the tiny tarball; it must
+  succeed with no failed run. Returns (process, RUNS, OUT)."""
+  runs, out = tmp_path / "runs", tmp_path / "out"
+  out.mkdir()
+  done = _script(dict(MODEL="small_cnn", E1="1", E2="1",
+                      DATA=str(_tiny_cifar(tmp_path)),
+                      RUNS=str(runs), OUT=str(out),
+                      RDA_OPTAX_CACHE=str(tmp_path / "cache"),
+                      # A later wave reuses the first's small programs
+                      # (init, evaluation, statistics): ~10 s of CPU less.
+                      JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax-cache"),
+                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", **env))
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "failed" not in done.stderr, done.stderr[-3000:]
+  return done, runs, out
+
+
 def test_part_a_end_to_end(tmp_path):
   """PART=a with a small CNN and 1 + 1 epochs, two runs side by side as on
   the device: the flags, GMP (ERK and, with GMP_GLOBAL, global) and RigL at
   the RDA run's sparsity, the goals table and the speed tables."""
-  runs, out = tmp_path / "runs", tmp_path / "out"
-  out.mkdir()
-  done = _script(dict(PART="a", MODEL="small_cnn", E1="1", E2="1", DEBIAS="1",
-                      PARALLEL="2", GMP_GLOBAL="1",
-                      DATA=str(_tiny_cifar(tmp_path)),
-                      RUNS=str(runs), OUT=str(out),
-                      RDA_OPTAX_CACHE=str(tmp_path / "cache"),
-                      # The second wave reuses the first's small programs
-                      # (init, evaluation, statistics): ~10 s of CPU less.
-                      JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax-cache"),
-                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0"))
-  assert done.returncode == 0, done.stderr[-3000:]
-  assert "failed" not in done.stderr, done.stderr[-3000:]
+  done, runs, out = _tiny_part(tmp_path, PART="a", DEBIAS="1", PARALLEL="2",
+                               GMP_GLOBAL="1")
   names = {"small_cnn-sgd-2", "small_cnn-rda-debias1-2", "small_cnn-gmp-2",
            "small_cnn-gmp-global-2", "small_cnn-rigl-2"}
   assert {p.name for p in runs.iterdir() if p.is_dir()} == names | {"logs"}
@@ -116,18 +123,8 @@ def test_part_e_end_to_end(tmp_path):
   """PART=e with a small CNN and 1 + 1 epochs: the three channel runs side
   by side (default, uniform weighting, sparse-group), then network slimming
   at each channel run's FLOPs, the slim models written."""
-  runs, out = tmp_path / "runs", tmp_path / "out"
-  out.mkdir()
-  done = _script(dict(PART="e", MODEL="small_cnn", E1="1", E2="1",
-                      PARALLEL="3", UGROUP_L1="0.5",
-                      DATA=str(_tiny_cifar(tmp_path)), DENSE_TOP1="90",
-                      RUNS=str(runs), OUT=str(out),
-                      RDA_OPTAX_CACHE=str(tmp_path / "cache"),
-                      JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax-cache"),
-                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0"))
-  assert done.returncode == 0, done.stderr[-3000:]
-  assert "failed" not in done.stderr, done.stderr[-3000:]
+  done, runs, out = _tiny_part(tmp_path, PART="e", PARALLEL="3",
+                               UGROUP_L1="0.5", DENSE_TOP1="90")
   m = "small_cnn"
   names = {f"{m}-rda-channel-2", f"{m}-rda-uchannel-2",
            f"{m}-rda-sparse-group-2", f"{m}-net-slim-2", f"{m}-net-slim-u-2"}
