@@ -185,10 +185,11 @@ def main(argv=None):
 
 def trained(run_dir: Path, side: int):
   """The run's final variables (dense) and its slim model, as variants."""
-  cfg = export._config(run_dir, "--run-dir")  # pylint: disable=protected-access
   small, sv = structure.load_slim(run_dir)
   dense_vars = export.final_variables(run_dir, "--run-dir")
-  dense = models.get(cfg.model, num_classes=small.num_classes)
+  # The run's model at its default widths (load_slim built it from the
+  # run's config).
+  dense = small.clone(widths=None)
   want = jax.tree.map(np.shape, dense_vars["params"])
   for c in (3, 1):  # the input channels the run's params were built for
     shape = (side, side, c)
@@ -197,9 +198,9 @@ def trained(run_dir: Path, side: int):
     if jax.tree.map(lambda a: a.shape, got["params"]) == want:
       break
   else:
-    raise ValueError(f"its params do not fit {cfg.model} on {side}x{side} "
-                     "inputs with 1 or 3 channels (--side?)")
-  what = f"{cfg.model} of {run_dir} ({cfg.method}, trained)"
+    raise ValueError(f"its params do not fit {type(dense).__name__} on "
+                     f"{side}x{side} inputs with 1 or 3 channels (--side?)")
+  what = f"{type(dense).__name__} of {run_dir} (trained)"
   return ({"dense": (dense, as_f32(dense_vars)), "slim": (small, as_f32(sv))},
           shape, what)
 

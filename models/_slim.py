@@ -108,7 +108,7 @@ def slim(model: nn.Module, variables: Any, *,
       writers = [f"{first}_bn"] + [f"layer{i + 1}_{j}/bn2"
                                    for j in range(blocks)]
       stream = _keep(np.logical_and.reduce([s.dead(w) for w in writers]),
-                     multiple)
+                     s.multiple)
       if i == 0:
         s.kernel("stem_conv", None, stream)
       else:

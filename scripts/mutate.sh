@@ -19,10 +19,9 @@ target=${1:-lib}
 root=$(cd "$(dirname "$0")/.." && pwd)
 # Absolute (the run happens in the scratch copy) but not resolved: a venv's
 # python is a link out of the venv, and mutmut sits beside the link.
-py=$(command -v "${PYTHON:-python}")
-py=$(cd "$(dirname "$py")" && pwd)/$(basename "$py")
-mutmut=${MUTMUT:-$(dirname "$py")/mutmut}
-mutmut=$(cd "$(dirname "$mutmut")" && pwd)/$(basename "$mutmut")
+absolute() { echo "$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"; }
+py=$(absolute "$(command -v "${PYTHON:-python}")")
+mutmut=$(absolute "${MUTMUT:-$(dirname "$py")/mutmut}")
 work=${MUTATE_DIR:-$(mktemp -d /tmp/rda-mutate.XXXXXX)}
 case $target in
   lib)
