@@ -38,8 +38,8 @@ DISTRIBUTIONS = ("uniform", "erk", "global")
 
 
 def _shape(p: Any) -> tuple[int, ...]:
-  # ShapeDtypeStruct (from jax.eval_shape) and arrays both have .shape.
-  return tuple(int(d) for d in getattr(p, "shape", np.shape(p)))
+  # np.shape reads .shape, which ShapeDtypeStruct (jax.eval_shape) has too.
+  return tuple(int(d) for d in np.shape(p))
 
 
 def check_target(target: Any, name: str = "target") -> float:

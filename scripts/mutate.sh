@@ -9,6 +9,11 @@
 #                              a subset of the modules
 #   SAMPLE=300 SAMPLE_SEED=0 scripts/mutate.sh lib
 #                              a uniform random sample of the mutants
+#   MUTATE_DIR=/tmp/m SAMPLE=300 scripts/mutate.sh lib
+#                              resume a sample in the same scratch directory:
+#                              mutants already killed there are not rerun
+#   MUTANTS="name1 name2" scripts/mutate.sh trainer
+#                              only these mutants (e.g. a pass's survivors)
 #
 # Works in a scratch copy of the tree (mutmut writes mutants/ next to the
 # code), so the checkout stays clean. MUTATE_TIMEOUT (seconds, default 1200)
@@ -32,17 +37,30 @@ case $target in
       tests/test_gmp.py tests/test_rigl.py tests/test_group.py
       tests/test_target_sparsity.py tests/test_allocation.py
       tests/test_export.py tests/test_conformance.py"
-    # Whole training runs: minutes per surviving mutant on 2 cores, and
-    # the unit tests above check the same code paths.
+    # Whole training runs (minutes per surviving mutant on 2 cores; the unit
+    # tests above check the same code paths) and the docstring examples
+    # (they only run the examples). Leaving tests out can only lower the
+    # score.
     deselect="tests/test_composition.py::test_scaled_uniform_init_trains
       tests/test_composition.py::test_proposition_1_zero_init_never_moves
+      tests/test_conformance.py::test_docstring_examples_run
+      tests/test_rigl.py::test_docstring_examples
+      tests/test_gmp.py::test_docstring_examples
       tests/test_export.py::test_export_then_evaluate_gives_the_runs_test_top1
       tests/test_export.py::test_export_evaluate_bad_input_one_line_exit_2" ;;
   trainer)
     sources=${ONLY:-train/engine.py train/optim.py train/prune.py train/parallel.py}
+    # test_reliability's launch checks run in-process and stop before
+    # training, its non-finite tests run compiled epochs directly. The
+    # multi-device tests (test_scaling, test_multiprocess) run the trainer in
+    # subprocesses, which mutmut cannot attribute to the code they run.
     tests="tests/test_evaluate.py tests/test_augment.py
       tests/test_logged_values.py tests/test_accelerator_defaults.py
-      tests/test_train.py"
+      tests/test_train.py tests/test_target_train.py tests/test_parallel.py
+      tests/test_reliability.py::test_bad_launch_is_refused_before_anything_is_written
+      tests/test_reliability.py::test_unreachable_coordinator_times_out_with_one_line
+      tests/test_reliability.py::test_nonfinite_steps_are_skipped_and_leave_no_trace
+      tests/test_reliability.py::test_nonfinite_halt_is_per_step_and_state_stays_the_last_good_one"
     deselect="" ;;
   *) echo "mutate.sh: target must be lib or trainer, not '$target'" >&2; exit 2 ;;
 esac
@@ -73,27 +91,43 @@ cd "$work"
 echo "mutate.sh: $target in $work: ${sources//$'\n'/ }" >&2
 export PYTHONPATH=. JAX_PLATFORMS=cpu
 names=()
-if [ -n "${SAMPLE:-}" ]; then
+sample=()
+if [ -n "${MUTANTS:-}" ]; then
+  read -r -a names <<< "$MUTANTS"
+  sample=("${names[@]}")
+  "$mutmut" run --max-children "${JOBS:-2}" "no-such-mutant" > /dev/null 2>&1 || true
+elif [ -n "${SAMPLE:-}" ]; then
   # mutmut cannot sample: a first run that matches no mutant writes them all
   # (and the tests' coverage), then a uniform random sample of their names
   # runs. Its score estimates the whole set's; a full pass needs hours here.
   "$mutmut" run --max-children "${JOBS:-2}" "no-such-mutant" > /dev/null 2>&1 || true
-  mapfile -t names < <("$py" - "$SAMPLE" "${SAMPLE_SEED:-0}" <<'PY'
+  # The sample is drawn from every name, then those a resumed directory has
+  # already killed are dropped from the run (mutmut reruns any mutant it is
+  # given by name) but still counted in the score.
+  mapfile -t sample < <("$py" - "$SAMPLE" "${SAMPLE_SEED:-0}" <<'PY'
 import json, pathlib, random, sys
-keys = sorted(k for m in pathlib.Path("mutants").rglob("*.meta")
-              for k in json.loads(m.read_text())["exit_code_by_key"])
+codes = {k: v for m in pathlib.Path("mutants").rglob("*.meta")
+         for k, v in json.loads(m.read_text())["exit_code_by_key"].items()}
 n, seed = int(sys.argv[1]), int(sys.argv[2])
-print("\n".join(sorted(random.Random(seed).sample(keys, min(n, len(keys))))))
-print(f"mutate.sh: sampled {min(n, len(keys))} of {len(keys)} mutants "
-      f"(seed {seed})", file=sys.stderr)
+sample = sorted(random.Random(seed).sample(sorted(codes), min(n, len(codes))))
+done = [k for k in sample if codes[k] in (1, 3)]  # mutmut's "killed"
+print("\n".join(k + (" done" if k in done else "") for k in sample))
+print(f"mutate.sh: sampled {len(sample)} of {len(codes)} mutants (seed {seed}); "
+      f"{len(done)} already killed here", file=sys.stderr)
 PY
 )
+  for line in "${sample[@]}"; do
+    case $line in *" done") ;; *) names+=("$line") ;; esac
+  done
+  sample=("${sample[@]% done}")
 fi
-timeout "${MUTATE_TIMEOUT:-1200}" "$mutmut" run --max-children "${JOBS:-2}" \
-  "${names[@]}" || echo "mutate.sh: mutmut stopped (exit $?); results so far:" >&2
+if [ -z "${SAMPLE:-}${MUTANTS:-}" ] || [ ${#names[@]} -gt 0 ]; then
+  timeout "${MUTATE_TIMEOUT:-1200}" "$mutmut" run --max-children "${JOBS:-2}" \
+    "${names[@]}" || echo "mutate.sh: mutmut stopped (exit $?); results so far:" >&2
+fi
 "$mutmut" results --all true > results.txt 2>&1 || true
-if [ ${#names[@]} -gt 0 ]; then  # only the sample
-  printf '%s\n' "${names[@]}" | sed 's/$/:/' > sample.txt
+if [ ${#sample[@]} -gt 0 ]; then  # only the sample (or the named mutants)
+  printf '%s\n' "${sample[@]}" | sed 's/$/:/' > sample.txt
   grep -F -f sample.txt results.txt > r.txt || true
   mv r.txt results.txt
 fi

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+import _tiny_model  # tests/_tiny_model.py
 from train import engine
 from train import run as run_lib
 from train.config import Config
@@ -28,3 +29,14 @@ def test_dtype_auto_follows_the_backend(monkeypatch):
     assert run_lib._dtype(Config(dtype="auto")) == want
     assert run_lib._dtype(Config(dtype="float32")) == jnp.float32
     assert run_lib._dtype(Config(dtype="bfloat16")) == jnp.bfloat16
+
+
+def test_the_batch_reaches_the_model_in_the_compute_dtype():
+  # The uint8 batch is normalized and cast once, before the model: bfloat16
+  # compute means a bfloat16 input (the parameters stay float32).
+  run, state = _tiny_model.epoch(steps=1, batch=4, n_images=8, scan=False,
+                                 dtype=jnp.bfloat16)
+  _tiny_model.Linear.dtypes.clear()
+  run(state, jnp.zeros((8, 2, 2, 1), jnp.uint8), jnp.zeros(8, jnp.int32),
+      jax.random.key(1))
+  assert set(_tiny_model.Linear.dtypes) == {jnp.dtype(jnp.bfloat16)}

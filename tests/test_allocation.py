@@ -90,6 +90,16 @@ def test_mask_argument_excludes_leaves():
   assert counts["conv2"] + counts["fc"] == round(n * 0.1)
 
 
+@pytest.mark.parametrize("distribution", ["uniform", "erk"])
+def test_shapes_alone_give_the_same_counts(distribution):
+  # As documented: "uniform" and "erk" need only shapes (jax.eval_shape).
+  params = _net()
+  shapes = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype),
+                        params)
+  assert rda_optax.keep_counts(shapes, 0.9, distribution) == (
+      rda_optax.keep_counts(params, 0.9, distribution))
+
+
 def test_top_k_mask_exact_count_and_deterministic_ties():
   scores = jnp.array([[2.0, 1.0, 1.0], [1.0, 0.0, jnp.nan]])
   m = rda_optax.top_k_mask(scores, 3)
@@ -98,6 +108,21 @@ def test_top_k_mask_exact_count_and_deterministic_ties():
   f = jax.jit(lambda k: rda_optax.top_k_mask(scores, k).sum())
   for k in range(7):
     assert int(f(k)) == k
+
+
+def test_top_k_mask_exact_beyond_float32_integers():
+  # Ranks past 2**24 are not float32 integers: a leaf that large (VGG-16's
+  # ImageNet fc1 has 103M entries) still keeps exactly k.
+  k = 2**24 + 1
+  assert int(rda_optax.top_k_mask(jnp.zeros(k + 1), k).sum()) == k
+
+
+def test_leaves_with_no_entries_keep_none():
+  # Every penalized leaf empty: nothing to allocate, and no division by 0.
+  params = {"w": jnp.ones((0, 4)), "b": jnp.ones(3)}
+  for distribution in ("uniform", "erk", "global"):
+    counts = rda_optax.keep_counts(params, 0.5, distribution)
+    assert counts == {"w": 0, "b": 3}, distribution
 
 
 def test_bad_arguments():

@@ -27,6 +27,23 @@ def test_zeros_never_come_back_under_random_steps():
   assert np.all(np.asarray(params["b"]) != 0)
 
 
+def test_mask_picks_the_leaves_whose_zeros_stay():
+  # Against the default (kernels only): the kernel is left free, the bias
+  # frozen.
+  params = {"kernel": jnp.array([[0.0, 1.0]]), "bias": jnp.array([0.0, 1.0])}
+  tx = rda_optax.freeze_zeros(0, mask={"kernel": False, "bias": True})
+  u = {"kernel": jnp.ones((1, 2)), "bias": jnp.ones(2)}
+  out, _ = tx.update(u, tx.init(params), params)
+  np.testing.assert_array_equal(out["kernel"], [[1.0, 1.0]])
+  np.testing.assert_array_equal(out["bias"], [0.0, 1.0])
+
+
+def test_mask_that_does_not_fit_is_refused_by_init():
+  tx = rda_optax.freeze_zeros(0, mask={"w": True})
+  with pytest.raises(ValueError, match="^mask: tree structure"):
+    tx.init({"w": jnp.ones((2, 2)), "b": jnp.ones(2)})
+
+
 def test_inactive_before_start():
   params = {"w": jnp.array([[0.0, 1.0]])}
   tx = rda_optax.freeze_zeros(start_step=1)

@@ -57,3 +57,18 @@ def test_crop_flip_windows_mirrors_and_determinism():
   np.testing.assert_array_equal(
       np.array([h[0][:2] for h in how_c]), np.stack([dy, dx], 1))
   np.testing.assert_array_equal(engine.augment_batch(key, x, "none"), x)
+
+
+def test_channel_stats_match_numpy_in_chunks_and_rows():
+  # Non-square images (h != w), several chunks, and a subset of rows: the
+  # normalization statistics are numpy's over exactly the images read.
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, size=(11, 5, 7, 3), dtype=np.uint8)
+  f = x.astype(np.float64) / 255.0
+  rows = np.array([0, 3, 4, 9])
+  for chunk, sel in [(3, None), (4096, None), (3, rows)]:
+    mean, std = engine.channel_stats(x, chunk=chunk, rows=sel)
+    ref = f if sel is None else f[sel]
+    np.testing.assert_allclose(mean, ref.mean(axis=(0, 1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(std, ref.std(axis=(0, 1, 2)) + 1e-3,
+                               rtol=1e-6)

@@ -81,3 +81,9 @@ def test_pad_for_eval_batches_divide_over_devices(n, batch, multiple, b, m):
   np.testing.assert_array_equal(xi[:n], x)
   np.testing.assert_array_equal(yi[:n], y)
   assert np.all(xi[n:] == 0) and np.all(yi[n:] == -1)
+
+
+def test_pad_for_eval_defaults_to_one_device():
+  x = np.ones((5, 1, 1, 1), np.uint8)
+  xi, yi, b = engine.pad_for_eval(x, np.arange(5, dtype=np.int32), 3)
+  assert (b, xi.shape[0]) == (3, 6) and yi[-1] == -1

@@ -108,6 +108,20 @@ def test_mask_keeps_excluded_leaves_dense():
   assert np.all(np.asarray(state.masks["v"]))
 
 
+@pytest.mark.parametrize("distribution", ["erk", "global"])
+def test_mask_sets_the_budget_of_erk_and_global(distribution):
+  # The budget is 10% of the masked leaves only: "v", left out, neither
+  # gives nor takes any of it.
+  params = _params()
+  tx = rda_optax.gmp(optax.sgd(0.01), 0.9, begin_step=0, end_step=0,
+                     distribution=distribution,
+                     mask={"w": True, "v": False, "b": False})
+  u, _ = jax.jit(tx.update)(_grads(params, 0), tx.init(params), params)
+  out = optax.apply_updates(params, u)
+  assert int(np.sum(np.asarray(out["w"]) != 0)) == 50
+  assert np.all(np.asarray(out["v"]) != 0)
+
+
 def test_apply_if_finite_skips_a_bad_pruning_step():
   params = _params()
   tx = optax.apply_if_finite(
@@ -149,9 +163,20 @@ def test_bad_arguments():
   with pytest.raises(ValueError, match="distribution"):
     rda_optax.gmp(optax.sgd(0.1), 0.5, begin_step=0, end_step=0,
                   distribution="random")
+  # Out of [0, 1]: the message names the argument.
+  with pytest.raises(ValueError, match="^target_sparsity must be in"):
+    rda_optax.gmp(optax.sgd(0.1), 1.5, begin_step=0, end_step=0)
+  with pytest.raises(ValueError, match="^initial_sparsity must be in"):
+    rda_optax.gmp(optax.sgd(0.1), 0.5, begin_step=0, end_step=0,
+                  initial_sparsity=-0.1)
   tx = rda_optax.gmp(optax.sgd(0.1), 0.5, begin_step=0, end_step=0)
   with pytest.raises(ValueError, match="params"):
     tx.update(_params(), tx.init(_params()))
+  # A mask that does not fit the params is refused by init, not later.
+  tx = rda_optax.gmp(optax.sgd(0.1), 0.5, begin_step=0, end_step=0,
+                     mask={"w": True})
+  with pytest.raises(ValueError, match="^mask: tree structure"):
+    tx.init(_params())
 
 
 def test_recovers_the_true_support_of_a_sparse_regression():

@@ -207,7 +207,9 @@ def test_bad_weights_name_the_problem():
   with pytest.raises(ValueError, match="family 'f' has weight 1.0 in one"):
     rda_optax.group_soft_threshold(x, {"a": GroupSpec("f"),
                                        "b": GroupSpec("f", weight=2.0)}, 1.0)
-  with pytest.raises(ValueError, match="weighting must be one of"):
+  # The message lists the choices as they are spelled.
+  with pytest.raises(ValueError,
+                     match="weighting must be one of size, uniform or a dict"):
     rda_optax.channel_groups(_two_layer_params(1.0), weighting="flops")
 
 

@@ -88,5 +88,12 @@ def test_injected_momentum_under_jit():
 
 
 def test_integer_params_refused():
-  with pytest.raises(ValueError, match="floating"):
-    rda_optax.prox_sgd(0.1, 0.1).init({"w": jnp.ones((2, 2), jnp.int32)})
+  # By init and by update (params may change type between the two), each
+  # message naming the optimizer and the leaf.
+  tx = rda_optax.prox_sgd(0.1, 0.1)
+  ints = {"w": jnp.ones((2, 2), jnp.int32)}
+  with pytest.raises(ValueError, match=r"^prox_sgd: params leaf \['w'\] .*floating"):
+    tx.init(ints)
+  state = tx.init({"w": jnp.ones((2, 2))})
+  with pytest.raises(ValueError, match=r"^prox_sgd: params leaf \['w'\] .*floating"):
+    tx.update({"w": jnp.ones((2, 2))}, state, ints)

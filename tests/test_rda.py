@@ -317,7 +317,8 @@ def test_nonfinite_gradient_skipped_when_wrapped():
 
 
 def test_warns_on_all_zero_penalized_params():
-  with pytest.warns(RuntimeWarning, match="Proposition 1"):
+  with pytest.warns(RuntimeWarning, match="^rda: every penalized leaf of "
+                    "the initial params is zero.*Proposition 1"):
     rda_optax.rda(1.0, 0.1).init({"w": jnp.zeros((3, 3)), "b": jnp.ones(3)})
   with warnings.catch_warnings():
     warnings.simplefilter("error")
@@ -342,7 +343,8 @@ def test_bad_hyperparameters(kwargs, match):
     (dict(gamma=jnp.array([1.0, -1.0]), l1=0.1), "gamma"),
     (dict(gamma=1.0, l1=jnp.float32(-0.1)), "l1"),
     (dict(gamma=1.0, l1=0.1, l2=jnp.float32(-1.0)), "l2"),
-    (dict(gamma=1.0, l1=0.1, state_dtype=jnp.int32), "state_dtype"),
+    (dict(gamma=1.0, l1=0.1, state_dtype=jnp.int32),
+     "^rda: state_dtype must be a floating-point dtype, got int32"),
 ])
 def test_bad_array_hyperparameters(kwargs, match):
   with pytest.raises(ValueError, match=match):
@@ -369,11 +371,11 @@ def test_traced_bad_hyperparameter_gives_nan(name, value):
 
 def test_integer_params_refused():
   tx = rda_optax.rda(1.0, 0.1)
-  with pytest.raises(ValueError, match=r"\['w'\].*int32"):
+  with pytest.raises(ValueError, match=r"^rda: params leaf \['w'\].*int32"):
     tx.init({"w": jnp.ones((2, 2), jnp.int32), "b": jnp.ones(2)})
   params = {"w": jnp.ones((2, 2))}
   state = tx.init(params)
-  with pytest.raises(ValueError, match="floating"):
+  with pytest.raises(ValueError, match=r"^rda: params leaf \['w'\].*floating"):
     tx.update(params, state, {"w": jnp.ones((2, 2), jnp.int32)})
 
 

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -1024,13 +1025,45 @@ def test_bad_launch_is_refused_before_anything_is_written(tmp_path, argv,
   _refused(tmp_path, argv, needle)
 
 
-def test_unreachable_coordinator_times_out_with_one_line(tmp_path):
+@contextlib.contextmanager
+def _silent_port():
+  """A local port whose connections hang: its accept queue is full, so the
+  kernel drops new SYNs (as a coordinator host that has gone quiet)."""
+  with contextlib.ExitStack() as stack:
+    srv = stack.enter_context(socket.socket())
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(0)
+    port = srv.getsockname()[1]
+    for _ in range(4):
+      c = stack.enter_context(socket.socket())
+      c.setblocking(False)
+      c.connect_ex(("127.0.0.1", port))
+    time.sleep(0.2)
+    yield port
+
+
+@pytest.mark.parametrize("case", ["refused", "silent", "bad-wait"])
+def test_unreachable_coordinator_times_out_with_one_line(tmp_path, case):
+  # A coordinator that refuses, or one that never answers (each connection
+  # attempt is bounded too), ends the wait with one line; a wait that cannot
+  # be read is refused rather than guessed.
   t0 = time.monotonic()
-  _refused(tmp_path, ["--coordinator", "127.0.0.1:1", "--num-processes", "2",
-                      "--process-id", "1"],
-           "--coordinator 127.0.0.1:1: no answer after 1 s (Connection "
-           "refused); is process 0 running there?",
-           env={"RDA_COORDINATOR_TIMEOUT": "1"})
+  launch = ["--num-processes", "2", "--process-id", "1", "--coordinator"]
+  if case == "refused":
+    _refused(tmp_path, [*launch, "127.0.0.1:1"],
+             "--coordinator 127.0.0.1:1: no answer after 1 s (Connection "
+             "refused); is process 0 running there?",
+             env={"RDA_COORDINATOR_TIMEOUT": "1"})
+  elif case == "silent":
+    with _silent_port() as port:
+      _refused(tmp_path, [*launch, f"127.0.0.1:{port}"],
+               f"--coordinator 127.0.0.1:{port}: no answer after 1 s (timed "
+               "out); is process 0 running there?",
+               env={"RDA_COORDINATOR_TIMEOUT": "1"})
+  else:
+    _refused(tmp_path, [*launch, "127.0.0.1:1"],
+             "RDA_COORDINATOR_TIMEOUT must be a whole number of seconds >= 1, "
+             "got '1.5'", env={"RDA_COORDINATOR_TIMEOUT": "1.5"})
   assert time.monotonic() - t0 < 30
 
 

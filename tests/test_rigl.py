@@ -99,6 +99,23 @@ def test_nan_gradients_keep_the_active_count():
   assert int(state.masks["w"].sum()) == 5
 
 
+def test_nan_gradients_rank_as_zero_for_growth():
+  # Growth picks the largest finite |g| below 1 over the NaN ones.
+  params = {"w": jnp.arange(1.0, 11.0).reshape(1, 10)}
+  tx = rda_optax.rigl(optax.sgd(0.1), 0.5, t_end=1000, delta_t=1, alpha=0.4,
+                      distribution="uniform", seed=0)
+  state = tx.init(params)
+  m0 = np.asarray(state.masks["w"])[0]
+  inactive = np.flatnonzero(~m0)
+  g = np.zeros(10, np.float32)
+  g[inactive[:3]] = np.nan
+  g[inactive[3:]] = [0.5, 0.25]
+  _, state = jax.jit(tx.update)({"w": jnp.asarray(g)[None]},
+                                state._replace(count=jnp.int32(1)), params)
+  m1 = np.asarray(state.masks["w"])[0]
+  assert set(np.flatnonzero(m1 & ~m0)) == set(inactive[3:])
+
+
 def test_apply_if_finite_and_eval_shape():
   params = _params()
   tx = optax.apply_if_finite(

@@ -110,6 +110,37 @@ _SCRIPT = textwrap.dedent("""
       np.testing.assert_array_equal(np.asarray(shard.data), x[rows])
       seen += rows.tolist()
     assert len(set(seen)) == 8 * m
+    # Each step of a sharded epoch is a whole batch: every device's slice of
+    # it, from its own shard (a model that counts the rows it is given).
+    import flax.linen as nn, jax.numpy as jnp, optax
+    from train import engine
+
+    class Count(nn.Module):
+      @nn.compact
+      def __call__(self, x, train=True):
+        rows = self.variable("batch_stats", "rows", lambda: jnp.zeros(()))
+        if train:
+          rows.value += x.shape[0]
+        return nn.Dense(10)(x.reshape(x.shape[0], -1).astype(jnp.float32))
+
+    imgs = np.random.default_rng(0).integers(0, 256, (1293, 2, 2, 1), np.uint8)
+    v = Count().init(jax.random.key(0), jnp.zeros((1, 2, 2, 1)), train=False)
+    tx = engine.wrap_finite(optax.sgd(0.0))
+    counted = []
+    for scan in (False, True):
+      spec = engine.EpochSpec(Count(), tx, 3, 64, np.zeros(1, np.float32),
+                              np.ones(1, np.float32), "none", 0.0, 10,
+                              jnp.float32, m, scan=scan, topo=topo,
+                              sharded_data=True)
+      w = jax.tree.map(jnp.array, v)  # the epoch donates its state
+      st = engine.TrainState(w["params"], w["batch_stats"],
+                             tx.init(w["params"]), jnp.int32(0))
+      st, _ = engine.make_train_epoch(spec)(
+          st, parallel.shard_rows(imgs, topo, 5),
+          parallel.shard_rows(np.zeros(1293, np.int32), topo, 5),
+          jax.random.key(1))
+      counted.append(float(st.batch_stats["rows"]))
+    res["sharded_rows"] = counted
     sh = run("rda-sharded", "--data-sharding", "sharded", "--fsdp", "2")
     res["sharded"] = [sh["data_sharding"], sh["train_images_per_device"],
                       sh["sparsity"]]
@@ -148,6 +179,8 @@ def test_eight_devices_match_one(tmp_path):
   # with margin.
   for k in ("rda_8", "rda_fsdp", "rda_8to1"):
     assert res[k][0] < 1e-2 and res[k][1] < 1e-3, (k, res)
+  # 3 steps of batch 64, on the host loop and in the scan.
+  assert res["sharded_rows"] == [192.0, 192.0], res
   assert max(res["sparsity"]) - min(res["sparsity"]) < 1e-4, res
   # --fsdp 4: every splittable leaf is written as 4 shards (and there are
   # many: kernels, biases, RDA's average, w_1, momentum); replicated runs

@@ -28,6 +28,8 @@ def test_jittable_and_empty():
 @pytest.mark.parametrize("fn", [rda_optax.sparsity,
                                 rda_optax.sparsity_report])
 def test_mask_mismatch(fn):
-  # The message names the caller's argument, ``mask``.
-  with pytest.raises(ValueError, match="mask"):
+  # The message names the caller's argument, ``mask``, and both structures.
+  with pytest.raises(ValueError, match=r"^mask: tree structure "
+                     r"PyTreeDef\(\{'b': \*\}\) does not match the params' "
+                     r"structure PyTreeDef\(\{'a': \*\}\)$"):
     fn({"a": jnp.ones((2, 2))}, {"b": True})

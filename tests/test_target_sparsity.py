@@ -156,6 +156,9 @@ def test_kth_smallest_is_the_order_statistic():
     got = select(x[:30], x[30:], k)
     w = want[k - 1] if k else np.float32(0)
     assert np.float32(got).view(np.uint32) == np.float32(w).view(np.uint32), k
+  # k = 1 with no zero among the scores: the smallest entry, not 0.
+  pos = x[x > 0]
+  assert np.float32(select(pos[:30], pos[30:], 1)) == pos.min() > 0
 
 
 def test_sampled_threshold():

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import optax
 import pytest
 
+import rda_optax
 from train import cli, optim, report
 from train.config import Config
 
@@ -149,3 +150,20 @@ def test_a_source_runs_summary_values(tmp_path):
       {"sparsity": 0.97, "flops": {"ratio": 0.4}}))
   assert config_lib.target_from_run(str(tmp_path)) == 0.97
   assert structure.flops_from_run(str(tmp_path)) == 0.4
+
+
+def test_target_log_reads_the_last_steps_lambda_and_target():
+  # The logged target is the schedule at the step just taken (count - 1),
+  # and lambda_t the one RDA's state chose there.
+  sched = lambda step: 0.1 * (step + 1.0)
+  tx = rda_optax.rda(1.0, None, target_sparsity=sched)
+  params = {"w": jnp.arange(1.0, 11.0).reshape(2, 5)}
+  state = tx.init(params)
+  read = optim.target_log(sched)
+  _, state = tx.update({"w": jnp.ones((2, 5))}, state, params)
+  got = read(state)
+  assert got["target_sparsity"] == pytest.approx(0.1)
+  assert got["l1"] == float(state.l1["w"])
+  _, state = tx.update({"w": jnp.ones((2, 5))}, state, params)
+  assert read(state)["target_sparsity"] == pytest.approx(0.2)
+  assert read(()) == {}
