@@ -91,43 +91,41 @@ cd "$work"
 echo "mutate.sh: $target in $work: ${sources//$'\n'/ }" >&2
 export PYTHONPATH=. JAX_PLATFORMS=cpu
 names=()
-sample=()
+if [ -n "${SAMPLE:-}${MUTANTS:-}" ]; then
+  # A first run that matches no mutant writes them all (and the tests'
+  # coverage), so that mutants can be named. sample.txt lists the ones the
+  # score counts.
+  "$mutmut" run --max-children "${JOBS:-2}" "no-such-mutant" > /dev/null 2>&1 || true
+fi
 if [ -n "${MUTANTS:-}" ]; then
   read -r -a names <<< "$MUTANTS"
-  sample=("${names[@]}")
-  "$mutmut" run --max-children "${JOBS:-2}" "no-such-mutant" > /dev/null 2>&1 || true
+  printf '%s:\n' "${names[@]}" > sample.txt
 elif [ -n "${SAMPLE:-}" ]; then
-  # mutmut cannot sample: a first run that matches no mutant writes them all
-  # (and the tests' coverage), then a uniform random sample of their names
-  # runs. Its score estimates the whole set's; a full pass needs hours here.
-  "$mutmut" run --max-children "${JOBS:-2}" "no-such-mutant" > /dev/null 2>&1 || true
-  # The sample is drawn from every name, then those a resumed directory has
-  # already killed are dropped from the run (mutmut reruns any mutant it is
-  # given by name) but still counted in the score.
-  mapfile -t sample < <("$py" - "$SAMPLE" "${SAMPLE_SEED:-0}" <<'PY'
+  # mutmut cannot sample: a uniform random sample of every mutant's name.
+  # Its score estimates the whole set's; a full pass needs hours here. The
+  # sample's mutants a resumed directory has already killed are counted but
+  # not run again (mutmut reruns any mutant it is given by name).
+  mapfile -t names < <("$py" - "$SAMPLE" "${SAMPLE_SEED:-0}" <<'PY'
 import json, pathlib, random, sys
 codes = {k: v for m in pathlib.Path("mutants").rglob("*.meta")
          for k, v in json.loads(m.read_text())["exit_code_by_key"].items()}
 n, seed = int(sys.argv[1]), int(sys.argv[2])
 sample = sorted(random.Random(seed).sample(sorted(codes), min(n, len(codes))))
-done = [k for k in sample if codes[k] in (1, 3)]  # mutmut's "killed"
-print("\n".join(k + (" done" if k in done else "") for k in sample))
+pathlib.Path("sample.txt").write_text("".join(k + ":\n" for k in sample))
+todo = [k for k in sample if codes[k] not in (1, 3)]  # 1, 3: mutmut's "killed"
+if todo:
+    print("\n".join(todo))
 print(f"mutate.sh: sampled {len(sample)} of {len(codes)} mutants (seed {seed}); "
-      f"{len(done)} already killed here", file=sys.stderr)
+      f"{len(sample) - len(todo)} already killed here", file=sys.stderr)
 PY
 )
-  for line in "${sample[@]}"; do
-    case $line in *" done") ;; *) names+=("$line") ;; esac
-  done
-  sample=("${sample[@]% done}")
 fi
 if [ -z "${SAMPLE:-}${MUTANTS:-}" ] || [ ${#names[@]} -gt 0 ]; then
   timeout "${MUTATE_TIMEOUT:-1200}" "$mutmut" run --max-children "${JOBS:-2}" \
     "${names[@]}" || echo "mutate.sh: mutmut stopped (exit $?); results so far:" >&2
 fi
 "$mutmut" results --all true > results.txt 2>&1 || true
-if [ ${#sample[@]} -gt 0 ]; then  # only the sample (or the named mutants)
-  printf '%s\n' "${sample[@]}" | sed 's/$/:/' > sample.txt
+if [ -n "${SAMPLE:-}${MUTANTS:-}" ]; then  # only the mutants sample.txt lists
   grep -F -f sample.txt results.txt > r.txt || true
   mv r.txt results.txt
 fi
