@@ -1,4 +1,6 @@
-# The two commands of the README. Both create .venv on first use.
+# The two commands of the README. Both create .venv on first use: the library
+# installed editable with the experiment suite's extras; the trainer runs from
+# this checkout as `python -m train` (it is not installed).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -12,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/rda-train
+	$(PY) -m train
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -7,7 +7,7 @@ bfloat16 values, and their ratios to dense. Goal at 97% sparsity: at most
 
 Trees measured:
 - ``--run RUN_DIR`` (optional): the final variables of a finished
-  ``rda-train`` run, as ``rda-train export`` writes them.
+  ``python -m train`` run, as ``python -m train export`` writes them.
 - ResNet-18 (CIFAR stem, 10 classes) built with ``models.get``: no trained
   ResNet-18 is at hand on a CPU, so its kernels get the per-layer sparsity of
   a real run's last metrics row (``--layers``, default the H200 run in
@@ -88,7 +88,7 @@ def measure(name: str, variables) -> None:
 
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--run", help="a finished rda-train run directory")
+  p.add_argument("--run", help="a finished python -m train run directory")
   p.add_argument("--layers", default=str(H200_RUN),
                  help="metrics.jsonl whose last row's sparsity_per_layer "
                  "sets the ResNet-18 kernels' sparsity")

@@ -1,7 +1,7 @@
 """The sparsity-accuracy frontier: RDA against its baselines, over seeds.
 
 Sweeps one option (``--vary``, default ``l1``) over ``--values`` for each
-method in ``--methods`` and each seed, running ``rda-train`` in-process with
+method in ``--methods`` and each seed, running ``python -m train`` in-process with
 the remaining flags, and writes to ``--out``:
 
 - ``points.json``: one row per (method, value): mean and std over seeds of
@@ -9,7 +9,7 @@ the remaining flags, and writes to ``--out``:
 - ``frontier.png``: top-1 against sparsity, one curve per method;
 - ``frontier.md``: the same as a markdown table, with the command.
 
-Methods: every method of ``rda-train``; those with a target sparsity
+Methods: every method of ``python -m train``; those with a target sparsity
 (``prune-finetune``, ``gmp``, ``rigl``) prune to the sparsity that the RDA
 run of the same value and seed reached, at the same total epochs, unless
 ``--target-sparsity`` is passed through (rda then trains to it too, so it
@@ -54,10 +54,10 @@ def _stats(xs):
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                               epilog="Flags after -- go to every rda-train run.")
+                               epilog="Flags after -- go to every python -m train run.")
   ap.add_argument("--out", required=True)
   ap.add_argument("--methods", default="rda,prox-sgd,prune-finetune,sgd")
-  ap.add_argument("--vary", default="l1", help="the rda-train option swept, "
+  ap.add_argument("--vary", default="l1", help="the python -m train option swept, "
                   "e.g. l1 or init_scale")
   ap.add_argument("--values", default="1e-4,3e-4,1e-3,3e-3")
   ap.add_argument("--seeds", default="0,1,2,3,4")
@@ -142,7 +142,7 @@ _NOT_COMPARED = ("out", "run_name", "progress", "devices", "fsdp",
 
 
 def config_mismatch(run_dir: Path, argv: list[str]) -> str | None:
-  """None when ``run_dir/config.json`` is the configuration ``rda-train
+  """None when ``run_dir/config.json`` is the configuration ``python -m train
   argv`` would run (up to where it runs); else the first option that
   differs, as ``--name: stored vs wanted``. A run directory reused by a
   sweep must be the run the sweep asks for, not a stale one."""
@@ -151,7 +151,7 @@ def config_mismatch(run_dir: Path, argv: list[str]) -> str | None:
   preset = args.preset
   if (preset is None and args.config is None and args.model is None
       and args.dataset is None):
-    preset = "digits-demo"  # as rda-train itself does
+    preset = "digits-demo"  # as python -m train itself does
   want = dataclasses.asdict(config_lib.build(preset, args.config, flags))
   try:
     have = json.loads((run_dir / "config.json").read_text())
@@ -163,7 +163,7 @@ def config_mismatch(run_dir: Path, argv: list[str]) -> str | None:
   return None
 
 
-# Frontier methods that are another method of rda-train with extra flags.
+# Frontier methods that are another method of python -m train with extra flags.
 _TRAINER_METHOD = {"rda-noasr": "rda", "prune-finetune-global": "prune-finetune"}
 
 

@@ -72,7 +72,7 @@ def _load(run_dir: Path) -> dict | None:
       top1, split = summary.get("test_top1"), "test"
     flops = (summary.get("flops") or {}).get("ratio")
   except (OSError, ValueError, KeyError, TypeError, AttributeError):
-    return None  # unfinished, or not an rda-train run
+    return None  # unfinished, or not an python -m train run
   return dict(run=run_dir.name, dir=run_dir, method=method,
               model=model, budget=budget, top1=top1, split=split,
               seed=config.get("seed", 0), flops=flops,

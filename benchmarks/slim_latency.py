@@ -10,7 +10,7 @@ batch 1 and batch 64, dense and slim interleaved, median of the repeats.
 This shows the mechanics of slimming (what removing channels buys on this
 CPU); it is NOT a trained result: which channels a trained model loses, and
 at what accuracy, is for the trainer. ``--run-dir`` times a trained one
-instead: the final variables of an ``rda-train --structure`` (or
+instead: the final variables of an ``python -m train --structure`` (or
 ``net-slim``) run against the slim model written into it.
 
   python benchmarks/slim_latency.py [--fractions 0.5 0.75] [--repeats 7]

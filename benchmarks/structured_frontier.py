@@ -1,6 +1,6 @@
 """Accuracy against FLOPs: group RDA vs network slimming vs dense, over seeds.
 
-For each ``--group-l1`` value and seed, one ``rda-train --compare
+For each ``--group-l1`` value and seed, one ``python -m train --compare
 rda,net-slim,sgd --structure channel`` run (in-process): RDA with the
 channel group lasso, network slimming pruned to the FLOPs that RDA run
 reached (same seed, same epochs), and dense SGD. Writes to ``--out``:
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
                        "channel", "--group-l1", value, "--seed", seed,
                        "--progress", "none", *extra])
       if code != 0:
-        print(f"{name}: rda-train exited {code}", file=sys.stderr)
+        print(f"{name}: python -m train exited {code}", file=sys.stderr)
         return code
       for m in METHODS:
         s = json.loads((out / "runs" / f"{name}-{m}" / "summary.json")

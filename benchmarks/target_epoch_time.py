@@ -1,4 +1,4 @@
-"""Seconds per training epoch of ``rda-train --method rda`` on digits: a
+"""Seconds per training epoch of ``python -m train --method rda`` on digits: a
 fixed ``--l1``, and ``--target-sparsity`` with the exact and the sampled
 ``lambda_t`` (``--threshold-samples``).
 

@@ -31,7 +31,7 @@ from train.config import Config
 
 def measure(method, model_name, batch, steps, repeats, dtype, shape, classes,
             scan, devices=None, sharded_data=False, init_scale=10.0):
-  """Images/s of the trainer's compiled epoch, set up as ``rda-train`` sets
+  """Images/s of the trainer's compiled epoch, set up as ``python -m train`` sets
   it up (``train.run.build_run``) on ``steps`` batches of random images.
 
   ``devices``: data-parallel over the first N devices (default: all);

@@ -1,7 +1,7 @@
 """The README runs as written: a newcomer's first contact (issue 13).
 
 Every ```python block is executed as is, each in a fresh namespace. Every
-`rda-train` command of a ```bash block is parsed by the real argument
+`python -m train` command of a ```bash block is parsed by the real argument
 parser (placeholders such as `runs/<run>` become a path), so a renamed or
 removed flag fails here before it fails a reader.
 """
@@ -27,15 +27,15 @@ def _blocks(lang: str) -> list[str]:
 
 
 def _commands(block: str) -> list[list[str]]:
-  """The `rda-train` command lines of a bash block, continuations joined,
+  """The `python -m train` command lines of a bash block, continuations joined,
   comments dropped, `<placeholders>` made into a word."""
   joined = re.sub(r"\\\n\s*", " ", block)
   out = []
   for line in joined.splitlines():
     line = re.sub(r"<[^>]*>", "X", line)
     words = shlex.split(line, comments=True)
-    if words and words[0] == "rda-train":
-      out.append(words[1:])
+    if words[:3] == ["python", "-m", "train"]:
+      out.append(words[3:])
   return out
 
 
@@ -60,7 +60,7 @@ def test_readme_rda_train_commands_parse():
       try:
         p.parse_args(argv)
       except SystemExit as e:  # argparse's one-line error, exit 2
-        pytest.fail(f"README: rda-train {' '.join(argv)}: exit {e.code}")
+        pytest.fail(f"README: python -m train {' '.join(argv)}: exit {e.code}")
 
 
 def test_help_texts_have_balanced_parentheses():

@@ -357,7 +357,7 @@ def test_signal_before_training_writes_nothing_or_stops_before_epoch_1(
   splits = run_lib.load_data(cfg)
   run_dir = run_lib.start_run_dir(cfg, "rda", "stamp")
   with pytest.raises(run_lib.Stopped, match="interrupted before epoch 1: "
-                     f"resume with: rda-train --resume {run_dir}") as e:
+                     f"resume with: python -m train --resume {run_dir}") as e:
     run_lib.train_one(cfg, "rda", splits, run_dir,
                       interrupted=[signal.SIGINT])
   assert e.value.code == 130 and _latest(run_dir) is None

@@ -1,4 +1,4 @@
-"""``rda-train``: the command line of the trainer."""
+"""``python -m train``: the command line of the trainer."""
 
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ from train import run as run_lib
 from train._errors import UsageError
 from train.presets import PRESETS
 
+# The trainer is rda-train (its messages say so); it runs from a checkout,
+# not from an installed package.
+_USAGE = "python -m train [options]   (from the root of a checkout)"
+
 _DESCRIPTION = """\
 Train sparse CNNs with l1-regularized dual averaging (RDA) and adaptive sparse
 retraining (ASR), He et al. 2020, or with the paper's baselines.
@@ -29,9 +33,9 @@ and a comparison plot under runs/. Without
 
 Precedence: built-in defaults < --preset < --config FILE.json < flags.
 
-rda-train export RUN_DIR [--out FILE] [--values float32|bfloat16] [--force]
+python -m train export RUN_DIR [--out FILE] [--values float32|bfloat16] [--force]
   writes the run's final variables as a compressed sparse file
-rda-train evaluate FILE --run RUN_DIR
+python -m train evaluate FILE --run RUN_DIR
   test accuracy of the run's model with the variables of that file"""
 
 
@@ -41,7 +45,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parser() -> argparse.ArgumentParser:
-  p = _Parser(prog="rda-train", description=_DESCRIPTION,
+  p = _Parser(prog="rda-train", usage=_USAGE, description=_DESCRIPTION,
               formatter_class=argparse.RawDescriptionHelpFormatter,
               argument_default=None)
   g = p.add_argument_group("what to run")

@@ -28,7 +28,7 @@ MAX_IMAGE_SIZE = 1024
 
 @dataclasses.dataclass
 class Config:
-  """All options of a run; ``rda-train --help`` documents each field."""
+  """All options of a run; ``python -m train --help`` documents each field."""
   model: str = "small_cnn"
   dataset: str = "digits"
   data_dir: Optional[str] = None

@@ -1,9 +1,9 @@
-"""``rda-train export`` and ``rda-train evaluate``: a finished run's
+"""``python -m train export`` and ``python -m train evaluate``: a finished run's
 variables as a compressed sparse file (``rda_optax.save_sparse``), and the
 test accuracy of the model rebuilt from such a file.
 
-  rda-train export RUN_DIR [--out FILE] [--values float32|bfloat16] [--force]
-  rda-train evaluate FILE --run RUN_DIR
+  python -m train export RUN_DIR [--out FILE] [--values float32|bfloat16] [--force]
+  python -m train evaluate FILE --run RUN_DIR
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ DEFAULT_NAME = "model.rdasparse"
 def _config(run_dir: Path, flag: str) -> Config:
   path = run_dir / "config.json"
   if not path.is_file():
-    raise UsageError(f"{flag} {run_dir}: no config.json there (not an "
-                     "rda-train run directory)")
+    raise UsageError(f"{flag} {run_dir}: no config.json there (not a "
+                     "run directory of the trainer)")
   try:
     cfg = Config(**json.loads(path.read_text()))
     validate(cfg)

@@ -1,4 +1,4 @@
-"""What SIGINT and SIGTERM do to a running ``rda-train``.
+"""What SIGINT and SIGTERM do to a running ``python -m train``.
 
 The trainer records each signal and stops at the next safe point: the end
 of the current epoch, with a checkpoint (``train.run.catch_signals``). Each

@@ -1,4 +1,4 @@
-"""The training methods of ``rda-train``: one entry each, found by name.
+"""The training methods of ``python -m train``: one entry each, found by name.
 
 An entry holds all that is particular to a method: its optimizer (one optax
 chain for the whole run, both phases in it), the names of its two phases
@@ -89,7 +89,7 @@ def get(name: str) -> Method:
 
 
 def demo() -> str:
-  """The ``--compare`` list of ``rda-train`` without arguments."""
+  """The ``--compare`` list of ``python -m train`` without arguments."""
   shown = sorted((m for m in REGISTRY.values() if m.demo is not None),
                  key=lambda m: m.demo)
   return ",".join(m.name for m in shown)

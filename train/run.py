@@ -406,7 +406,7 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
 
   row: dict[str, Any] = {}
   deferred = False
-  resume_line = f"resume with: rda-train --resume {run_dir}"
+  resume_line = f"resume with: python -m train --resume {run_dir}"
   epoch = start_epoch
 
   def on_step(done: int, steps: int, pending: Any) -> None:
