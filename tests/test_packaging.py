@@ -9,6 +9,7 @@ shadowed by a user's own `models` or `train` module.
 from __future__ import annotations
 
 import email
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -22,10 +23,16 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
   out = tmp_path_factory.mktemp("wheel")
+  # A copy of the checkout without build outputs: setuptools builds in the
+  # source tree and reuses a stale build/ directory.
+  src = tmp_path_factory.mktemp("src") / "rda-optax"
+  shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+      ".git", ".venv", ".data", "runs", "build", "dist", "*.egg-info",
+      "__pycache__", ".pytest_cache", ".hypothesis", "results"))
   # No build isolation: the test extra installs setuptools, and CI's
   # package index is not needed a second time.
   subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                  "--no-build-isolation", "-w", str(out), str(ROOT)],
+                  "--no-build-isolation", "-w", str(out), str(src)],
                  check=True, capture_output=True, text=True)
   (whl,) = out.glob("rda_optax-*.whl")
   return whl
