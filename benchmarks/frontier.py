@@ -35,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from train import checks  # noqa: E402
 from train import cli, report  # noqa: E402
 from train import config as config_lib  # noqa: E402
 from train import methods as methods_lib  # noqa: E402
@@ -152,7 +153,7 @@ def config_mismatch(run_dir: Path, argv: list[str]) -> str | None:
   if (preset is None and args.config is None and args.model is None
       and args.dataset is None):
     preset = "digits-demo"  # as python -m train itself does
-  want = dataclasses.asdict(config_lib.build(preset, args.config, flags))
+  want = dataclasses.asdict(checks.build(preset, args.config, flags))
   try:
     have = json.loads((run_dir / "config.json").read_text())
   except (OSError, ValueError):

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax
 
+from train import checks  # noqa: E402
 from train import config as config_lib
 from train import run as run_lib
 
@@ -41,7 +42,7 @@ def main(argv=None) -> int:
   }
   runs = {}
   for name, flags in variants.items():
-    cfg = config_lib.build("digits-demo", None, dict(progress="none", **flags))
+    cfg = checks.build("digits-demo", None, dict(progress="none", **flags))
     splits = run_lib.load_data(cfg)
     r = run_lib.build_run(cfg, "rda", splits,
                           target=flags.get("target_sparsity"))

@@ -29,10 +29,9 @@ def epoch(lr=0.1, **spec):
   the ``EpochSpec`` fields (steps, batch, n_images at least)."""
   model = Linear()
   v = model.init(jax.random.key(0), jnp.zeros((1, 2, 2, 1)), train=False)
-  tx = engine.wrap_finite(optax.sgd(lr))
+  tx = optax.sgd(lr)
   spec = dict(model=model, tx=tx, mean=np.zeros(1, np.float32),
               std=np.ones(1, np.float32), augment="none", label_smoothing=0.0,
               num_classes=10, dtype=jnp.float32) | spec
-  state = engine.TrainState(v["params"], v["batch_stats"],
-                            tx.init(v["params"]), jnp.int32(0))
+  state = engine.init_state(tx, v["params"], v["batch_stats"])
   return engine.make_train_epoch(engine.EpochSpec(**spec)), state

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from train import methods
+from train import checks
 from train import config as config_lib
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +59,7 @@ def _fake_run(runs, name, **fields):
   """A finished run directory whose config.json is what rda-train writes
   for the digits-demo preset with ``fields``."""
   flags = {"progress": "none", "out": str(runs), "run_name": name, **fields}
-  cfg = config_lib.build("digits-demo", None, flags)
+  cfg = checks.build("digits-demo", None, flags)
   d = runs / name
   d.mkdir(parents=True)
   (d / "config.json").write_text(json.dumps(

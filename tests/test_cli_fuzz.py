@@ -28,6 +28,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from train import checks
 from train import cli
 from train import config as config_lib
 from train import run as run_lib
@@ -243,7 +244,7 @@ def test_valid_pools_are_valid(items):
   preset = args.preset
   if preset is None and args.model is None and args.dataset is None:
     preset = "digits-demo"  # as cli.main does
-  cfg = config_lib.build(preset, None, flags)
+  cfg = checks.build(preset, None, flags)
   run_lib.check_data(cfg, run_lib.load_data(cfg))
 
 
@@ -409,7 +410,7 @@ def test_found_cli_violations(argv):
 
 def test_seed_bounds_are_inclusive_exclusive():
   """2**63 - 1 is the largest seed both numpy and jax.random.key take."""
-  cfg = config_lib.build(None, None, {"seed": 2**63 - 1})
+  cfg = checks.build(None, None, {"seed": 2**63 - 1})
   assert cfg.seed == 2**63 - 1
   import jax
   import numpy as np
@@ -482,9 +483,9 @@ def test_config_file_preset_is_applied_beneath_the_file(tmp_path):
   file's."""
   f = tmp_path / "c.json"
   f.write_text(json.dumps({"preset": "digits-demo", "epochs": 3}))
-  from_file = config_lib.build(None, str(f), {})
-  plain = config_lib.build("digits-demo", None, {"epochs": 3})
+  from_file = checks.build(None, str(f), {})
+  plain = checks.build("digits-demo", None, {"epochs": 3})
   assert from_file == plain and from_file.preset == "digits-demo"
-  assert config_lib.build(None, str(f), {"epochs": 5}).epochs == 5
+  assert checks.build(None, str(f), {"epochs": 5}).epochs == 5
   other = [p for p in PRESETS if p != "digits-demo"][0]
-  assert config_lib.build(other, str(f), {}).preset == other
+  assert checks.build(other, str(f), {}).preset == other

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from train import checks
 from train import data
+from train import progress
 from train._errors import UsageError
 from train.data import _cache
 from train.data import _decode
@@ -123,7 +125,7 @@ def test_val_seed_fixes_the_validation_split_across_seeds():
   from train import config as config_lib
   from train import run as run_lib
   load = lambda **f: run_lib.load_data(
-      config_lib.build("digits-demo", None, dict(progress="none", **f)))
+      checks.build("digits-demo", None, dict(progress="none", **f)))
   base = load(seed=0)
   other = load(seed=1)
   fixed = load(seed=1, val_seed=0)
@@ -756,8 +758,8 @@ def test_decode_workers_ignore_ctrl_c(tmp_path, cache, monkeypatch):
 
 
 def test_decode_progress_is_one_line_per_update_in_a_log(capsys):
-  bar = _folder._progress_bar(100, "decoding x", True)  # stderr: not a tty
-  assert isinstance(bar, _folder._LineProgress)
+  bar = progress.decode_bar(100, "decoding x", True)  # stderr: not a tty
+  assert isinstance(bar, progress._DecodeLines)
   bar._interval = 0
   bar.update(40)
   bar.update(60)

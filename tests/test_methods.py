@@ -4,7 +4,8 @@ import itertools
 
 import pytest
 
-from train import cli, methods, optim, report
+from train import checks
+from train import cli, methods, report
 from train import config as config_lib
 from train.run import Decision, after_epoch
 
@@ -74,7 +75,7 @@ def test_every_method_builds_and_is_known_to_config_and_cli(capsys):
   cfg = config_lib.Config(epochs=2, asr_epochs=1)
   for name, m in methods.REGISTRY.items():
     assert f"{name}:{''.join(m.help.split())}" in help_text
-    opt = optim.build(cfg, name, 5, 0.5)
+    opt = methods.optimizer(cfg, name, 5, 0.5)
     assert opt.tx.init is not None
     assert methods.phase(name, 1, cfg) == m.phases[0]
     assert methods.phase(name, 2, cfg) == m.phases[1]
@@ -83,7 +84,7 @@ def test_every_method_builds_and_is_known_to_config_and_cli(capsys):
       flags["target_sparsity"] = 0.5
     if m.target_of is not None:  # net-slim's target is FLOPs
       flags = {"method": name, "target_flops": 0.5}
-    assert config_lib.build(None, None, flags).method == name
+    assert checks.build(None, None, flags).method == name
   for name in methods.demo().split(","):
     assert name in methods.REGISTRY
 
@@ -95,10 +96,10 @@ def test_a_new_method_is_one_entry(monkeypatch):
       "toy", "a toy", methods.REGISTRY["sgd"].optimizer, ("a", "b"),
       needs_target=True))
   with pytest.raises(config_lib.UsageError, match="--method toy needs"):
-    config_lib.build(None, None, {"method": "toy"})
+    checks.build(None, None, {"method": "toy"})
   with pytest.raises(config_lib.UsageError, match="--compare: toy needs"):
-    config_lib.build(None, None, {"compare": "sgd,toy"})
-  assert config_lib.build(None, None, {"compare": "rda,toy"}).compare
+    checks.build(None, None, {"compare": "sgd,toy"})
+  assert checks.build(None, None, {"compare": "rda,toy"}).compare
   assert methods.init_scale("toy", config_lib.Config()) is None
   assert methods.init_scale("rda", config_lib.Config()) == 2.0
   assert methods.init_scale("rda", config_lib.Config(init_scale=5.0)) == 5.0

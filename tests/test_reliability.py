@@ -35,6 +35,8 @@ from PIL import Image
 
 import models
 import rda_optax
+from train import methods
+from train import checks
 from train import cli, engine, optim, report
 from train import config as config_lib
 from train._errors import UsageError
@@ -180,9 +182,8 @@ def _nan_setup(epochs: int, batch: int):
   model = _NaNOnMarker(models.get(
       "small_cnn", kernel_init=rda_optax.scaled_uniform(2.0)))
   v = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
-  tx = engine.wrap_finite(optim.build(cfg, "rda", spe).tx)
-  state = engine.TrainState(v["params"], v["batch_stats"], tx.init(v["params"]),
-                            jnp.zeros([], jnp.int32))
+  tx = methods.optimizer(cfg, "rda", spe).tx
+  state = engine.init_state(tx, v["params"], v["batch_stats"])
   return x, y, x_bad, spe, model, tx, state
 
 
@@ -346,7 +347,7 @@ def test_signal_before_training_writes_nothing_or_stops_before_epoch_1(
   lands before the first epoch leaves a run directory that --resume trains
   from the start."""
   from train import run as run_lib
-  cfg = config_lib.build("digits-demo", None, {
+  cfg = checks.build("digits-demo", None, {
       "out": str(tmp_path / "runs"), "run_name": "e", "epochs": 1,
       "asr_epochs": 1, "batch_size": 64, "progress": "none"})
   with pytest.raises(run_lib.Stopped, match="interrupted while loading the "

@@ -7,6 +7,7 @@ import re
 from matplotlib import image as mpimg
 import pytest
 
+from train import progress as progress_lib
 from train import report
 
 _LAYERS = ("['params']['Conv_0']['kernel']",
@@ -175,7 +176,7 @@ def _epoch(e, phase="rda", val=86.0):
 
 def test_progress_plain_lines(monkeypatch):
   clock = iter([100.0, 110.0, 120.0, 130.0])
-  monkeypatch.setattr(report, "_now", lambda: next(clock))
+  monkeypatch.setattr(progress_lib, "_now", lambda: next(clock))
   stream = io.StringIO()  # Not a terminal: one plain line per epoch.
   with report.Progress(3, stream=stream) as progress:
     assert progress.mode == "lines"
@@ -198,7 +199,7 @@ def test_progress_plain_lines(monkeypatch):
 
 def test_progress_resumed_run_eta(monkeypatch):
   clock = iter([0.0, 5.0])
-  monkeypatch.setattr(report, "_now", lambda: next(clock))
+  monkeypatch.setattr(progress_lib, "_now", lambda: next(clock))
   stream = io.StringIO()
   progress = report.Progress(10, desc="cnn", stream=stream, initial=4)
   progress.update({"epoch": 5, "skipped_steps": 2})
@@ -210,7 +211,7 @@ def test_progress_inside_a_long_epoch(monkeypatch):
   last step (the epoch line follows), and the interval restarts with each
   epoch."""
   now = [0.0]
-  monkeypatch.setattr(report, "_now", lambda: now[0])
+  monkeypatch.setattr(progress_lib, "_now", lambda: now[0])
   stream = io.StringIO()
   progress = report.Progress(2, desc="cnn", stream=stream)
   for t, done in ((4.0, 1), (9.9, 2), (10.0, 3), (15.0, 4), (20.5, 5),
@@ -284,8 +285,8 @@ def test_layers_plot_is_in_network_order_with_weight_counts(tmp_path):
   record = {"sparsity_per_layer": {p: 0.5 for p, _ in table[::-1]}}
   bars, _ = report.layer_bars(run, record)
   assert [b for b, _ in bars] == [
-      f"{n} ({report._count(sizes[n])})" for n in names]
-  assert report._count(2359296) == "2.4M" and report._count(1234) == "1.2k"
+      f"{n} ({report.plots._count(sizes[n])})" for n in names]
+  assert report.plots._count(2359296) == "2.4M" and report.plots._count(1234) == "1.2k"
 
 
 def test_compare_has_a_loss_panel_and_tells_overlapping_runs_apart(tmp_path):

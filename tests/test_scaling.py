@@ -125,7 +125,7 @@ _SCRIPT = textwrap.dedent("""
 
     imgs = np.random.default_rng(0).integers(0, 256, (1293, 2, 2, 1), np.uint8)
     v = Count().init(jax.random.key(0), jnp.zeros((1, 2, 2, 1)), train=False)
-    tx = engine.wrap_finite(optax.sgd(0.0))
+    tx = optax.sgd(0.0)
     counted = []
     for scan in (False, True):
       spec = engine.EpochSpec(Count(), tx, 3, 64, np.zeros(1, np.float32),
@@ -133,8 +133,7 @@ _SCRIPT = textwrap.dedent("""
                               jnp.float32, m, scan=scan, topo=topo,
                               sharded_data=True)
       w = jax.tree.map(jnp.array, v)  # the epoch donates its state
-      st = engine.TrainState(w["params"], w["batch_stats"],
-                             tx.init(w["params"]), jnp.int32(0))
+      st = engine.init_state(tx, w["params"], w["batch_stats"])
       st, _ = engine.make_train_epoch(spec)(
           st, parallel.shard_rows(imgs, topo, 5),
           parallel.shard_rows(np.zeros(1293, np.int32), topo, 5),

@@ -11,7 +11,8 @@ import pytest
 
 import models
 import rda_optax
-from train import cli, optim, structure
+from train import methods
+from train import cli, structure
 from train.config import Config
 
 FAST = ["--batch-size", "64", "--progress", "none", "--checkpoint-every", "9"]
@@ -65,7 +66,7 @@ def test_group_weighting_reaches_the_optimizer(weighting):
                                           ).reshape(x.shape), p)
   cfg = Config(method="rda", structure="channel", group_l1=0.02,
                group_weighting=weighting, epochs=2, asr_epochs=1)
-  tx = optim.build(cfg, "rda", 10).tx
+  tx = methods.optimizer(cfg, "rda", 10).tx
   got, _ = tx.update(g, tx.init(p), p)
   outs = {}
   for w in ("size", "uniform"):
@@ -110,7 +111,7 @@ def test_second_phase_keeps_dead_channels_dead_batchnorm_included(method,
   cfg = Config(method=method, epochs=0, asr_epochs=1, structure=struct,
                l1=1e-3, group_l1=None if slim else 1e-3,
                target_flops=0.5 if slim else None, lr=0.1)
-  tx = optim.build(cfg, method, 10, None).tx
+  tx = methods.optimizer(cfg, method, 10, None).tx
   params = _params()
   state = tx.init(params)
   grads = jax.tree.map(lambda x: jnp.full_like(x, -5.0), params)
@@ -261,7 +262,7 @@ def test_each_run_of_a_compare_writes_a_config_that_resume_accepts():
   keeps only its own method's structure options, so --resume validates it
   (--structure on sgd, or --target-flops on rda, would be refused)."""
   import dataclasses
-  from train.config import validate
+  from train.checks import validate
   cfg = Config(compare="rda,net-slim,sgd", structure="channel",
                group_l1=2e-3, target_flops=0.6)
   for method, target in (("rda", None), ("net-slim", 0.6), ("sgd", None)):

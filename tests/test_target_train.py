@@ -9,6 +9,8 @@ import optax
 import pytest
 
 import rda_optax
+from train import rundir
+from train import methods
 from train import cli, optim, report
 from train.config import Config
 
@@ -85,7 +87,7 @@ def test_threshold_samples_reach_rda():
   zeros = []
   for m in (None, 64):
     cfg = Config(epochs=1, asr_epochs=0, target_ramp=0.0, threshold_samples=m)
-    tx = optim.build(cfg, "rda", 10, 0.5).tx
+    tx = methods.optimizer(cfg, "rda", 10, 0.5).tx
     u, _ = jax.jit(tx.update)(grads, tx.init(params), params)
     zeros.append(int(jnp.sum(optax.apply_updates(params, u)["k"] == 0)))
   assert zeros[0] == 500 and zeros[1] != 500, zeros
@@ -135,7 +137,7 @@ def test_a_source_runs_summary_is_read_or_refused_in_one_line(
   if summary is not None:
     (tmp_path / "summary.json").write_text(
         summary if isinstance(summary, str) else json.dumps(summary))
-  read = {"sparsity": config_lib.target_from_run,
+  read = {"sparsity": rundir.target_from_run,
           "flops": structure.flops_from_run}[fn]
   with pytest.raises(UsageError) as info:
     read(str(tmp_path))
@@ -148,7 +150,7 @@ def test_a_source_runs_summary_values(tmp_path):
   from train import structure
   (tmp_path / "summary.json").write_text(json.dumps(
       {"sparsity": 0.97, "flops": {"ratio": 0.4}}))
-  assert config_lib.target_from_run(str(tmp_path)) == 0.97
+  assert rundir.target_from_run(str(tmp_path)) == 0.97
   assert structure.flops_from_run(str(tmp_path)) == 0.4
 
 

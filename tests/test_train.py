@@ -15,6 +15,8 @@ import pytest
 import models
 import rda_optax
 import _tiny_model  # tests/_tiny_model.py
+from train import methods
+from train import checks
 from train import cli, engine, optim, prune, report
 from train.checkpoint import Checkpoints
 from train.config import Config
@@ -86,11 +88,11 @@ def test_config_file_and_precedence(tmp_path):
   f = tmp_path / "c.json"
   f.write_text(json.dumps({"l1": 0.5, "epochs": 7}))
   from train import config as config_lib
-  cfg = config_lib.build("digits-demo", str(f), {"epochs": 3})
+  cfg = checks.build("digits-demo", str(f), {"epochs": 3})
   assert (cfg.l1, cfg.epochs, cfg.model) == (0.5, 3, "small_cnn")
   f.write_text(json.dumps({"lr": "fast"}))
   with pytest.raises(ValueError, match="lr"):
-    config_lib.build(None, str(f), {})
+    checks.build(None, str(f), {})
 
 
 @pytest.fixture(scope="module")
@@ -146,9 +148,8 @@ def test_asr_never_revives_a_zero():
   spe = x.shape[0] // 64
   model = models.get("small_cnn", kernel_init=rda_optax.scaled_uniform(2.0))
   v = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
-  tx = engine.wrap_finite(optim.build(cfg, "rda", spe).tx)
-  state = engine.TrainState(v["params"], v["batch_stats"], tx.init(v["params"]),
-                            jnp.zeros([], jnp.int32))
+  tx = methods.optimizer(cfg, "rda", spe).tx
+  state = engine.init_state(tx, v["params"], v["batch_stats"])
   epoch = engine.make_train_epoch(engine.EpochSpec(model, tx, spe, 64, np.zeros(1), np.ones(1),
                                   "none", 0.0, 10, jnp.float32, x.shape[0]))
   dx, dy = jax.device_put(x), jax.device_put(y)
@@ -183,14 +184,13 @@ def test_debias_epochs_keep_the_zeros_and_drop_the_shrinkage(method):
     # A constant lr keeps prox-SGD's schedule independent of the length.
     cfg = Config(epochs=2, asr_epochs=2 if k else 4, batch_size=64, l1=1e-3,
                  lr=0.05, lr_schedule="constant", debias_epochs=2)
-    opt = optim.build(cfg, method, spe)
+    opt = methods.optimizer(cfg, method, spe)
     assert opt.l1(2 * spe - 1) == pytest.approx(1e-3)
     assert opt.l1(2 * spe) == (0.0 if k else pytest.approx(1e-3))
     model = models.get("small_cnn", kernel_init=rda_optax.scaled_uniform(2.0))
     v = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
-    tx = engine.wrap_finite(opt.tx)
-    state = engine.TrainState(v["params"], v["batch_stats"],
-                              tx.init(v["params"]), jnp.zeros([], jnp.int32))
+    tx = opt.tx
+    state = engine.init_state(tx, v["params"], v["batch_stats"])
     epoch = engine.make_train_epoch(engine.EpochSpec(model, tx, spe, 64, np.zeros(1),
                                     np.ones(1), "none", 0.0, 10, jnp.float32,
                                     x.shape[0]))
@@ -227,9 +227,8 @@ def test_scan_and_loop_epochs_agree():
   out = []
   for scan in (True, False):
     v = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
-    tx = engine.wrap_finite(optim.build(cfg, "sgd", 4).tx)
-    st = engine.TrainState(v["params"], v["batch_stats"], tx.init(v["params"]),
-                           jnp.zeros([], jnp.int32))
+    tx = methods.optimizer(cfg, "sgd", 4).tx
+    st = engine.init_state(tx, v["params"], v["batch_stats"])
     ep = engine.make_train_epoch(engine.EpochSpec(model, tx, 4, 64, np.zeros(1), np.ones(1),
                                  "crop", 0.0, 10, jnp.float32, x.shape[0],
                                  scan=scan))

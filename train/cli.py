@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 
 import jax
 
+from train import checks
 from train import config as config_lib
 from train import export
 from train import methods
@@ -45,186 +46,44 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parser() -> argparse.ArgumentParser:
+  """The options of ``train.config.Config`` as flags, in their help groups,
+  and the flags that only say how this process starts."""
   p = _Parser(prog="rda-train", usage=_USAGE, description=_DESCRIPTION,
               formatter_class=argparse.RawDescriptionHelpFormatter,
               argument_default=None)
-  g = p.add_argument_group("what to run")
+  groups = {}
+  for group in config_lib.GROUPS:
+    groups[group] = p.add_argument_group(group)
+  g = groups[config_lib.RUN]
   g.add_argument("--preset", help="a named configuration (see --list-presets)")
   g.add_argument("--list-presets", action="store_true",
                  help="print the presets and exit")
   g.add_argument("--config", help="JSON file of options (keys as the flags, "
                  "with '_' for '-'), between the preset and the flags")
-  g.add_argument("--model", help="resnet18, resnet18_imagenet, vgg16bn, "
-                 "vgg19bn or small_cnn (default small_cnn)")
-  g.add_argument("--method", help="; ".join(
-      f"{m.name}: {m.help}" for m in methods.REGISTRY.values())
-                 + " (default rda)")
-  g.add_argument("--compare", help="comma-separated methods to run side by "
-                 "side with the same settings, e.g. rda,sgd")
   g.add_argument("--resume", metavar="RUN_DIR",
                  help="continue that run from its latest checkpoint")
-  g = p.add_argument_group("data")
-  g.add_argument("--dataset", help="digits (scikit-learn, offline), mnist, "
-                 "cifar10, cifar100, imagenet2012 (TensorFlow Datasets) or "
-                 "folder (--data-dir is an image folder or tarball laid out "
-                 "[split/]class/image); default digits")
-  g.add_argument("--data-dir", help="tfds data_dir (imagenet2012: its manual "
-                 "download directory) or the image folder / tarball")
-  g.add_argument("--test-dir", help="test images, same layout as a folder "
-                 "source; replaces the data set's own test split")
-  g.add_argument("--val-fraction", type=float, help="share of the training "
-                 "data held out for validation (default 0.1)")
-  g.add_argument("--num-classes", type=int, help="expected number of "
-                 "classes; a run stops if the data has another (default: "
-                 "whatever the data has)")
-  g.add_argument("--image-size", type=int, help="centre-crop and resize "
-                 "images to this size (imagenet2012 default 64)")
-  g.add_argument("--augment", help="auto (crop-flip for 32x32+ RGB, else "
-                 "none), none, crop or crop-flip (pad-4 random crop, flip)")
-  g.add_argument("--skip-bad-images", action="store_true", default=None,
-                 help="skip unreadable images of a folder source and count "
-                 "them, instead of stopping")
-  g.add_argument("--cache-dir", help="where decoded image folders are cached "
-                 "(default $RDA_OPTAX_CACHE or ~/.cache/rda-optax)")
-  g = p.add_argument_group("phases and batch")
-  g.add_argument("--epochs", type=int, help="epochs of the first phase "
-                 "(RDA / prox-SGD / dense training); sgd runs epochs + "
-                 "asr-epochs in one phase so budgets match (default 30)")
-  g.add_argument("--asr-epochs", type=int, help="epochs of the second phase: "
-                 "adaptive sparse retraining, or fine-tuning (default 10)")
-  g.add_argument("--batch-size", type=int, help="training batch (default 128)")
-  g.add_argument("--eval-batch-size", type=int, help="evaluation batch "
-                 "(default 1000)")
-  g = p.add_argument_group("RDA")
-  g.add_argument("--gamma", type=float, help="gamma of beta_t = gamma "
-                 "sqrt(t), an inverse step size (default 1.0)")
-  g.add_argument("--l1", type=float, help="l1 strength lambda; also "
-                 "prox-SGD's (default 1e-4)")
-  g.add_argument("--l2", type=float, help="optional l2/2 ||w||^2 in RDA's "
-                 "subproblem (default 0)")
-  g.add_argument("--center", help="RDA's proximal centre of the kernels: "
-                 "zero (the paper's) or init")
-  g.add_argument("--gamma-schedule", help="piecewise-constant gamma, "
-                 "EPOCH:VALUE,... (section 5.2), e.g. 0:1,100:0.2")
-  g.add_argument("--l1-schedule", help="piecewise-constant l1, "
-                 "EPOCH:VALUE,..., e.g. 0:1e-4,150:5e-5")
-  g.add_argument("--debias-epochs", type=int, help="run the last N ASR "
-                 "epochs with l1 = 0 (rda, prox-sgd): the frozen zeros keep "
-                 "the sparsity and the kept weights lose the l1 shrinkage "
-                 "(default 0, the paper's ASR)")
-  g.add_argument("--init-scale", type=float, help="s of the scaled uniform "
-                 "init (29); default 2 for rda, the framework's own init "
-                 "for the other methods")
-  g = p.add_argument_group("SGD, prox-SGD and the pruning methods")
-  g.add_argument("--lr", type=float, help="peak learning rate (default 0.1)")
-  g.add_argument("--lr-schedule", help="constant, cosine, onecycle or "
-                 "EPOCH:VALUE,... (default cosine)")
-  g.add_argument("--momentum", type=float, help="momentum (default 0.9)")
-  g.add_argument("--weight-decay", type=float, help="l2 weight decay of the "
-                 "kernels for sgd and prune-finetune (default 5e-4)")
-  g.add_argument("--target-sparsity", type=float, help="prune-finetune, "
-                 "gmp, rigl: fraction of kernel weights to prune (in "
-                 "--compare, default: the sparsity the rda run reached); "
-                 "rda: chooses l1 at each step to reach it (not with --l1 "
-                 "or --l1-schedule); refused by prox-sgd and sgd")
-  g.add_argument("--target-sparsity-from", metavar="RUN_DIR",
-                 help="as --target-sparsity, at the sparsity that run "
-                 "reached")
-  g.add_argument("--target-ramp", type=float, help="rda with a target: the "
-                 "target rises on a cubic ramp from 0 over this fraction of "
-                 "--epochs, is held to the end of --epochs, and ASR then "
-                 "runs at l1 = 0, keeping it exactly (default 0.5)")
-  g.add_argument("--threshold-samples", type=int, help="rda with a target: "
-                 "estimate lambda_t from this many sampled weights (per "
-                 "layer unless global) instead of the exact order statistic "
-                 "(the default); cheaper on CPU for large models, off the "
-                 "target by about sqrt(s(1-s)/N)")
-  g.add_argument("--prune-scope", help="prune-finetune: layer (each kernel "
-                 "to the target; default, Han et al.'s per-layer pruning at "
-                 "one rate) or global (one magnitude threshold over all "
-                 "kernels)")
-  g.add_argument("--finetune-lr-scale", type=float, help="fine-tuning peak "
-                 "lr = lr x this (default 0.1)")
-  g.add_argument("--sparsity-distribution", help="rda, gmp, rigl: how the target "
-                 "is spread over the kernels: uniform (every kernel at the "
-                 "target), erk (Erdos-Renyi-Kernel) or global (one magnitude "
-                 "threshold; not rigl); default auto: the method's: global "
-                 "for rda (one l1), erk for gmp and rigl (at 0.99 on "
-                 "digits, uniform leaves the first conv 3 weights)")
-  g = p.add_argument_group("GMP (Zhu & Gupta 2017), RigL (Evci et al. 2020)")
-  g.add_argument("--gmp-start-epoch", type=int, help="gmp: the epoch the "
-                 "cubic sparsity schedule starts at (default 0)")
-  g.add_argument("--gmp-end-epoch", type=int, help="gmp: the epoch it "
-                 "reaches the target at; the rest trains at the final mask "
-                 "(default 0: at --epochs, so --asr-epochs fine-tune)")
-  g.add_argument("--gmp-every", type=int, help="gmp: prune every N steps "
-                 "(default 100)")
-  g.add_argument("--rigl-alpha", type=float, help="rigl: fraction of the "
-                 "kept weights dropped and regrown at the first update, "
-                 "cosine-decayed (default 0.3)")
-  g.add_argument("--rigl-delta-t", type=int, help="rigl: steps between mask "
-                 "updates (default 100)")
-  g.add_argument("--rigl-t-end-fraction", type=float, help="rigl: mask "
-                 "updates stop after this fraction of the steps (default 0.75)")
-  g = p.add_argument_group("channel sparsity: group RDA, network slimming")
-  g.add_argument("--structure", help="rda, prox-sgd: none (element-wise l1, "
-                 "the paper's; default), channel (group lasso over each "
-                 "output channel with its BatchNorm, l1 = 0) or sparse-group "
-                 "(--l1 and the group term); the run ends with the slim model "
-                 "in slim.msgpack")
-  g.add_argument("--group-l1", type=float, help="--structure: group "
-                 "strength, lambda_g = group_l1 sqrt(|g|) (default 1.5e-3; "
-                 "0.06 with --group-weighting uniform)")
-  g.add_argument("--group-weighting", help="--structure: size (lambda_g = "
-                 "group_l1 sqrt(|g|), the default) or uniform (lambda_g = "
-                 "group_l1 for every channel, so that wide layers are not "
-                 "the first to die)")
-  g.add_argument("--bn-l1", type=float, help="net-slim: l1 on the "
-                 "BatchNorm scales during --epochs (default 1e-4)")
-  g.add_argument("--target-flops", type=float, help="net-slim: prune "
-                 "channels until the slim model has at most this fraction "
-                 "of the dense FLOPs")
-  g.add_argument("--target-flops-from", metavar="RUN_DIR", help="net-slim: "
-                 "the FLOPs fraction that run's slim model reached")
-  g.add_argument("--prune-channels", type=float, help="net-slim: prune this "
-                 "fraction of the channels instead of a FLOPs target")
-  g = p.add_argument_group("devices and hosts (docs/SCALING.md)")
-  g.add_argument("--devices", type=int, help="use the first N devices "
-                 "(default: every visible device, data-parallel)")
-  g.add_argument("--fsdp", type=int, help="split parameters and optimizer "
-                 "state over N devices (a second mesh axis; default 1: "
-                 "replicated)")
-  g.add_argument("--data-sharding", help="replicated (every device holds "
-                 "the training images; batches independent of the device "
-                 "count), sharded (each device holds 1/N of them and samples "
-                 "its part of each batch locally) or auto (sharded with "
-                 "several processes; the default)")
+  methods_help = "; ".join(f"{m.name}: {m.help}"
+                           for m in methods.REGISTRY.values())
+  for name, field in config_lib.FIELDS.items():
+    meta = field.metadata
+    if not meta["flag"]:
+      continue
+    text = config_lib.help_text(name).replace("{methods}", methods_help)
+    g = groups[meta["group"]]
+    typ = config_lib.field_type(name)
+    if typ is bool:
+      g.add_argument(config_lib.flag(name), action="store_true", default=None,
+                     help=text)
+    else:
+      g.add_argument(config_lib.flag(name), type=typ, help=text,
+                     metavar=meta["metavar"])
+  g = groups[config_lib.DEVICES]
   g.add_argument("--coordinator", help="HOST:PORT of process 0, for a "
                  "multi-process run (or JAX_COORDINATOR_ADDRESS)")
   g.add_argument("--num-processes", type=int, help="processes in the run "
                  "(or JAX_NUM_PROCESSES)")
   g.add_argument("--process-id", type=int, help="this process's index "
                  "(or JAX_PROCESS_ID)")
-  g = p.add_argument_group("everything else")
-  g.add_argument("--label-smoothing", type=float, help="default 0")
-  g.add_argument("--dtype", help="compute dtype: auto (bfloat16 on GPU/TPU, "
-                 "float32 on CPU), float32 or bfloat16; params stay float32")
-  g.add_argument("--seed", type=int, help="seed of init, shuffling, "
-                 "augmentation and (without --val-seed) the validation "
-                 "split (default 0)")
-  g.add_argument("--val-seed", type=int, help="seed of the validation split "
-                 "alone, so that runs of several --seed values are scored on "
-                 "the same images (default: --seed)")
-  g.add_argument("--out", help="parent directory of run directories "
-                 "(default runs)")
-  g.add_argument("--run-name", help="run directory name (default: time, "
-                 "model, data set, method)")
-  g.add_argument("--checkpoint-every", type=int, help="save a checkpoint "
-                 "every N epochs, and at the end (default 10)")
-  g.add_argument("--max-bad-steps", type=int, help="stop after this many "
-                 "consecutive steps with non-finite gradients (default 10)")
-  g.add_argument("--progress", help="auto (a bar on a terminal, lines "
-                 "otherwise), bar, lines or none")
   return p
 
 
@@ -277,7 +136,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       if no_args:
         # The embedded default: a side-by-side comparison on digits.
         flags["compare"] = methods.demo()
-      cfg = config_lib.build(preset, args.config, flags)
+      cfg = checks.build(preset, args.config, flags)
       summaries = run_lib.run(cfg)
   except UsageError as e:
     print(f"rda-train: error: {e}", file=sys.stderr)

@@ -1,8 +1,12 @@
-"""The run configuration: defaults < preset < --config file < flags.
+"""The run configuration: one table of options, and how a run's is merged.
 
-Every check on user input lives here (or in the data loaders) and raises
-:class:`UsageError` before a run directory exists, so bad input never leaves
-a half-written run behind.
+Every option of a run is a field of :class:`Config`, declared once with
+:func:`option`: its type and default (the annotation and the value), its
+``--help`` group and text, and the checks that need no other option (a range
+or a set of choices). The parser (``train.cli``), ``config.json``, the
+``--config`` file reader and :func:`check_fields` all read this table.
+Checks across options or against the method registry are ``train.checks``'s.
+Layers: defaults < preset < ``--config`` file < flags.
 """
 
 from __future__ import annotations
@@ -11,92 +15,283 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Union
 
 import models
+import rda_optax
 from train._errors import UsageError
+from train.data import DATASETS
 from train.presets import PRESETS
 
-DATASETS = ("digits", "mnist", "cifar10", "cifar100", "imagenet2012", "folder")
 LR_SCHEDULES = ("constant", "cosine", "onecycle")
 # How a target sparsity is spread over the kernels (rda_optax._allocation).
 SPARSITY_DISTRIBUTIONS = ("uniform", "erk", "global")
 # Decoded images are held in memory as uint8: even 1,000 images of 1024 px
 # take 3 GB. Larger sizes are a typo far more often than an intent.
 MAX_IMAGE_SIZE = 1024
+# numpy's and JAX's generators take unsigned and signed 64-bit seeds.
+_SEEDS = (0, 2**63, "2**63")
+
+# The --help groups, in the order they print.
+RUN, DATA, PHASES, RDA, SGD, GMP, CHANNEL, DEVICES, OTHER = (
+    "what to run", "data", "phases and batch", "RDA",
+    "SGD, prox-SGD and the pruning methods",
+    "GMP (Zhu & Gupta 2017), RigL (Evci et al. 2020)",
+    "channel sparsity: group RDA, network slimming",
+    "devices and hosts (docs/SCALING.md)", "everything else")
+GROUPS = (RUN, DATA, PHASES, RDA, SGD, GMP, CHANNEL, DEVICES, OTHER)
+
+Choices = Union[tuple[str, ...], Callable[[], tuple[str, ...]]]
+
+
+def option(default: Any, group: str, help: str, *,  # pylint: disable=redefined-builtin
+           choices: Optional[Choices] = None,
+           lo: Optional[float] = None, hi: Optional[float] = None,
+           lo_open: bool = False, hi_open: bool = True,
+           hi_text: Optional[str] = None, flag: bool = True,
+           metavar: Optional[str] = None) -> Any:
+  """A field of :class:`Config`, with what ``--help`` and the checks read.
+
+  ``help`` gets " (default X)" appended unless it names its default itself
+  or the default is None. ``lo``/``hi`` bound the value (``lo`` alone: a
+  lower bound); ``choices`` is a tuple or a function of none returning one
+  (a registry). ``flag=False``: recorded in config.json, set another way.
+  """
+  return dataclasses.field(default=default, metadata=dict(
+      group=group, help=help, choices=choices, lo=lo, hi=hi, lo_open=lo_open,
+      hi_open=hi_open, hi_text=hi_text, flag=flag, metavar=metavar))
 
 
 @dataclasses.dataclass
 class Config:
-  """All options of a run; ``python -m train --help`` documents each field."""
-  model: str = "small_cnn"
-  dataset: str = "digits"
-  data_dir: Optional[str] = None
-  test_dir: Optional[str] = None
-  val_fraction: float = 0.1
-  method: str = "rda"
-  compare: Optional[str] = None
-  epochs: int = 30
-  asr_epochs: int = 10
-  batch_size: int = 128
-  eval_batch_size: int = 1000
-  gamma: float = 1.0
-  l1: float = 1e-4
-  l2: float = 0.0
-  center: str = "zero"
-  gamma_schedule: str = ""
-  l1_schedule: str = ""
-  debias_epochs: int = 0
-  init_scale: Optional[float] = None
-  lr: float = 0.1
-  lr_schedule: str = "cosine"
-  momentum: float = 0.9
-  weight_decay: float = 5e-4
-  finetune_lr_scale: float = 0.1
-  label_smoothing: float = 0.0
-  augment: str = "auto"
-  dtype: str = "auto"
-  target_sparsity: Optional[float] = None
-  target_sparsity_from: Optional[str] = None
-  prune_scope: str = "layer"
-  sparsity_distribution: str = "auto"
-  target_ramp: Optional[float] = None
-  threshold_samples: Optional[int] = None
-  gmp_start_epoch: int = 0
-  gmp_end_epoch: int = 0
-  gmp_every: int = 100
-  rigl_alpha: float = 0.3
-  rigl_delta_t: int = 100
-  rigl_t_end_fraction: float = 0.75
-  structure: str = "none"
-  group_l1: Optional[float] = None
-  group_weighting: str = "size"
-  bn_l1: float = 1e-4
-  target_flops: Optional[float] = None
-  target_flops_from: Optional[str] = None
-  prune_channels: Optional[float] = None
-  seed: int = 0
-  val_seed: Optional[int] = None
-  out: str = "runs"
-  run_name: Optional[str] = None
-  checkpoint_every: int = 10
-  max_bad_steps: int = 10
-  image_size: Optional[int] = None
-  num_classes: Optional[int] = None
-  devices: Optional[int] = None
-  fsdp: int = 1
-  data_sharding: str = "auto"
-  skip_bad_images: bool = False
-  cache_dir: Optional[str] = None
-  progress: str = "auto"
-  preset: Optional[str] = None
+  """All options of a run; ``python -m train --help`` lists each field."""
+  model: str = option("small_cnn", RUN, "resnet18, resnet18_imagenet, "
+                      "vgg16bn, vgg19bn or small_cnn", choices=models.names)
+  dataset: str = option(
+      "digits", DATA, "digits (scikit-learn, offline), mnist, cifar10, "
+      "cifar100, imagenet2012 (TensorFlow Datasets) or folder (--data-dir is "
+      "an image folder or tarball laid out [split/]class/image)",
+      choices=DATASETS)
+  data_dir: Optional[str] = option(
+      None, DATA, "tfds data_dir (imagenet2012: its manual download "
+      "directory) or the image folder / tarball")
+  test_dir: Optional[str] = option(
+      None, DATA, "test images, same layout as a folder source; replaces the "
+      "data set's own test split")
+  val_fraction: float = option(
+      0.1, DATA, "share of the training data held out for validation",
+      lo=0, hi=1)
+  method: str = option("rda", RUN, "{methods} (default rda)")
+  compare: Optional[str] = option(
+      None, RUN, "comma-separated methods to run side by side with the same "
+      "settings, e.g. rda,sgd")
+  epochs: int = option(
+      30, PHASES, "epochs of the first phase (RDA / prox-SGD / dense "
+      "training); sgd runs epochs + asr-epochs in one phase so budgets match",
+      lo=0)
+  asr_epochs: int = option(
+      10, PHASES, "epochs of the second phase: adaptive sparse retraining, "
+      "or fine-tuning", lo=0)
+  batch_size: int = option(128, PHASES, "training batch", lo=1)
+  eval_batch_size: int = option(1000, PHASES, "evaluation batch", lo=1)
+  gamma: float = option(1.0, RDA, "gamma of beta_t = gamma sqrt(t), an "
+                        "inverse step size", lo=0, lo_open=True)
+  l1: float = option(1e-4, RDA, "l1 strength lambda; also prox-SGD's", lo=0)
+  l2: float = option(0.0, RDA, "optional l2/2 ||w||^2 in RDA's subproblem",
+                     lo=0)
+  center: str = option("zero", RDA, "RDA's proximal centre of the kernels: "
+                       "zero (the paper's) or init", choices=("zero", "init"))
+  gamma_schedule: str = option(
+      "", RDA, "piecewise-constant gamma, EPOCH:VALUE,... (section 5.2), e.g. "
+      "0:1,100:0.2")
+  l1_schedule: str = option(
+      "", RDA, "piecewise-constant l1, EPOCH:VALUE,..., e.g. "
+      "0:1e-4,150:5e-5")
+  debias_epochs: int = option(
+      0, RDA, "run the last N ASR epochs with l1 = 0 (rda, prox-sgd): the "
+      "frozen zeros keep the sparsity and the kept weights lose the l1 "
+      "shrinkage (default 0, the paper's ASR)")
+  init_scale: Optional[float] = option(
+      None, RDA, "s of the scaled uniform init (29); default 2 for rda, the "
+      "framework's own init for the other methods", lo=0, lo_open=True)
+  lr: float = option(0.1, SGD, "peak learning rate", lo=0, lo_open=True)
+  lr_schedule: str = option("cosine", SGD, "constant, cosine, onecycle or "
+                            "EPOCH:VALUE,...")
+  momentum: float = option(0.9, SGD, "momentum", lo=0, hi=1)
+  weight_decay: float = option(
+      5e-4, SGD, "l2 weight decay of the kernels for sgd and prune-finetune",
+      lo=0)
+  finetune_lr_scale: float = option(
+      0.1, SGD, "fine-tuning peak lr = lr x this", lo=0, lo_open=True)
+  label_smoothing: float = option(0.0, OTHER, "label smoothing", lo=0, hi=1)
+  augment: str = option(
+      "auto", DATA, "auto (crop-flip for 32x32+ RGB, else none), none, crop "
+      "or crop-flip (pad-4 random crop, flip)",
+      choices=("auto", "none", "crop", "crop-flip"))
+  dtype: str = option(
+      "auto", OTHER, "compute dtype: auto (bfloat16 on GPU/TPU, float32 on "
+      "CPU), float32 or bfloat16; params stay float32",
+      choices=("auto", "float32", "bfloat16"))
+  target_sparsity: Optional[float] = option(
+      None, SGD, "prune-finetune, gmp, rigl: fraction of kernel weights to "
+      "prune (in --compare, default: the sparsity the rda run reached); rda: "
+      "chooses l1 at each step to reach it (not with --l1 or --l1-schedule); "
+      "refused by prox-sgd and sgd", lo=0, hi=1)
+  target_sparsity_from: Optional[str] = option(
+      None, SGD, "as --target-sparsity, at the sparsity that run reached",
+      metavar="RUN_DIR")
+  prune_scope: str = option(
+      "layer", SGD, "prune-finetune: layer (each kernel to the target; "
+      "Han et al.'s per-layer pruning at one rate) or global (one magnitude "
+      "threshold over all kernels)", choices=("layer", "global"))
+  sparsity_distribution: str = option(
+      "auto", SGD, "rda, gmp, rigl: how the target is spread over the "
+      "kernels: uniform (every kernel at the target), erk "
+      "(Erdos-Renyi-Kernel) or global (one magnitude threshold; not rigl); "
+      "auto: the method's: global for rda (one l1), erk for gmp and rigl (at "
+      "0.99 on digits, uniform leaves the first conv 3 weights)",
+      choices=("auto",) + SPARSITY_DISTRIBUTIONS)
+  target_ramp: Optional[float] = option(
+      None, SGD, "rda with a target: the target rises on a cubic ramp from 0 "
+      "over this fraction of --epochs, is held to the end of --epochs, and "
+      "ASR then runs at l1 = 0, keeping it exactly (default 0.5)",
+      lo=0, hi=1, hi_open=False)
+  threshold_samples: Optional[int] = option(
+      None, SGD, "rda with a target: estimate lambda_t from this many "
+      "sampled weights (per layer unless global) instead of the exact order "
+      "statistic (the default); cheaper on CPU for large models, off the "
+      "target by about sqrt(s(1-s)/N)", lo=1)
+  gmp_start_epoch: int = option(
+      0, GMP, "gmp: the epoch the cubic sparsity schedule starts at", lo=0)
+  gmp_end_epoch: int = option(
+      0, GMP, "gmp: the epoch it reaches the target at; the rest trains at "
+      "the final mask (default 0: at --epochs, so --asr-epochs fine-tune)",
+      lo=0)
+  gmp_every: int = option(100, GMP, "gmp: prune every N steps", lo=1)
+  rigl_alpha: float = option(
+      0.3, GMP, "rigl: fraction of the kept weights dropped and regrown at "
+      "the first update, cosine-decayed", lo=0, hi=1, lo_open=True,
+      hi_open=False)
+  rigl_delta_t: int = option(100, GMP, "rigl: steps between mask updates",
+                             lo=1)
+  rigl_t_end_fraction: float = option(
+      0.75, GMP, "rigl: mask updates stop after this fraction of the steps",
+      lo=0, hi=1, lo_open=True, hi_open=False)
+  structure: str = option(
+      "none", CHANNEL, "rda, prox-sgd: none (element-wise l1, the paper's; "
+      "default), channel (group lasso over each output channel with its "
+      "BatchNorm, l1 = 0) or sparse-group (--l1 and the group term); the run "
+      "ends with the slim model in slim.msgpack",
+      choices=("none", "channel", "sparse-group"))
+  group_l1: Optional[float] = option(
+      None, CHANNEL, "--structure: group strength, lambda_g = group_l1 "
+      "sqrt(|g|) (default 1.5e-3; 0.06 with --group-weighting uniform)",
+      lo=0, lo_open=True)
+  group_weighting: str = option(
+      "size", CHANNEL, "--structure: size (lambda_g = group_l1 sqrt(|g|), "
+      "the default) or uniform (lambda_g = group_l1 for every channel, so "
+      "that wide layers are not the first to die)",
+      choices=rda_optax.GROUP_WEIGHTINGS)
+  bn_l1: float = option(
+      1e-4, CHANNEL, "net-slim: l1 on the BatchNorm scales during --epochs",
+      lo=0)
+  target_flops: Optional[float] = option(
+      None, CHANNEL, "net-slim: prune channels until the slim model has at "
+      "most this fraction of the dense FLOPs", lo=0, hi=1, lo_open=True,
+      hi_open=False)
+  target_flops_from: Optional[str] = option(
+      None, CHANNEL, "net-slim: the FLOPs fraction that run's slim model "
+      "reached", metavar="RUN_DIR")
+  prune_channels: Optional[float] = option(
+      None, CHANNEL, "net-slim: prune this fraction of the channels instead "
+      "of a FLOPs target", lo=0, hi=1)
+  seed: int = option(
+      0, OTHER, "seed of init, shuffling, augmentation and (without "
+      "--val-seed) the validation split", lo=_SEEDS[0], hi=_SEEDS[1],
+      hi_text=_SEEDS[2])
+  val_seed: Optional[int] = option(
+      None, OTHER, "seed of the validation split alone, so that runs of "
+      "several --seed values are scored on the same images (default: "
+      "--seed)", lo=_SEEDS[0], hi=_SEEDS[1], hi_text=_SEEDS[2])
+  out: str = option("runs", OTHER, "parent directory of run directories")
+  run_name: Optional[str] = option(
+      None, OTHER, "run directory name (default: time, model, data set, "
+      "method)")
+  checkpoint_every: int = option(
+      10, OTHER, "save a checkpoint every N epochs, and at the end", lo=1)
+  max_bad_steps: int = option(
+      10, OTHER, "stop after this many consecutive steps with non-finite "
+      "gradients", lo=1)
+  image_size: Optional[int] = option(
+      None, DATA, "centre-crop and resize images to this size (imagenet2012 "
+      "default 64)", lo=1, hi=MAX_IMAGE_SIZE, hi_open=False)
+  num_classes: Optional[int] = option(
+      None, DATA, "expected number of classes; a run stops if the data has "
+      "another (default: whatever the data has)", lo=2)
+  devices: Optional[int] = option(
+      None, DEVICES, "use the first N devices (default: every visible "
+      "device, data-parallel)", lo=1)
+  fsdp: int = option(
+      1, DEVICES, "split parameters and optimizer state over N devices (a "
+      "second mesh axis; default 1: replicated)", lo=1)
+  data_sharding: str = option(
+      "auto", DEVICES, "replicated (every device holds the training images; "
+      "batches independent of the device count), sharded (each device holds "
+      "1/N of them and samples its part of each batch locally) or auto "
+      "(sharded with several processes; the default)",
+      choices=("auto", "replicated", "sharded"))
+  skip_bad_images: bool = option(
+      False, DATA, "skip unreadable images of a folder source and count "
+      "them, instead of stopping")
+  cache_dir: Optional[str] = option(
+      None, DATA, "where decoded image folders are cached (default "
+      "$RDA_OPTAX_CACHE or ~/.cache/rda-optax)")
+  progress: str = option(
+      "auto", OTHER, "auto (a bar on a terminal, lines otherwise), bar, lines "
+      "or none", choices=("auto", "bar", "lines", "none"))
+  preset: Optional[str] = option(None, RUN, "", flag=False)
 
   @property
   def total_epochs(self) -> int:
     return self.epochs + self.asr_epochs
 
+  @property
+  def methods(self) -> list[str]:
+    """The methods this configuration runs: ``--compare``'s, or ``--method``."""
+    return self.compare.split(",") if self.compare else [self.method]
+
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def flag(name: str) -> str:
+  """``target_sparsity`` -> ``--target-sparsity``."""
+  return "--" + name.replace("_", "-")
+
+
+def field_type(name: str) -> type:
+  """The type of a field's values (``Optional[X]`` -> X)."""
+  default = FIELDS[name].default
+  if default is not None:
+    return type(default)
+  # Postponed evaluation: the annotation is a string.
+  return {"Optional[int]": int, "Optional[float]": float,
+          "Optional[str]": str}[FIELDS[name].type]
+
+
+def help_text(name: str) -> str:
+  """``--help`` of a field: its text, and its default unless the text
+  names one or there is none."""
+  meta, default = FIELDS[name].metadata, FIELDS[name].default
+  text = meta["help"]
+  if default is None or isinstance(default, bool) or "default" in text:
+    return text
+  return f"{text} (default {default if default != '' else 'none'})"
+
+
+def choices(name: str) -> Optional[tuple[str, ...]]:
+  c = FIELDS[name].metadata["choices"]
+  return c() if callable(c) else c
 
 
 def parse_piecewise(spec: str, name: str) -> list[tuple[int, float]]:
@@ -110,18 +305,18 @@ def parse_piecewise(spec: str, name: str) -> list[tuple[int, float]]:
       out.append((int(e), float(v)))
     except ValueError:
       raise UsageError(
-          f"--{name.replace('_', '-')}: expected EPOCH:VALUE[,EPOCH:VALUE...],"
-          f" got {spec!r}") from None
+          f"{flag(name)}: expected EPOCH:VALUE[,EPOCH:VALUE...], got "
+          f"{spec!r}") from None
   epochs = [e for e, _ in out]
   if epochs != sorted(set(epochs)) or epochs[0] < 0:
-    raise UsageError(f"--{name.replace('_', '-')}: epochs must be increasing "
-                     f"and >= 0, got {spec!r}")
+    raise UsageError(f"{flag(name)}: epochs must be increasing and >= 0, got "
+                     f"{spec!r}")
   return out
 
 
-def build(preset: Optional[str], file: Optional[str],
-          flags: dict[str, Any]) -> Config:
-  """Merges the layers and validates the result."""
+def merge(preset: Optional[str], file: Optional[str],
+          flags: dict[str, Any]) -> tuple[Config, set[str]]:
+  """The layers merged, and the names the user set (file or flags)."""
   values: dict[str, Any] = {}
   from_file = _read_config_file(file) if file is not None else {}
   # A file may name its preset; --preset on the command line wins.
@@ -136,24 +331,7 @@ def build(preset: Optional[str], file: Optional[str],
   values.update(from_file)
   given = {k: v for k, v in flags.items() if v is not None}
   values.update(given)
-  cfg = Config(**values)
-  validate(cfg)
-  _check_target_flags(cfg, set(from_file) | set(given))
-  return cfg
-
-
-def _check_target_flags(cfg: Config, given: set[str]) -> None:
-  """The checks that need to know what the user set (a preset's ``l1`` is
-  no conflict), so they run on new runs only, not on ``--resume``, whose
-  config.json holds every field."""
-  _check(not {"target_sparsity", "target_sparsity_from"} <= given,
-         "--target-sparsity and --target-sparsity-from: give one of them")
-  methods = cfg.compare.split(",") if cfg.compare else [cfg.method]
-  if "rda" in methods and given & {"target_sparsity", "target_sparsity_from"}:
-    for name in ("l1", "l1_schedule"):
-      _check(name not in given, f"--{name.replace('_', '-')} cannot be "
-             "combined with a target sparsity for rda (lambda_t is then "
-             "chosen to reach the target)")
+  return Config(**values), set(from_file) | set(given)
 
 
 def _read_config_file(file: str) -> dict[str, Any]:
@@ -172,15 +350,11 @@ def _read_config_file(file: str) -> dict[str, Any]:
   if unknown:
     raise UsageError(f"--config: {file}: unknown key(s) {', '.join(unknown)}")
   for k, v in data.items():
-    data[k] = _coerce(k, v, f"--config {file}: {k}")
+    data[k] = coerce(k, v, f"--config {file}: {k}")
   return data
 
 
-_OPTIONAL_TYPES = {"Optional[int]": int, "Optional[float]": float,
-                   "Optional[str]": str}
-
-
-def _coerce(name: str, value: Any, where: str) -> Any:
+def coerce(name: str, value: Any, where: str) -> Any:
   """Checks a config-file value against the field's type."""
   default = FIELDS[name].default
   if value is None:
@@ -188,10 +362,7 @@ def _coerce(name: str, value: Any, where: str) -> Any:
       # null means "unset" only where unset is a valid state of the field.
       raise UsageError(f"{where}: null is not allowed (default {default!r})")
     return None
-  # A field unset by default takes its type from its annotation (a string
-  # under postponed evaluation).
-  typ = (type(default) if default is not None
-         else _OPTIONAL_TYPES[FIELDS[name].type])
+  typ = field_type(name)
   if typ is bool:
     if not isinstance(value, bool):
       raise UsageError(f"{where}: expected true/false, got {value!r}")
@@ -208,179 +379,46 @@ def _coerce(name: str, value: Any, where: str) -> Any:
   return value
 
 
-def _check(cond: bool, msg: str) -> None:
+def check(cond: bool, msg: str) -> None:
   if not cond:
     raise UsageError(msg)
 
 
-def _finite(x: float) -> bool:
-  return isinstance(x, (int, float)) and math.isfinite(x)
+def finite(x: Any) -> bool:
+  return (isinstance(x, (int, float)) and not isinstance(x, bool)
+          and math.isfinite(x))
 
 
-def validate(cfg: Config) -> None:
-  """Raises UsageError naming the first bad option."""
-  if cfg.run_name is not None:
-    # A name, not a path: a run directory always lands inside --out.
-    _check(cfg.run_name not in ("", ".", "..") and "/" not in cfg.run_name
-           and "\0" not in cfg.run_name,
-           f"--run-name must be a plain directory name, got {cfg.run_name!r}")
-  _check(cfg.model in models.names(),
-         f"--model: unknown model {cfg.model!r}; valid: {', '.join(models.names())}")
-  _check(cfg.dataset in DATASETS,
-         f"--dataset: unknown data set {cfg.dataset!r}; valid: {', '.join(DATASETS)}")
-  # The registry imports this module (its optimizers take a Config).
-  from train import methods as methods_lib  # pylint: disable=g-import-not-at-top
-  known = methods_lib.names()
-  _check(cfg.method in known,
-         f"--method: unknown method {cfg.method!r}; valid: {', '.join(known)}")
-  if cfg.compare:
-    methods = cfg.compare.split(",")
-    for m in methods:
-      _check(m in known, f"--compare: unknown method {m!r}; valid: {', '.join(known)}")
-    dup = sorted({m for m in methods if methods.count(m) > 1})
-    _check(not dup, f"--compare: {', '.join(dup)} given more than once")
-    if (cfg.target_sparsity is None and cfg.target_sparsity_from is None
-        and "rda" not in methods):
-      for m in methods:
-        _check(not methods_lib.get(m).needs_target,
-               f"--compare: {m} needs --target-sparsity, "
-               "--target-sparsity-from, or rda in --compare")
-  _check(cfg.epochs >= 0, f"--epochs must be >= 0, got {cfg.epochs}")
-  _check(cfg.asr_epochs >= 0, f"--asr-epochs must be >= 0, got {cfg.asr_epochs}")
-  _check(cfg.total_epochs >= 1, "--epochs + --asr-epochs must be >= 1")
-  _check(cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}")
-  _check(cfg.eval_batch_size >= 1,
-         f"--eval-batch-size must be >= 1, got {cfg.eval_batch_size}")
-  _check(_finite(cfg.gamma) and cfg.gamma > 0, f"--gamma must be > 0, got {cfg.gamma}")
-  _check(_finite(cfg.l1) and cfg.l1 >= 0, f"--l1 must be >= 0, got {cfg.l1}")
-  _check(_finite(cfg.l2) and cfg.l2 >= 0, f"--l2 must be >= 0, got {cfg.l2}")
-  _check(cfg.center in ("zero", "init"), f"--center must be zero or init, got {cfg.center!r}")
-  _check(_finite(cfg.lr) and cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}")
-  _check(_finite(cfg.momentum) and 0 <= cfg.momentum < 1,
-         f"--momentum must be in [0, 1), got {cfg.momentum}")
-  _check(_finite(cfg.weight_decay) and cfg.weight_decay >= 0,
-         f"--weight-decay must be >= 0, got {cfg.weight_decay}")
-  _check(_finite(cfg.finetune_lr_scale) and cfg.finetune_lr_scale > 0,
-         f"--finetune-lr-scale must be > 0, got {cfg.finetune_lr_scale}")
-  _check(_finite(cfg.label_smoothing) and 0 <= cfg.label_smoothing < 1,
-         f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
-  _check(_finite(cfg.val_fraction) and 0 <= cfg.val_fraction < 1,
-         f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
-  if cfg.init_scale is not None:
-    _check(_finite(cfg.init_scale) and cfg.init_scale > 0,
-           f"--init-scale must be > 0, got {cfg.init_scale}")
-  _check(cfg.lr_schedule in LR_SCHEDULES or ":" in cfg.lr_schedule,
-         f"--lr-schedule: expected one of {', '.join(LR_SCHEDULES)} or "
-         f"EPOCH:VALUE,..., got {cfg.lr_schedule!r}")
-  for name in ("gamma_schedule", "l1_schedule"):
-    for _, v in parse_piecewise(getattr(cfg, name), name):
-      _check(_finite(v) and (v > 0 if name == "gamma_schedule" else v >= 0),
-             f"--{name.replace('_', '-')}: bad value {v}")
-  if ":" in cfg.lr_schedule:
-    for _, v in parse_piecewise(cfg.lr_schedule, "lr_schedule"):
-      _check(_finite(v) and v > 0, f"--lr-schedule: bad value {v}")
-  _check(cfg.augment in ("auto", "none", "crop", "crop-flip"),
-         f"--augment must be auto, none, crop or crop-flip, got {cfg.augment!r}")
-  _check(cfg.dtype in ("auto", "float32", "bfloat16"),
-         f"--dtype must be auto, float32 or bfloat16, got {cfg.dtype!r}")
-  _check(cfg.prune_scope in ("layer", "global"),
-         f"--prune-scope must be layer or global, got {cfg.prune_scope!r}")
-  if cfg.target_sparsity is not None:
-    _check(_finite(cfg.target_sparsity) and 0 <= cfg.target_sparsity < 1,
-           f"--target-sparsity must be in [0, 1), got {cfg.target_sparsity}")
-  _check(cfg.sparsity_distribution in ("auto",) + SPARSITY_DISTRIBUTIONS,
-         f"--sparsity-distribution must be auto, "
-         f"{', '.join(SPARSITY_DISTRIBUTIONS)}, got {cfg.sparsity_distribution!r}")
-  _check(cfg.gmp_start_epoch >= 0,
-         f"--gmp-start-epoch must be >= 0, got {cfg.gmp_start_epoch}")
-  _check(cfg.gmp_end_epoch >= 0,
-         f"--gmp-end-epoch must be >= 0 (0: --epochs), got {cfg.gmp_end_epoch}")
-  _check(cfg.gmp_every >= 1, f"--gmp-every must be >= 1, got {cfg.gmp_every}")
-  _check(_finite(cfg.rigl_alpha) and 0 < cfg.rigl_alpha <= 1,
-         f"--rigl-alpha must be in (0, 1], got {cfg.rigl_alpha}")
-  _check(cfg.rigl_delta_t >= 1,
-         f"--rigl-delta-t must be >= 1, got {cfg.rigl_delta_t}")
-  _check(_finite(cfg.rigl_t_end_fraction) and 0 < cfg.rigl_t_end_fraction <= 1,
-         f"--rigl-t-end-fraction must be in (0, 1], got {cfg.rigl_t_end_fraction}")
-  from train import structure  # pylint: disable=g-import-not-at-top
-  structure.check(cfg)
-  for m in (cfg.compare.split(",") if cfg.compare else [cfg.method]):
-    check = methods_lib.get(m).check
-    if check is not None:
-      check(cfg)
-  has_target = (cfg.target_sparsity is not None
-                or cfg.target_sparsity_from is not None)
-  if not cfg.compare:
-    m = methods_lib.get(cfg.method)
-    _check(has_target or not m.needs_target,
-           f"--method {cfg.method} needs --target-sparsity or --target-sparsity-from")
-    _check(not has_target or m.needs_target or m.takes_target,
-           f"--method {cfg.method} cannot train to a target sparsity (its "
-           "sparsity comes from --l1 alone); drop --target-sparsity"
-           f"{'-from' if cfg.target_sparsity is None else ''}, or use "
-           + ", ".join(n for n in known if methods_lib.get(n).needs_target
-                       or methods_lib.get(n).takes_target))
-  if cfg.target_sparsity is None and cfg.target_sparsity_from is not None:
-    target_from_run(cfg.target_sparsity_from)
-  if cfg.target_ramp is not None:
-    _check(_finite(cfg.target_ramp) and 0 <= cfg.target_ramp <= 1,
-           f"--target-ramp must be in [0, 1], got {cfg.target_ramp}")
-  if cfg.threshold_samples is not None:
-    _check(cfg.threshold_samples >= 1,
-           f"--threshold-samples must be >= 1, got {cfg.threshold_samples}")
-  _check(0 <= cfg.debias_epochs <= cfg.asr_epochs,
-         f"--debias-epochs must be in [0, --asr-epochs = {cfg.asr_epochs}] "
-         f"(without ASR's frozen zeros, l1 = 0 would undo the sparsity), "
-         f"got {cfg.debias_epochs}")
-  _check(cfg.checkpoint_every >= 1,
-         f"--checkpoint-every must be >= 1, got {cfg.checkpoint_every}")
-  _check(cfg.max_bad_steps >= 1, f"--max-bad-steps must be >= 1, got {cfg.max_bad_steps}")
-  _check(cfg.progress in ("auto", "bar", "lines", "none"),
-         f"--progress must be auto, bar, lines or none, got {cfg.progress!r}")
-  if cfg.dataset == "folder":
-    _check(cfg.data_dir is not None, "--dataset folder needs --data-dir")
-  if cfg.devices is not None:
-    _check(cfg.devices >= 1, f"--devices must be >= 1, got {cfg.devices}")
-  _check(cfg.fsdp >= 1, f"--fsdp must be >= 1, got {cfg.fsdp}")
-  _check(cfg.data_sharding in ("auto", "replicated", "sharded"),
-         f"--data-sharding must be auto, replicated or sharded, got "
-         f"{cfg.data_sharding!r}")
-  if cfg.num_classes is not None:
-    _check(cfg.num_classes >= 2, f"--num-classes must be >= 2, got {cfg.num_classes}")
-  if cfg.image_size is not None:
-    _check(1 <= cfg.image_size <= MAX_IMAGE_SIZE,
-           f"--image-size must be in [1, {MAX_IMAGE_SIZE}], got {cfg.image_size}")
-  # numpy's and JAX's generators take unsigned 64-bit and signed 64-bit seeds.
-  _check(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool)
-         and 0 <= cfg.seed < 2**63,
-         f"--seed must be in [0, 2**63), got {cfg.seed}")
-  if cfg.val_seed is not None:
-    _check(0 <= cfg.val_seed < 2**63,
-           f"--val-seed must be in [0, 2**63), got {cfg.val_seed}")
+def check_fields(cfg: Config) -> None:
+  """The table's own checks, each option alone: choices and ranges."""
+  for name, f in FIELDS.items():
+    value, meta = getattr(cfg, name), f.metadata
+    if value is None:
+      continue
+    valid = choices(name)
+    if valid is not None:
+      what = {"model": "model", "dataset": "data set"}.get(name)
+      if what:  # registries: name the thing
+        check(value in valid, f"{flag(name)}: unknown {what} {value!r}; "
+              f"valid: {', '.join(valid)}")
+      else:
+        check(value in valid, f"{flag(name)} must be "
+              f"{', '.join(valid[:-1])} or {valid[-1]}, got {value!r}")
+    if meta["lo"] is not None:
+      check(finite(value) and _in_range(value, meta),
+            f"{flag(name)} must be {_range_text(meta)}, got {value}")
 
 
-def summary_value(run_dir: str, flag: str, keys: tuple[str, ...],
-                  what: str) -> Any:
-  """``summary.json[keys...]`` of the run that ``flag`` names; one line
-  naming the flag and the file when it is missing or unreadable."""
-  path = Path(run_dir) / "summary.json"
-  try:
-    value = json.loads(path.read_text())
-    for key in keys:
-      value = value[key]
-  except FileNotFoundError:
-    raise UsageError(f"{flag}: {path} does not exist "
-                     "(has that run finished?)") from None
-  except (OSError, ValueError, KeyError, TypeError):
-    raise UsageError(f"{flag}: {path} has no readable {what}") from None
-  return value
+def _in_range(v: float, meta: dict) -> bool:
+  lo, hi = meta["lo"], meta["hi"]
+  if v < lo or (meta["lo_open"] and v == lo):
+    return False
+  return hi is None or v < hi or (not meta["hi_open"] and v == hi)
 
 
-def target_from_run(run_dir: str) -> float:
-  """The sparsity another run reached, from its summary.json."""
-  flag = "--target-sparsity-from"
-  s = summary_value(run_dir, flag, ("sparsity",), "'sparsity'")
-  if not (_finite(s) and 0 <= s < 1):
-    raise UsageError(f"{flag}: {Path(run_dir) / 'summary.json'}: sparsity "
-                     f"{s!r} not in [0, 1)")
-  return float(s)
+def _range_text(meta: dict) -> str:
+  lo, hi = meta["lo"], meta["hi"]
+  if hi is None:
+    return f"{'>' if meta['lo_open'] else '>='} {lo}"
+  return (f"in {'(' if meta['lo_open'] else '['}{lo}, "
+          f"{meta['hi_text'] or hi}{')' if meta['hi_open'] else ']'}")

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from train.parallel import BATCH_AXES
+
 
 class TrainState(NamedTuple):
   params: Any
@@ -31,6 +33,15 @@ def accelerator_defaults(platform: str) -> tuple[Any, bool]:
   scanned epochs on accelerators, float32 and a host loop on CPU."""
   accel = platform != "cpu"
   return (jnp.bfloat16 if accel else jnp.float32), accel
+
+
+def init_state(tx: optax.GradientTransformation, params: Any,
+               batch_stats: Any) -> TrainState:
+  """The state at step 0 of training ``params`` with ``tx`` (the optimizer
+  as :class:`EpochSpec` takes it; its state is that of ``wrap_finite(tx)``,
+  which the epoch runs)."""
+  return TrainState(params, batch_stats, wrap_finite(tx).init(params),
+                    jnp.zeros([], jnp.int32))
 
 
 def wrap_finite(tx: optax.GradientTransformation) -> optax.GradientTransformation:
@@ -94,7 +105,8 @@ class EpochSpec(NamedTuple):
   Attributes:
     model: the Flax module, applied in train mode (BatchNorm statistics
       mutable).
-    tx: the optimizer, wrapped by :func:`wrap_finite`.
+    tx: the optimizer; the epoch runs it inside :func:`wrap_finite`, so the
+      state is :func:`init_state`'s.
     steps: steps per epoch.
     batch: the global batch.
     mean, std: per-channel normalization, in [0, 1] units.
@@ -128,6 +140,16 @@ class EpochSpec(NamedTuple):
   sharded_data: bool = False
 
 
+class StepMetrics(NamedTuple):
+  """What one step reports: 0 for a skipped or halted step, whose loss and
+  counts are not the epoch's."""
+  loss: jax.Array
+  correct: jax.Array  # top-1 hits in the batch
+  skipped: jax.Array  # 1 if the gradient was non-finite
+  halted: jax.Array  # 1 if the epoch had already halted (max_bad)
+  top5: jax.Array  # top-5 hits in the batch
+
+
 def make_train_epoch(spec: EpochSpec):
   """Returns ``epoch(state, images, labels, key) -> (state, metrics)``.
 
@@ -147,22 +169,24 @@ def make_train_epoch(spec: EpochSpec):
   local gather. The batches then depend on the device count, not on how the
   devices are split between processes.
   """
-  (model, tx, steps, batch, mean, std, augment, label_smoothing, num_classes,
-   dtype, n_images, scan, topo, state_shardings, max_bad, sharded_data) = spec
+  model, steps, batch, num_classes = (spec.model, spec.steps, spec.batch,
+                                      spec.num_classes)
+  topo, sharded_data, max_bad = spec.topo, spec.sharded_data, spec.max_bad
+  tx = wrap_finite(spec.tx)
   if sharded_data and topo is None:
     raise ValueError("sharded_data needs a topology")
   shards = topo.size if sharded_data else 1
   if batch % shards:
     raise ValueError(f"batch {batch} is not a multiple of {shards} shards")
-  mean = jnp.asarray(mean, jnp.float32)
-  std = jnp.asarray(std, jnp.float32)
+  mean = jnp.asarray(spec.mean, jnp.float32)
+  std = jnp.asarray(spec.std, jnp.float32)
 
   def loss_fn(params, batch_stats, x, y):
     logits, new_vars = model.apply(
         {"params": params, "batch_stats": batch_stats}, x, train=True,
         mutable=["batch_stats"])
     onehot = optax.smooth_labels(jax.nn.one_hot(y, num_classes),
-                                 label_smoothing)
+                                 spec.label_smoothing)
     loss = optax.softmax_cross_entropy(logits, onehot).mean()
     return loss, (logits, new_vars["batch_stats"])
 
@@ -174,7 +198,6 @@ def make_train_epoch(spec: EpochSpec):
     return jax.lax.with_sharding_constraint(tree, shardings)
 
   if sharded_data:
-    from train.parallel import BATCH_AXES  # pylint: disable=g-import-not-at-top
     row = jax.sharding.PartitionSpec(BATCH_AXES)
     # Each device indexes its own shard: no data crosses devices.
     local_gather = jax.shard_map(lambda a, i: a[i], mesh=topo.mesh,
@@ -190,7 +213,7 @@ def make_train_epoch(spec: EpochSpec):
     if topo is not None:
       x = constrain(x, topo.batch(x.ndim))
       y = constrain(y, topo.batch(1))
-    x = normalize(augment_batch(key, x, augment), mean, std, dtype)
+    x = normalize(augment_batch(key, x, spec.augment), mean, std, spec.dtype)
     (loss, (logits, new_bs)), grads = grad_fn(
         state.params, state.batch_stats, x, y)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -203,19 +226,20 @@ def make_train_epoch(spec: EpochSpec):
     top5 = jnp.sum(jnp.any(jax.lax.top_k(logits, min(5, num_classes))[1]
                            == y[:, None], -1))
     new = constrain(TrainState(params, batch_stats, opt_state, state.step + 1),
-                    state_shardings)
-    return new, jnp.stack([jnp.where(ok, loss, 0.0),
-                           jnp.where(ok, correct, 0).astype(jnp.float32),
-                           (~ok).astype(jnp.float32), jnp.float32(0),
-                           jnp.where(ok, top5, 0).astype(jnp.float32)])
+                    spec.state_shardings)
+    f32 = lambda v: jnp.where(ok, v, 0).astype(jnp.float32)  # noqa: E731
+    return new, StepMetrics(f32(loss), f32(correct),
+                            (~ok).astype(jnp.float32), jnp.float32(0),
+                            f32(top5))
 
   # XLA:CPU runs convolutions inside a while loop (lax.scan) about 30x
   # slower than the same ops at top level (measured: small_cnn on digits,
   # 210 vs 7 ms/step), so on CPU the epoch is a host loop of jitted steps;
   # on accelerators, one compiled scan per epoch keeps the host out of the
   # way. Both run the same step function.
-  use_scan = (scan if scan is not None
+  use_scan = (spec.scan if spec.scan is not None
               else accelerator_defaults(jax.default_backend())[1])
+  halted_step = StepMetrics(*map(jnp.float32, (0, 0, 0, 1, 0)))
 
   def step(state: TrainState, images, labels, idx, key):
     if max_bad is None:
@@ -229,17 +253,17 @@ def make_train_epoch(spec: EpochSpec):
     halted = state.opt_state.notfinite_count >= max_bad
     new, m = train_step(state, images, labels, idx, key)
     return (jax.tree.map(lambda a, b: jnp.where(halted, a, b), state, new),
-            jnp.where(halted, jnp.array([0.0, 0.0, 0.0, 1.0, 0.0]), m))
+            jax.tree.map(lambda a, b: jnp.where(halted, a, b), halted_step, m))
 
   def plan_fn(key):
     kp, ka = jax.random.split(key)
     if sharded_data:
       # Shard d's rows for the epoch, in the columns device d owns.
       per = batch // shards
-      cols = [jax.random.permutation(jax.random.fold_in(kp, d), n_images)
+      cols = [jax.random.permutation(jax.random.fold_in(kp, d), spec.n_images)
               [:steps * per].reshape(steps, per) for d in range(shards)]
       return jnp.concatenate(cols, axis=1), jax.random.split(ka, steps)
-    perm = jax.random.permutation(kp, n_images)[:steps * batch]
+    perm = jax.random.permutation(kp, spec.n_images)[:steps * batch]
     return perm.reshape(steps, batch), jax.random.split(ka, steps)
 
   # Every process draws the same global permutation, so the batches are
@@ -247,15 +271,15 @@ def make_train_epoch(spec: EpochSpec):
   plan = jax.jit(plan_fn, out_shardings=(
       None if topo is None else (topo.batch(2, axis=1), topo.replicated())))
 
-  def summarize(state, per_step):
-    loss, correct, bad, halted, top5 = (per_step[:, i] for i in range(5))
+  def summarize(state, per_step: StepMetrics):
+    total = StepMetrics(*map(jnp.sum, per_step))
     # An epoch with no applied step has no loss: NaN, never a perfect 0.
-    good = steps - jnp.sum(bad) - jnp.sum(halted)
-    return dict(loss=jnp.sum(loss) / good,
-                train_top1=100.0 * jnp.sum(correct) / (good * batch),
-                train_top5=100.0 * jnp.sum(top5) / (good * batch),
-                skipped_steps=jnp.sum(bad).astype(jnp.int32),
-                halted_steps=jnp.sum(halted).astype(jnp.int32),
+    good = steps - total.skipped - total.halted
+    return dict(loss=total.loss / good,
+                train_top1=100.0 * total.correct / (good * batch),
+                train_top5=100.0 * total.top5 / (good * batch),
+                skipped_steps=total.skipped.astype(jnp.int32),
+                halted_steps=total.halted.astype(jnp.int32),
                 consecutive_bad=state.opt_state.notfinite_count)
 
   @functools.partial(jax.jit, donate_argnums=(0,))
@@ -273,7 +297,8 @@ def make_train_epoch(spec: EpochSpec):
       per_step.append(m)
       if on_step is not None:
         on_step(i + 1, steps, m)
-    return state, summarize(state, jnp.stack(per_step))
+    return state, summarize(
+        state, jax.tree.map(lambda *xs: jnp.stack(xs), *per_step))
 
   def epoch(state, images, labels, key, on_step=None):
     """One epoch. ``on_step(done, steps, metrics)`` is called after each

@@ -26,7 +26,8 @@ from train import parallel
 from train import run as run_lib
 from train._errors import UsageError
 from train.checkpoint import Checkpoints
-from train.config import Config, validate
+from train.checks import validate
+from train.config import Config
 
 COMMANDS = ("export", "evaluate")
 DEFAULT_NAME = "model.rdasparse"

@@ -50,7 +50,7 @@ class Method(NamedTuple):
     demo: the position in the no-argument comparison; None: not in it.
     distribution: the default ``--sparsity-distribution`` (``auto``).
     check: ``(cfg) -> None``, raising ``UsageError`` on a bad combination of
-      the method's options; run by ``config.validate``.
+      the method's options; run by ``checks.validate``.
     target_of: ``(cfg, summaries so far) -> target`` for a method whose
       target is not a sparsity (net-slim's FLOPs); such a method runs after
       the others of ``--compare``.
@@ -88,6 +88,13 @@ def get(name: str) -> Method:
     raise ValueError(f"unknown method {name!r}") from None
 
 
+def optimizer(cfg: Config, name: str, spe: int,
+              target: Optional[float] = None) -> optim.Optimizer:
+  """Method ``name``'s optimizer for ``spe`` steps per epoch; ``target``:
+  the target sparsity of the methods that have one."""
+  return get(name).optimizer(cfg, spe, target)
+
+
 def demo() -> str:
   """The ``--compare`` list of ``python -m train`` without arguments."""
   shown = sorted((m for m in REGISTRY.values() if m.demo is not None),
@@ -123,10 +130,7 @@ def _rda(cfg: Config, spe: int,
   gamma = optim.piecewise(cfg.gamma, cfg.gamma_schedule, "gamma_schedule", spe)
   freeze = rda_optax.freeze_zeros(cfg.epochs * spe, mask=_freeze(cfg))
   if target is None:
-    l1 = optim.l1_schedule(cfg, spe)
-    groups = structure.group_args(cfg, spe)
-    if cfg.structure == "channel":
-      l1 = optax.constant_schedule(0.0)
+    l1, groups = _penalties(cfg, spe)
     tx = optax.chain(
         rda_optax.rda(gamma, l1, center=cfg.center, l2=cfg.l2, **groups),
         freeze)
@@ -143,6 +147,26 @@ def _rda(cfg: Config, spe: int,
       freeze)
   return optim.Optimizer(tx, optim.host(gamma), None, None,
                          logged=optim.target_log(s))
+
+
+def _penalties(cfg: Config, spe: int) -> tuple[optax.Schedule, dict]:
+  """The l1 schedule and the group arguments of a proximal method; with
+  ``--structure channel`` the group term alone (l1 = 0)."""
+  groups = structure.group_args(cfg, spe)
+  if cfg.structure == "channel":
+    return optax.constant_schedule(0.0), groups
+  return optim.l1_schedule(cfg, spe), groups
+
+
+def _restarted_lr(cfg: Config, spe: int) -> optax.Schedule:
+  """The lr of the prune-then-fine-tune methods: the schedule over
+  ``--epochs``, restarted for the fine-tuning epochs at a peak
+  ``--finetune-lr-scale`` times lower."""
+  phase2, total = cfg.epochs * spe, cfg.total_epochs * spe
+  s1 = optim.lr_schedule(cfg, cfg.lr, phase2, spe)
+  s2 = optim.lr_schedule(cfg, cfg.lr * cfg.finetune_lr_scale, total - phase2,
+                         spe)
+  return optax.join_schedules([s1, s2], [phase2])
 
 
 def _freeze(cfg: Config):
@@ -170,10 +194,7 @@ def _check_rda(cfg: Config) -> None:
 def _prox_sgd(cfg: Config, spe: int,
               target: Optional[float]) -> optim.Optimizer:
   lr = optim.lr_schedule(cfg, cfg.lr, cfg.total_epochs * spe, spe)
-  l1 = optim.l1_schedule(cfg, spe)
-  groups = structure.group_args(cfg, spe)
-  if cfg.structure == "channel":
-    l1 = optax.constant_schedule(0.0)
+  l1, groups = _penalties(cfg, spe)
   tx = optax.chain(
       rda_optax.prox_sgd(lr, l1, momentum=cfg.momentum, **groups),
       rda_optax.freeze_zeros(cfg.epochs * spe, mask=_freeze(cfg)))
@@ -192,18 +213,15 @@ def _prune_finetune(cfg: Config, spe: int,
   # Dense training for `epochs`, magnitude pruning at the boundary (the
   # before_epoch hook, on the params), then fine-tuning with the zeros
   # frozen and the learning-rate schedule restarted at a lower peak.
-  phase2, total = cfg.epochs * spe, cfg.total_epochs * spe
   # An EPOCH:VALUE schedule gives the lr of every epoch of the run, the
   # fine-tuning epochs included (counted from the run's start, as the log
   # shows them); the restart and its scale are for the named shapes.
   if ":" in cfg.lr_schedule:
     lr = optim.piecewise(cfg.lr, cfg.lr_schedule, "lr_schedule", spe)
   else:
-    s1 = optim.lr_schedule(cfg, cfg.lr, phase2, spe)
-    s2 = optim.lr_schedule(cfg, cfg.lr * cfg.finetune_lr_scale,
-                           total - phase2, spe)
-    lr = optax.join_schedules([s1, s2], [phase2])
-  tx = optax.chain(*optim.dense_sgd(cfg, lr), rda_optax.freeze_zeros(phase2))
+    lr = _restarted_lr(cfg, spe)
+  tx = optax.chain(*optim.dense_sgd(cfg, lr),
+                   rda_optax.freeze_zeros(cfg.epochs * spe))
   return optim.Optimizer(tx, None, None, optim.host(lr))
 
 
@@ -261,11 +279,8 @@ def _net_slim(cfg: Config, spe: int, target: Optional[float]) -> optim.Optimizer
   # `epochs`; channels pruned by |scale| at the boundary (the hook); then
   # fine-tuning without the penalty, the pruned channels' kernels and
   # BatchNorm frozen at 0, the lr schedule restarted as prune-finetune's.
-  phase2, total = cfg.epochs * spe, cfg.total_epochs * spe
-  s1 = optim.lr_schedule(cfg, cfg.lr, phase2, spe)
-  s2 = optim.lr_schedule(cfg, cfg.lr * cfg.finetune_lr_scale, total - phase2,
-                         spe)
-  lr = optax.join_schedules([s1, s2], [phase2])
+  phase2 = cfg.epochs * spe
+  lr = _restarted_lr(cfg, spe)
   bn_l1 = lambda step: jnp.where(step < phase2, cfg.bn_l1, 0.0)  # noqa: E731
   tx = optax.chain(structure.add_bn_l1(bn_l1), *optim.dense_sgd(cfg, lr),
                    rda_optax.freeze_zeros(phase2, mask=structure.freeze_mask))

@@ -60,11 +60,19 @@ def l1_schedule(cfg: Config, spe: int) -> optax.Schedule:
   stays, and the surviving weights lose the l1 shrinkage, as a relaxed
   lasso refits its support without the penalty (docs/DESIGN.md).
   """
-  l1 = piecewise(cfg.l1, cfg.l1_schedule, "l1_schedule", spe)
+  return debiased(piecewise(cfg.l1, cfg.l1_schedule, "l1_schedule", spe),
+                  cfg, spe)
+
+
+def debiased(value: optax.ScalarOrSchedule, cfg: Config,
+             spe: int) -> optax.ScalarOrSchedule:
+  """``value`` (a number or a schedule), 0 in the last ``--debias-epochs``;
+  ``value`` itself without them."""
   if not cfg.debias_epochs:
-    return l1
+    return value
   start = (cfg.total_epochs - cfg.debias_epochs) * spe
-  return lambda step: jnp.where(step >= start, 0.0, l1(step))
+  at = value if callable(value) else (lambda step: value)
+  return lambda step: jnp.where(step >= start, 0.0, at(step))
 
 
 # Half the RDA phase ramps, half runs at the target (RDA may still move its
@@ -125,10 +133,3 @@ def dense_sgd(cfg: Config,
   return [optax.add_decayed_weights(cfg.weight_decay, kernels),
           optax.sgd(lr, momentum=cfg.momentum, nesterov=True)]
 
-
-def build(cfg: Config, method: str, spe: int,
-          target: Optional[float] = None) -> Optimizer:
-  """Builds ``method``'s optimizer (``train.methods``) for ``spe`` steps per
-  epoch; ``target``: the target sparsity of the methods that have one."""
-  from train import methods  # pylint: disable=g-import-not-at-top
-  return methods.get(method).optimizer(cfg, spe, target)

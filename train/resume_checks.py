@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
+from train import checks
 from train import config as config_lib
 from train import report
 from train._errors import UsageError
@@ -44,14 +45,14 @@ def load_config(run_dir: Path, overrides: dict[str, Any]) -> config_lib.Config:
     raise UsageError(f"--resume: {path} is not a config of this version: "
                      f"unknown key(s) {', '.join(unknown)}")
   for k, v in raw.items():
-    raw[k] = config_lib._coerce(k, v, f"--resume: {path}: {k}")  # pylint: disable=protected-access
+    raw[k] = config_lib.coerce(k, v, f"--resume: {path}: {k}")
   raw.update({k: v for k, v in overrides.items() if v is not None})
   try:
     cfg = config_lib.Config(**raw)
   except TypeError as e:
     raise UsageError(f"--resume: {path} is not a config of this version: "
                      f"{e}") from None
-  config_lib.validate(cfg)
+  checks.validate(cfg)
   return cfg
 
 

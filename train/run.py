@@ -32,7 +32,8 @@ from train import timing
 from train._errors import UsageError
 from train._lock import run_lock
 from train.checkpoint import Checkpoints
-from train.config import Config, target_from_run
+from train.config import Config
+from train.rundir import target_from_run
 
 
 class Stopped(Exception):
@@ -201,15 +202,13 @@ def build_run(cfg: Config, method: str, splits: data_lib.Splits, *,
   kinit = {} if scale is None else {"kernel_init": rda_optax.scaled_uniform(scale)}
   model = models.get(cfg.model, num_classes=splits.num_classes, dtype=dtype,
                      **kinit)
-  opt = optim.build(cfg, method, spe, target)
-  tx = engine.wrap_finite(opt.tx)
+  opt = methods.optimizer(cfg, method, spe, target)
 
   key = jax.random.key(cfg.seed)
   variables = jax.jit(lambda k: model.init(
       k, jnp.zeros((1,) + image_shape, jnp.float32)))(jax.random.fold_in(key, 0))
   params = variables["params"]
-  state = engine.TrainState(params, variables.get("batch_stats", {}),
-                            tx.init(params), jnp.zeros([], jnp.int32))
+  state = engine.init_state(opt.tx, params, variables.get("batch_stats", {}))
   shardings = engine.TrainState(
       topo.params(state.params),
       jax.tree.map(lambda _: topo.replicated(), state.batch_stats),
@@ -226,7 +225,7 @@ def build_run(cfg: Config, method: str, splits: data_lib.Splits, *,
   else:
     mean, std = engine.channel_stats(train.images)
   train_epoch = engine.make_train_epoch(engine.EpochSpec(
-      model, tx, spe, cfg.batch_size, mean, std, _augment(cfg, image_shape),
+      model, opt.tx, spe, cfg.batch_size, mean, std, _augment(cfg, image_shape),
       cfg.label_smoothing, splits.num_classes, dtype, rows, scan=scan,
       topo=topo, state_shardings=shardings, max_bad=cfg.max_bad_steps,
       sharded_data=sharded))
@@ -535,7 +534,7 @@ def run(cfg: Config) -> list[dict[str, Any]]:
 
 
 def _run(cfg: Config, interrupted: list[int]) -> list[dict[str, Any]]:
-  names = cfg.compare.split(",") if cfg.compare else [cfg.method]
+  names = cfg.methods
   # Methods that others compare against run first: a method with a target
   # sparsity trains to the sparsity the RDA run reached, at the same total
   # epochs.

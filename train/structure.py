@@ -27,8 +27,9 @@ from flax import traverse_util
 
 import models
 import rda_optax
+from train import optim
 from train._errors import UsageError
-from train.config import summary_value
+from train.rundir import summary_value
 
 STRUCTURES = ("none", "channel", "sparse-group")
 # Methods that take --structure: the ones whose update has a proximal step.
@@ -79,7 +80,7 @@ def check(cfg: Any) -> None:
 
   _check(cfg.structure in STRUCTURES,
          f"--structure must be {', '.join(STRUCTURES)}, got {cfg.structure!r}")
-  run = cfg.compare.split(",") if cfg.compare else [cfg.method]
+  run = cfg.methods
   if cfg.structure != "none":
     _check(any(m in STRUCTURED_METHODS for m in run),
            f"--structure {cfg.structure} needs --method "
@@ -163,15 +164,9 @@ def group_args(cfg: Any, spe: int) -> dict[str, Any]:
     return {}
   lam = (cfg.group_l1 if cfg.group_l1 is not None
          else DEFAULT_GROUP_L1[cfg.group_weighting])
-  if cfg.debias_epochs:
-    start = (cfg.total_epochs - cfg.debias_epochs) * spe
-    g = lambda step: jnp.where(step >= start, 0.0, lam)  # noqa: E731
-  else:
-    g = lam
   return dict(groups=functools.partial(rda_optax.channel_groups,
                                        weighting=cfg.group_weighting),
-              group_l1=g)
-
+              group_l1=optim.debiased(lam, cfg, spe))
 
 
 def freeze_mask(params: Any) -> Any:

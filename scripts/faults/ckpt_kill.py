@@ -69,11 +69,9 @@ def _template():
                        "bias": np.zeros((128,), np.float32)},
               "dense": {"kernel": np.ones((2048, 384), np.float32),
                         "bias": np.zeros((384,), np.float32)}}
-    tx = engine.wrap_finite(optax.chain(rda_optax.rda(1.0, 1e-4),
-                                        rda_optax.freeze_zeros(100)))
+    tx = optax.chain(rda_optax.rda(1.0, 1e-4), rda_optax.freeze_zeros(100))
     _TEMPLATE.append(jax.eval_shape(
-        lambda p: engine.TrainState(p, {"bn": {"mean": jnp.zeros((128,))}},
-                                    tx.init(p), jnp.zeros([], jnp.int32)),
+        lambda p: engine.init_state(tx, p, {"bn": {"mean": jnp.zeros((128,))}}),
         params))
   return _TEMPLATE[0]
 

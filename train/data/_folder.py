@@ -39,18 +39,16 @@ import gzip
 import lzma
 import multiprocessing
 import os
-import sys
 import tarfile
-import time
 import warnings
 import zlib
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO, NamedTuple
 
 import numpy as np
-import tqdm
 
 from train import interrupts
+from train import progress as progress_lib
 from train._errors import UsageError
 from train.data import _cache
 from train.data import _decode
@@ -440,42 +438,6 @@ def _mp_context() -> multiprocessing.context.BaseContext:
       "forkserver" if "forkserver" in methods else "spawn")
 
 
-class _LineProgress:
-  """The decode progress for a log file: one line per update, at most one
-  every `interval` seconds, instead of tqdm's carriage returns (which a file
-  keeps as one ever-growing line)."""
-
-  def __init__(self, total: int | None, desc: str, interval: float = 10.0):
-    self._total, self._desc, self._interval = total, desc, interval
-    self._n, self._t0 = 0, time.monotonic()
-    self._last = self._t0
-
-  def update(self, n: int) -> None:
-    self._n += n
-    now = time.monotonic()
-    if now - self._last >= self._interval:
-      self._last = now
-      self._write(now)
-
-  def _write(self, now: float) -> None:
-    of = f"/{self._total}" if self._total else ""
-    rate = self._n / max(now - self._t0, 1e-9)
-    print(f"{self._desc}: {self._n}{of} images, {rate:,.0f} img/s",
-          file=sys.stderr, flush=True)
-
-  def close(self) -> None:
-    if self._n and self._last != self._t0:  # finished after a line: say so
-      self._write(time.monotonic())
-
-
-def _progress_bar(total: int | None, desc: str, enabled: bool):
-  stream = sys.stderr
-  if enabled and not (hasattr(stream, "isatty") and stream.isatty()):
-    return _LineProgress(total, desc)
-  return tqdm.tqdm(total=total, desc=desc, unit="img", disable=not enabled,
-                   leave=False)
-
-
 def _decode_all(payloads: Iterable[bytes | str], total: int | None,
                 path: str, image_size: int | None, progress: bool,
                 workers: int, chunk_size: int
@@ -500,7 +462,7 @@ def _decode_all(payloads: Iterable[bytes | str], total: int | None,
   ] = collections.deque()
   executor = None
   pool_broken = False
-  bar = _progress_bar(total, f"decoding {_display_name(path)}", progress)
+  bar = progress_lib.decode_bar(total, f"decoding {_display_name(path)}", progress)
 
   def decode_here(chunk):
     chunk_results = _decode.decode_chunk(chunk, image_size)
