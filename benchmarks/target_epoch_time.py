@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax
 
+from train import inputs  # noqa: E402
 from train import checks  # noqa: E402
 from train import config as config_lib
 from train import run as run_lib
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
   runs = {}
   for name, flags in variants.items():
     cfg = checks.build("digits-demo", None, dict(progress="none", **flags))
-    splits = run_lib.load_data(cfg)
+    splits = inputs.load_data(cfg)
     r = run_lib.build_run(cfg, "rda", splits,
                           target=flags.get("target_sparsity"))
     state, m = r.train_epoch(r.state, r.images, r.labels, jax.random.key(1))

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import pytest
 
 import _tiny_model  # tests/_tiny_model.py
+from train import inputs
 from train import engine
 from train import run as run_lib
 from train.config import Config
@@ -26,9 +27,9 @@ def test_dtype_auto_follows_the_backend(monkeypatch):
   --dtype wins on any platform."""
   for platform, want in (("cpu", jnp.float32), ("tpu", jnp.bfloat16)):
     monkeypatch.setattr(jax, "default_backend", lambda p=platform: p)
-    assert run_lib._dtype(Config(dtype="auto")) == want
-    assert run_lib._dtype(Config(dtype="float32")) == jnp.float32
-    assert run_lib._dtype(Config(dtype="bfloat16")) == jnp.bfloat16
+    assert inputs.compute_dtype(Config(dtype="auto")) == want
+    assert inputs.compute_dtype(Config(dtype="float32")) == jnp.float32
+    assert inputs.compute_dtype(Config(dtype="bfloat16")) == jnp.bfloat16
 
 
 def test_the_batch_reaches_the_model_in_the_compute_dtype():

@@ -28,6 +28,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from train import inputs
 from train import checks
 from train import cli
 from train import config as config_lib
@@ -245,7 +246,7 @@ def test_valid_pools_are_valid(items):
   if preset is None and args.model is None and args.dataset is None:
     preset = "digits-demo"  # as cli.main does
   cfg = checks.build(preset, None, flags)
-  run_lib.check_data(cfg, run_lib.load_data(cfg))
+  inputs.check_data(cfg, inputs.load_data(cfg))
 
 
 # --- --config FILE.json --------------------------------------------------------

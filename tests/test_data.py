@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from train import inputs
 from train import checks
 from train import data
 from train import progress
@@ -124,7 +125,7 @@ def test_digits_test_split_does_not_depend_on_seed():
 def test_val_seed_fixes_the_validation_split_across_seeds():
   from train import config as config_lib
   from train import run as run_lib
-  load = lambda **f: run_lib.load_data(
+  load = lambda **f: inputs.load_data(
       checks.build("digits-demo", None, dict(progress="none", **f)))
   base = load(seed=0)
   other = load(seed=1)

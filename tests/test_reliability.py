@@ -35,6 +35,8 @@ from PIL import Image
 
 import models
 import rda_optax
+from train import rundir
+from train import inputs
 from train import methods
 from train import checks
 from train import cli, engine, optim, report
@@ -355,7 +357,7 @@ def test_signal_before_training_writes_nothing_or_stops_before_epoch_1(
     run_lib._run(cfg, [signal.SIGTERM])  # pylint: disable=protected-access
   assert e.value.code == 130 and not (tmp_path / "runs").exists()
 
-  splits = run_lib.load_data(cfg)
+  splits = inputs.load_data(cfg)
   run_dir = run_lib.start_run_dir(cfg, "rda", "stamp")
   with pytest.raises(run_lib.Stopped, match="interrupted before epoch 1: "
                      f"resume with: python -m train --resume {run_dir}") as e:
@@ -1092,7 +1094,7 @@ def test_default_run_names_differ_by_seed():
   from train import preflight, run as run_lib
   now = __import__("datetime").datetime(2026, 11, 27, 14, 0, 0)
   a, b = (Config(seed=s) for s in (0, 1))
-  dirs = {run_lib._run_dir(c, "rda", preflight.stamp(c, now)) for c in (a, b)}
+  dirs = {rundir.path(c, "rda", preflight.stamp(c, now)) for c in (a, b)}
   assert len(dirs) == 2, dirs
 
 

@@ -21,9 +21,9 @@ import numpy as np
 
 import models
 import rda_optax
+from train import inputs
 from train import engine
 from train import parallel
-from train import run as run_lib
 from train._errors import UsageError
 from train.checkpoint import Checkpoints
 from train.checks import validate
@@ -95,17 +95,17 @@ def evaluate_file(path: Path, run_dir: Path) -> tuple[float, float]:
     raise UsageError(str(e)) from None
   except OSError as e:
     raise UsageError(f"{path}: cannot read: {e.strerror or e}") from None
-  splits = run_lib.load_data(cfg)
+  splits = inputs.load_data(cfg)
   if splits.test is None or not splits.test.images.shape[0]:
     raise UsageError(f"--run {run_dir}: the run's data has no test split")
   # The run's own precision, layout and normalization, so that the counts
   # match its summary exactly on the same machine.
-  dtype = run_lib._dtype(cfg)
+  dtype = inputs.compute_dtype(cfg)
   devices = cfg.devices if (cfg.devices or 0) <= jax.device_count() else None
   topo = parallel.topology(devices, 1)
   model = models.get(cfg.model, num_classes=splits.num_classes, dtype=dtype)
   train = splits.train
-  if run_lib.data_sharding(cfg) == "sharded":
+  if inputs.data_sharding(cfg) == "sharded":
     mine = parallel.local_rows(train.images.shape[0], topo, cfg.seed)
     mean, std = engine.channel_stats(train.images, rows=mine,
                                      reduce=parallel.sum_over_processes)

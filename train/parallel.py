@@ -26,6 +26,7 @@ from typing import Any, NamedTuple, Optional
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from train._errors import UsageError
@@ -229,5 +230,15 @@ def sum_over_processes(x: np.ndarray) -> np.ndarray:
   """``x`` summed over the processes of the run (a host-side all-reduce)."""
   if jax.process_count() == 1:
     return x
-  from jax.experimental import multihost_utils
   return np.asarray(multihost_utils.process_allgather(x)).sum(axis=0)
+
+
+def is_main() -> bool:
+  """Process 0 writes the logs; every process takes part in checkpoints."""
+  return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+  """A barrier across the processes of the run (none with one)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)

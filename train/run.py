@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import signal
 import sys
 import time
@@ -20,6 +19,7 @@ import models
 import rda_optax
 from train import data as data_lib
 from train import engine
+from train import inputs
 from train import interrupts
 from train import methods
 from train import optim
@@ -27,39 +27,13 @@ from train import parallel
 from train import preflight
 from train import report
 from train import resume_checks
+from train import rundir
 from train import structure
 from train import timing
-from train._errors import UsageError
-from train._lock import run_lock
+from train._errors import Stopped, UsageError
 from train.checkpoint import Checkpoints
 from train.config import Config
 from train.rundir import target_from_run
-
-
-class Stopped(Exception):
-  """A run that ended early with its last good checkpoint on disk."""
-
-  def __init__(self, msg: str, code: int):
-    super().__init__(msg)
-    self.code = code
-
-
-def load_data(cfg: Config) -> data_lib.Splits:
-  try:
-    return data_lib.load(
-        cfg.dataset, data_dir=cfg.data_dir, test_dir=cfg.test_dir,
-        val_fraction=cfg.val_fraction,
-        seed=cfg.seed if cfg.val_seed is None else cfg.val_seed,
-        cache_dir=cfg.cache_dir,
-        skip_bad_images=cfg.skip_bad_images, image_size=cfg.image_size,
-        progress=cfg.progress != "none")
-  except interrupts.Interrupted:
-    raise Stopped("interrupted while loading the data; nothing was written",
-                  130) from None
-  except MemoryError:
-    size = f" at --image-size {cfg.image_size}" if cfg.image_size else ""
-    raise UsageError(f"--dataset {cfg.dataset}: not enough memory to hold the "
-                     f"decoded images{size}") from None
 
 
 @contextlib.contextmanager
@@ -83,76 +57,6 @@ def catch_signals() -> Iterator[list[int]]:
 def _check_interrupted(interrupted: list[int], where: str) -> None:
   if interrupted:
     raise Stopped(f"interrupted {where}; nothing was written", 130)
-
-
-def _dtype(cfg: Config):
-  if cfg.dtype == "auto":
-    return engine.accelerator_defaults(jax.default_backend())[0]
-  return jnp.dtype(cfg.dtype)
-
-
-def _augment(cfg: Config, image_shape) -> str:
-  if cfg.augment != "auto":
-    return cfg.augment
-  # Crop + flip is the CIFAR recipe; digits are neither flip-invariant nor
-  # big enough for a 4-pixel crop.
-  h, _, c = image_shape
-  return "crop-flip" if (c == 3 and h >= 32) else "none"
-
-
-def _run_dir(cfg: Config, method: str, stamp: str) -> Path:
-  name = cfg.run_name or f"{stamp}-{cfg.model}-{cfg.dataset}-{method}"
-  if cfg.compare and cfg.run_name:
-    name = f"{cfg.run_name}-{method}"
-  return Path(cfg.out) / name
-
-
-@contextlib.contextmanager
-def _writing(what: str) -> Iterator[None]:
-  """A failed write (full disk, read-only) becomes one line naming ``what``;
-  an OSError raised by ``write`` itself carries no file name."""
-  try:
-    yield
-  except OSError as e:
-    raise UsageError(f"cannot write {what}: {e.strerror or e}") from None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  with _writing(str(path)):
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _append(path: Path, text: str) -> None:
-  with _writing(str(path)), path.open("a") as f:
-    f.write(text)
-
-
-def data_sharding(cfg: Config) -> str:
-  if cfg.data_sharding != "auto":
-    return cfg.data_sharding
-  return "sharded" if jax.process_count() > 1 else "replicated"
-
-
-def check_data(cfg: Config, splits: data_lib.Splits) -> None:
-  n = splits.train.images.shape[0]
-  if cfg.batch_size > n:
-    raise UsageError(f"--batch-size {cfg.batch_size} is larger than the "
-                     f"training set ({n} images)")
-  ndev = cfg.devices or jax.device_count()
-  if cfg.batch_size % ndev:
-    raise UsageError(f"--batch-size {cfg.batch_size} must be a multiple of "
-                     f"the device count {ndev}")
-  if data_sharding(cfg) == "sharded" and cfg.batch_size // ndev > n // ndev:
-    raise UsageError(f"--batch-size {cfg.batch_size}: each of {ndev} devices "
-                     f"would sample {cfg.batch_size // ndev} images from its "
-                     f"shard of {n // ndev}")
-  if cfg.num_classes is not None and cfg.num_classes != splits.num_classes:
-    raise UsageError(f"--num-classes {cfg.num_classes} does not match the "
-                     f"data: {splits.name} has {splits.num_classes} classes")
-  if splits.num_classes < 2:
-    raise UsageError(f"data set {splits.name} has {splits.num_classes} class")
 
 
 class Run(NamedTuple):
@@ -189,11 +93,11 @@ def build_run(cfg: Config, method: str, splits: data_lib.Splits, *,
   Every process builds the same initial state from the same seed, then
   places it on the mesh: replicated, or split over ``--fsdp``.
   """
-  dtype = _dtype(cfg)
+  dtype = inputs.compute_dtype(cfg)
   train = splits.train
   n, image_shape = train.images.shape[0], train.images.shape[1:]
   topo = parallel.topology(cfg.devices, cfg.fsdp)
-  sharded = data_sharding(cfg) == "sharded"
+  sharded = inputs.data_sharding(cfg) == "sharded"
   # Sharded: each device samples batch / size images from its n // size.
   shards = topo.size if sharded else 1
   rows = n // shards
@@ -225,7 +129,7 @@ def build_run(cfg: Config, method: str, splits: data_lib.Splits, *,
   else:
     mean, std = engine.channel_stats(train.images)
   train_epoch = engine.make_train_epoch(engine.EpochSpec(
-      model, opt.tx, spe, cfg.batch_size, mean, std, _augment(cfg, image_shape),
+      model, opt.tx, spe, cfg.batch_size, mean, std, inputs.augment_mode(cfg, image_shape),
       cfg.label_smoothing, splits.num_classes, dtype, rows, scan=scan,
       topo=topo, state_shardings=shardings, max_bad=cfg.max_bad_steps,
       sharded_data=sharded))
@@ -335,7 +239,7 @@ def summarize(cfg: Config, method: str, splits: data_lib.Splits, r: Run,
                      state.params, lambda p: jax.tree.map(lambda _: True, p))),
                  target_sparsity=target, skipped_images=len(splits.skipped))
   lines = [last_row] if last_row else (
-      report.read_metrics(run_dir) if is_main() else [])
+      report.read_metrics(run_dir) if parallel.is_main() else [])
   summary["val_top1"] = lines[-1]["val_top1"] if lines else None
   summary["val_top5"] = lines[-1]["val_top5"] if lines else None
   if "test" in r.evals:
@@ -343,7 +247,7 @@ def summarize(cfg: Config, method: str, splits: data_lib.Splits, r: Run,
   else:
     summary["test_top1"] = summary["test_top5"] = None
   summary.update(structure.summarize(cfg, method, r, state, target, run_dir,
-                                     is_main(), _dtype(cfg)))
+                                     parallel.is_main(), inputs.compute_dtype(cfg)))
   summary["wall_s"] = time.time() - t_start
   summary["device"] = jax.devices()[0].device_kind
   summary["devices"] = r.topo.size
@@ -363,11 +267,11 @@ def _start_epoch(ckpts: Checkpoints, run_dir: Path, state: engine.TrainState,
   if resume:
     last, state = ckpts.restore_newest_intact(state, note=_note)
     start_epoch = last or 0
-    if is_main():
+    if parallel.is_main():
       kept = resume_checks.rows_up_to(run_dir, start_epoch)
-      _write_atomic(metrics_path, "".join(json.dumps(l) + "\n" for l in kept))
-  elif is_main():
-    _write_atomic(metrics_path, "")
+      rundir.write_atomic(metrics_path, "".join(json.dumps(l) + "\n" for l in kept))
+  elif parallel.is_main():
+    rundir.write_atomic(metrics_path, "")
   return state, start_epoch
 
 
@@ -386,7 +290,7 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
                        target=target, interrupted=got)
   t_start = time.time()
   r = build_run(cfg, method, splits, target=target)
-  if is_main() and not resume:
+  if parallel.is_main() and not resume:
     report.write_layers(run_dir, r.model, splits.train.images.shape[1:],
                         r.state.params)  # the network order of layers.png
   hook = methods.get(method).before_epoch
@@ -395,7 +299,7 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
   progress = report.Progress(
       cfg.total_epochs, desc=method, initial=start_epoch,
       enabled=({"auto": None, "bar": True, "lines": None, "none": False}
-               [cfg.progress] if is_main() else False))
+               [cfg.progress] if parallel.is_main() else False))
 
   def saved() -> str:
     last = ckpts.latest()
@@ -441,8 +345,8 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
       row = epoch_row(cfg, method, epoch, r, state, m,
                       max(dt - compile_s, 1e-6))
       row["compile_s"] = compile_s
-      if is_main():
-        _append(run_dir / "metrics.jsonl", json.dumps(row) + "\n")
+      if parallel.is_main():
+        rundir.append(run_dir / "metrics.jsonl", json.dumps(row) + "\n")
       progress.update(row)
       bad = int(m["consecutive_bad"])
       d = after_epoch(epoch + 1, cfg.total_epochs, cfg.checkpoint_every, bad,
@@ -470,9 +374,9 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
 
   summary = summarize(cfg, method, splits, r, state, row, target, run_dir,
                       t_start)
-  if is_main():
-    _write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
-    with _writing(f"the plots in {run_dir}"):
+  if parallel.is_main():
+    rundir.write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
+    with rundir.writing(f"the plots in {run_dir}"):
       report.plot_run(run_dir)
   return summary
 
@@ -482,49 +386,21 @@ def _finite(x: Any) -> Optional[float]:
   return float(x) if np.isfinite(x) else None
 
 
-def _lock(run_dir: Path) -> contextlib.AbstractContextManager:
-  # Process 0 speaks for the run; the others of a multi-process run follow
-  # it (and may not share its file system).
-  return run_lock(run_dir) if is_main() else contextlib.nullcontext()
+def start_run_dir(cfg: Config, method: str, stamp: str,
+                  target: Optional[float] = None) -> Path:
+  """Creates the run directory of ``method`` with its config.json: the
+  configuration of that one method, at its target."""
+  run_dir = rundir.path(cfg, method, stamp)
+  rundir.create(run_dir, dict(dataclasses.asdict(cfg), method=method,
+                              compare=None, target_sparsity=target)
+                | structure.config_fields(method, target),
+                f"run-dir-{method}")
+  return run_dir
 
 
 def _note(line: str) -> None:
-  if is_main():
+  if parallel.is_main():
     print(f"rda-train: {line}", file=sys.stderr)
-
-
-def is_main() -> bool:
-  """Process 0 writes the logs; every process takes part in checkpoints."""
-  return jax.process_index() == 0
-
-
-def sync(name: str) -> None:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(name)
-
-
-def start_run_dir(cfg: Config, method: str, stamp: str,
-                  target: Optional[float] = None) -> Path:
-  run_dir = _run_dir(cfg, method, stamp)
-  if not is_main():
-    sync(f"run-dir-{method}")
-    return run_dir
-  if run_dir.exists():
-    raise UsageError(f"--out: run directory {run_dir} already exists "
-                     "(choose another --run-name, or --resume it)")
-  try:
-    run_dir.mkdir(parents=True)
-    _write_atomic(run_dir / "config.json",
-                  json.dumps(dict(dataclasses.asdict(cfg), method=method,
-                                  compare=None, target_sparsity=target)
-                             | structure.config_fields(method, target),
-                             indent=2, sort_keys=True))
-  except OSError as e:
-    raise UsageError(f"--out: cannot write run directory {run_dir}: "
-                     f"{e.strerror or e}") from None
-  sync(f"run-dir-{method}")
-  return run_dir
 
 
 def run(cfg: Config) -> list[dict[str, Any]]:
@@ -541,10 +417,10 @@ def _run(cfg: Config, interrupted: list[int]) -> list[dict[str, Any]]:
   order = sorted(names, key=lambda m: methods.get(m).needs_target
                  or methods.get(m).target_of is not None)
   stamp = preflight.stamp(cfg)
-  preflight.check(cfg, [_run_dir(cfg, m, stamp) for m in order],
-                  main=is_main())
-  splits = load_data(cfg)
-  check_data(cfg, splits)
+  preflight.check(cfg, [rundir.path(cfg, m, stamp) for m in order],
+                  main=parallel.is_main())
+  splits = inputs.load_data(cfg)
+  inputs.check_data(cfg, splits)
   preflight.check_steps(cfg, splits.train.images.shape[0])
   _check_interrupted(interrupted, "while loading the data")
   target = cfg.target_sparsity
@@ -565,18 +441,18 @@ def _run(cfg: Config, interrupted: list[int]) -> list[dict[str, Any]]:
       t = rda_runs[0]["sparsity"]
     _check_interrupted(interrupted, f"before the {method} run")
     run_dir = start_run_dir(cfg, method, stamp, t)
-    if is_main():
+    if parallel.is_main():
       print(f"[{method}] {cfg.model} on {splits.name}: "
             f"{splits.train.images.shape[0]} train / "
             f"{0 if splits.val is None else splits.val.images.shape[0]} val / "
             f"{0 if splits.test is None else splits.test.images.shape[0]} "
             f"test images, {cfg.epochs} + {cfg.asr_epochs} epochs, "
             f"{jax.device_count()} device(s) -> {run_dir}", file=sys.stderr)
-    with _lock(run_dir):
+    with rundir.lock(run_dir):
       summaries.append(train_one(cfg, method, splits, run_dir, target=t,
                                  interrupted=interrupted))
     dirs.append(run_dir)
-  if len(dirs) > 1 and is_main():
+  if len(dirs) > 1 and parallel.is_main():
     out = Path(cfg.out) / f"{cfg.run_name or stamp}-compare.png"
     report.plot_compare(dirs, out, title=f"{cfg.model} on {splits.name}")
     print(f"comparison plot: {out}", file=sys.stderr)
@@ -587,7 +463,7 @@ def resume(run_dir: str, **overrides: Any) -> list[dict[str, Any]]:
   """Continues the run in ``run_dir`` from its latest complete checkpoint."""
   path = Path(run_dir)
   cfg = resume_checks.load_config(path, overrides)
-  with catch_signals() as interrupted, _lock(path):
+  with catch_signals() as interrupted, rundir.lock(path):
     # Locked before anything is read or rewritten: a second process on the
     # same directory is refused here, before it touches metrics.jsonl.
     done = resume_checks.finished(path, cfg)
@@ -595,8 +471,8 @@ def resume(run_dir: str, **overrides: Any) -> list[dict[str, Any]]:
       _note(f"{path} is finished ({cfg.total_epochs} epochs); nothing to do")
       return [done]
     resume_checks.read_rows(path)  # a corrupt log stops before the data loads
-    splits = load_data(cfg)
-    check_data(cfg, splits)
+    splits = inputs.load_data(cfg)
+    inputs.check_data(cfg, splits)
     _check_interrupted(interrupted, "while loading the data")
     return [train_one(cfg, cfg.method, splits, path, resume=True,
                       target=structure.resume_target(cfg),
