@@ -22,6 +22,7 @@ from rda_optax._group import sparse_group_soft_threshold
 from rda_optax._init import rescale
 from rda_optax._init import scaled_uniform
 from rda_optax._masks import default_l1_mask
+from rda_optax._prox import Prox
 from rda_optax._prox_sgd import ProxSGDState
 from rda_optax._prox_sgd import prox_sgd
 from rda_optax._rda import RDAState
@@ -41,6 +42,7 @@ __all__ = (
     "GMPState",
     "GroupSpec",
     "LeafSparsity",
+    "Prox",
     "ProxSGDState",
     "RDAState",
     "RigLState",
