@@ -280,6 +280,31 @@ def test_prox_per_coordinate_scale_is_the_metric_prox():
   assert np.all(np.abs(r[~nz]) <= 0.4 + 1e-12) and nz.any() and (~nz).any()
 
 
+def test_prox_adam_groups_step_by_hand():
+  """On grouped leaves the metric is d averaged over each group (channel
+  c: the kernel column and the BN entries c), so the group prox is exact:
+  w = h (1 - alpha lambda_g / (dbar_c ||h_c||))_+ per channel."""
+  rng = np.random.default_rng(9)
+  w0 = _grouped_params(rng)
+  g = _grouped_params(rng)
+  lr, glam, eps = 0.1, 7.5, 1e-8
+  got, _ = _run64(rda_optax.prox_adam(lr, 0.0, eps=eps, groups=_specs,
+                                      group_l1=glam), w0, [g])
+  flat = lambda t: np.concatenate([t["conv"]["kernel"].reshape(-1, 4),
+                                   t["bn"]["scale"][None],
+                                   t["bn"]["bias"][None]])
+  gw, ww = flat(g), flat(w0)  # (14, 4): one column per channel
+  d = np.abs(gw) + eps  # step 1: sqrt(v_hat) = |g|
+  dbar = d.mean(0)
+  half = ww - lr * gw / dbar  # m_hat = g
+  lam_g = glam * np.sqrt(14.0)
+  norm = np.linalg.norm(half, axis=0)
+  want = half * np.maximum(0.0, 1 - lr * lam_g / (dbar * norm))
+  # Channels 0 and 2 die (their thresholds 5.4, 5.9 < 7.5), 1 and 3 stay.
+  assert np.all(want[:, [0, 2]] == 0) and np.all(want[:, [1, 3]] != 0)
+  np.testing.assert_allclose(flat(got[0]), want, rtol=1e-6, atol=1e-9)
+
+
 @pytest.mark.parametrize("method", ["rmda", "grda", "prox_adam"])
 def test_groups_zero_whole_channels(method):
   """The group term reaches each new method: with a strong group_l1,
