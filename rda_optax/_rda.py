@@ -121,10 +121,11 @@ def rda(
   ``l1 = 0`` gives the pure group lasso.
 
   Schedules: ``gamma``, ``l1`` and ``group_l1`` may be optax schedules of
-  the 0-based step. Because the iterate is rebuilt from ``gbar_t`` at every step, a step
-  change of ``gamma`` rescales the whole displacement ``w - c`` at once and a
-  change of ``l1`` re-thresholds the whole average at once (section 5.2's
-  schedules act this way; nothing is accumulated per step).
+  the 0-based step. Because the iterate is rebuilt from ``gbar_t`` at every
+  step, a step change of ``gamma`` rescales the whole displacement ``w -
+  c`` at once and a change of ``l1`` re-thresholds the whole average at
+  once (section 5.2's schedules act this way; nothing is accumulated per
+  step).
 
   Non-finite gradients never zero a weight: a NaN or inf entry enters
   ``gbar`` and, since ``gbar`` is an average over all steps, that entry of
@@ -156,16 +157,20 @@ def rda(
   s_t))``; ``"uniform"`` each leaf at ``s_t``; ``"erk"`` per-leaf counts
   from Erdos-Renyi-Kernel densities. The order statistic is a radix select
   (two histogram passes, no sort), or, with ``threshold_samples``, an
-  estimate from a fixed random sample. ``threshold_every = k > 1`` recomputes it
-  only every ``k`` steps and holds ``lambda`` in between, trading exactness
-  for cost: between recomputes the sparsity moves with ``gbar`` (by the
+  estimate from a fixed random sample. ``threshold_every = k > 1``
+  recomputes it only every ``k`` steps and holds ``lambda`` in between,
+  trading exactness for cost: between recomputes the sparsity moves with ``gbar`` (by the
   entries whose ``|z|`` crosses the held ``lambda``; each entry of
   ``gbar`` moves by at most ``(k/t) max|g - gbar|`` in ``k`` steps).
 
   Hyper-parameters: Python numbers and concrete arrays are checked here
   (``ValueError``). A traced value (``optax.inject_hyperparams`` under
   ``jit``) or a schedule's value cannot be checked; ``gamma <= 0``,
-  ``l1 < 0`` or ``l2 < 0`` there make the iterate NaN rather than steer it.
+  ``l1 < 0``, ``l2 < 0`` or a target outside ``[0, 1]`` there make the
+  iterate NaN rather than steer it. ``optax.inject_hyperparams(rda)`` works
+  as is, a target included: ``target_sparsity`` and ``threshold_every``
+  may be injected (traced); ``threshold_samples`` sets a shape and must be
+  named in ``static_args``.
 
   Args:
     gamma: ``gamma`` of ``beta_t = gamma sqrt(t)``, > 0; float, array or
@@ -194,13 +199,14 @@ def rda(
       otherwise, so that ``optax.inject_hyperparams`` does not inject an
       argument without effect).
     target_sparsity: fraction of the penalized entries that are zero after
-      each step, in ``[0, 1]``; float or schedule of the 0-based step
-      (a value outside ``[0, 1]`` from a schedule makes the iterate NaN).
+      each step, in ``[0, 1]``; a float (a numpy or jax scalar too), an
+      array, or a schedule of the 0-based step (a traced value outside
+      ``[0, 1]`` makes the iterate NaN).
       ``None`` (default): the fixed ``l1``.
     sparsity_distribution: ``"global"``, ``"uniform"`` or ``"erk"``: how the
       target is spread over the penalized leaves.
-    threshold_every: recompute ``lambda_t`` every this many steps (>= 1;
-      default 1, exact at every step).
+    threshold_every: recompute ``lambda_t`` every this many steps (an int
+      >= 1, or an integer array; default 1, exact at every step).
     threshold_samples: ``None`` (default): ``lambda_t`` is the exact order
       statistic. An int ``m``: estimated from ``m`` fixed random entries
       (per leaf for ``"uniform"``/``"erk"``), a gather of ``m`` values and
