@@ -12,6 +12,8 @@ from rda_optax._export import load_sparse
 from rda_optax._export import save_sparse
 from rda_optax._gmp import GMPState
 from rda_optax._gmp import gmp
+from rda_optax._grda import GRDAState
+from rda_optax._grda import grda
 from rda_optax._group import GroupSpec
 from rda_optax._group import GROUP_WEIGHTINGS
 from rda_optax._group import channel_groups
@@ -22,11 +24,16 @@ from rda_optax._group import sparse_group_soft_threshold
 from rda_optax._init import rescale
 from rda_optax._init import scaled_uniform
 from rda_optax._masks import default_l1_mask
+from rda_optax._prox import Prox
+from rda_optax._prox_adam import ProxAdamState
+from rda_optax._prox_adam import prox_adam
 from rda_optax._prox_sgd import ProxSGDState
 from rda_optax._prox_sgd import prox_sgd
 from rda_optax._rda import RDAState
 from rda_optax._rda import rda
 from rda_optax._rigl import RigLState
+from rda_optax._rmda import RMDAState
+from rda_optax._rmda import rmda
 from rda_optax._rigl import rigl
 from rda_optax._soft_threshold import soft_threshold
 from rda_optax._sparsity import LeafSparsity
@@ -39,10 +46,14 @@ __all__ = (
     "FreezeZerosState",
     "GROUP_WEIGHTINGS",
     "GMPState",
+    "GRDAState",
     "GroupSpec",
     "LeafSparsity",
+    "Prox",
+    "ProxAdamState",
     "ProxSGDState",
     "RDAState",
+    "RMDAState",
     "RigLState",
     "SparseFormatError",
     "channel_groups",
@@ -50,15 +61,18 @@ __all__ = (
     "freeze_zeros",
     "global_top_k_masks",
     "gmp",
+    "grda",
     "group_norms",
     "group_sizes",
     "group_soft_threshold",
     "keep_counts",
     "load_sparse",
+    "prox_adam",
     "prox_sgd",
     "rda",
     "rescale",
     "rigl",
+    "rmda",
     "save_sparse",
     "scaled_uniform",
     "soft_threshold",

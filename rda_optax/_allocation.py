@@ -43,12 +43,24 @@ def _shape(p: Any) -> tuple[int, ...]:
 
 
 def check_target(target: Any, name: str = "target") -> float:
-  """Returns ``target`` as a float after checking ``0 <= target <= 1``."""
-  if isinstance(target, bool) or not isinstance(target, (int, float)):
+  """Returns ``target`` as a float after checking ``0 <= target <= 1``.
+
+  A Python number or a concrete real scalar (``np.float32(0.9)``,
+  ``jnp.float32(0.9)``, a 0-d array, as ``optax.inject_hyperparams``
+  passes it outside ``jit``) is accepted.
+  """
+  value = target
+  if isinstance(target, (np.ndarray, np.generic, jax.Array)) and not (
+      isinstance(target, jax.core.Tracer)):
+    if np.ndim(target) == 0 and (
+        jnp.issubdtype(target.dtype, jnp.floating)
+        or jnp.issubdtype(target.dtype, jnp.integer)):
+      value = float(target)
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
     raise ValueError(f"{name} must be a float in [0, 1], got {target!r}")
-  if not (0.0 <= float(target) <= 1.0):
+  if not (0.0 <= float(value) <= 1.0):
     raise ValueError(f"{name} must be in [0, 1], got {target!r}")
-  return float(target)
+  return float(value)
 
 
 def check_distribution(distribution: str) -> str:

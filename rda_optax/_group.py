@@ -190,14 +190,24 @@ def sparse_group_soft_threshold(tree: Any, groups: GroupsOrFn,
 
 
 def prox_leaves(leaves: list, specs: list, l1_flags: list,
-                l1: jax.Array | float, tau: jax.Array | float) -> list:
+                l1: jax.Array | float, tau: jax.Array | float,
+                scales: Optional[list] = None) -> list:
   """:func:`sparse_group_soft_threshold` on flat lists (for the optimizers).
 
   ``specs`` and ``l1_flags`` give each leaf's group spec and whether it has
   the element-wise term; leaves in no group get ``S_l1`` or the identity.
+  ``scales`` (optional) gives per leaf an array broadcastable to it that
+  multiplies both thresholds coordinate by coordinate: the proximal map in
+  the diagonal metric ``diag(1 / scale)``. It is exact for the group term
+  only where the scale is constant over each group (the caller's duty).
   """
-  leaves = [shrink(x, jnp.asarray(l1, jnp.asarray(x).dtype)) if m else x
-            for x, m in zip(leaves, l1_flags)]
+  if scales is None:
+    leaves = [shrink(x, jnp.asarray(l1, jnp.asarray(x).dtype)) if m else x
+              for x, m in zip(leaves, l1_flags)]
+  else:
+    leaves = [shrink(x, (jnp.asarray(l1, jnp.asarray(x).dtype)
+                         * jnp.asarray(s, jnp.asarray(x).dtype)))
+              if m else x for x, m, s in zip(leaves, l1_flags, scales)]
   sumsq = _sumsq(leaves, specs)
   sizes = _sizes(leaves, specs)
   weights = _weights(specs)
@@ -209,18 +219,57 @@ def prox_leaves(leaves: list, specs: list, l1_flags: list,
     # group, whose entries then all become NaN instead of silently zero.
     keep = ~(norm <= lam)
     safe = jnp.where(keep, norm, 1.0)
-    factors[key] = (keep, 1.0 - lam / safe)
+    factors[key] = (keep, 1.0 - lam / safe, lam, norm)
   out = []
-  for x, spec in zip(leaves, specs):
+  for i, (x, spec) in enumerate(zip(leaves, specs)):
     if spec is None:
       out.append(x)
       continue
-    keep, f = factors[spec.key]
+    keep, f, lam, norm = factors[spec.key]
     shape = [1] * jnp.ndim(x)
     if spec.axis is not None:
       shape[_axis(x, spec)] = -1
-    keep, f = keep.reshape(shape), f.reshape(shape)
+    if scales is None:
+      keep, f = keep.reshape(shape), f.reshape(shape)
+    else:
+      # Per coordinate; with a scale constant over each group, every
+      # coordinate of a group takes the same decision.
+      lam_x = lam.reshape(shape) * jnp.asarray(scales[i], lam.dtype)
+      norm_x = norm.reshape(shape)
+      keep = ~(norm_x <= lam_x)
+      f = 1.0 - lam_x / jnp.where(keep, norm_x, 1.0)
     out.append(jnp.where(keep, x * f.astype(x.dtype), jnp.zeros_like(x)))
+  return out
+
+
+def group_mean_leaves(values: list, specs: list) -> list:
+  """Each grouped leaf of ``values`` replaced by its group means, broadcast
+  back to the leaf's shape; ungrouped leaves pass through.
+
+  Used to make a per-coordinate metric constant over each group, where the
+  group proximal map is closed-form.
+  """
+  sums: dict[str, jax.Array] = {}
+  counts: dict[str, int] = {}
+  for v, spec in zip(values, specs):
+    if spec is None:
+      continue
+    ax = None if spec.axis is None else _axis(v, spec)
+    red = tuple(i for i in range(jnp.ndim(v)) if i != ax)
+    s = jnp.sum(v, axis=red).reshape(-1)
+    sums[spec.key] = s if spec.key not in sums else sums[spec.key] + s
+    counts[spec.key] = counts.get(spec.key, 0) + (
+        math.prod(jnp.shape(v)) // _count(v, spec))
+  out = []
+  for v, spec in zip(values, specs):
+    if spec is None:
+      out.append(v)
+      continue
+    shape = [1] * jnp.ndim(v)
+    if spec.axis is not None:
+      shape[_axis(v, spec)] = -1
+    mean = (sums[spec.key] / counts[spec.key]).reshape(shape)
+    out.append(jnp.broadcast_to(mean, jnp.shape(v)).astype(v.dtype))
   return out
 
 

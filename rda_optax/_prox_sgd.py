@@ -10,10 +10,9 @@ import optax
 
 from rda_optax import _common
 from rda_optax._common import NO_PARAMS_MSG, at_step, check_hyper, guard
-from rda_optax._group import (GroupsOrFn, check_group_args, prox_leaves,
-                              resolve_groups)
+from rda_optax._group import GroupsOrFn, check_group_args, resolve_groups
 from rda_optax._masks import MaskOrFn, resolve_mask
-from rda_optax._soft_threshold import shrink
+from rda_optax._prox import Prox
 
 
 class ProxSGDState(NamedTuple):
@@ -122,7 +121,6 @@ def prox_sgd(
     if params is None:
       raise ValueError(NO_PARAMS_MSG)
     _common.check_float_params(params, "prox_sgd")
-    mask = resolve_mask(l1_mask, params)
     lr = at_step(learning_rate, state.count)
     lr = guard(lr, lr >= 0)
     lam = at_step(l1, state.count)
@@ -138,34 +136,40 @@ def prox_sgd(
       trace = ()
       direction = updates
 
-    def leaf(d, w, penalized):
-      ct = _common.compute_dtype(w.dtype)
-      half = w.astype(ct) - lr.astype(ct) * d.astype(ct)
-      w_new = shrink(half, (lr * lam).astype(ct)) if penalized else half
-      return w_new.astype(w.dtype) - w
-
-    if groups is None:
-      new_updates = jax.tree.map(leaf, direction, params, mask)
-    else:
-      new_updates = _grouped_step(direction, params, mask, groups, lr, lam,
-                                  at_step(group_l1, state.count))
+    glam = None
+    if groups is not None:
+      glam = at_step(group_l1, state.count)
+      glam = guard(glam, glam >= 0)
+    prox = Prox.of(params, lam, l1_mask=l1_mask, groups=groups,
+                   group_l1=glam)
+    new_updates = _step(prox, direction, params, lr)
     return new_updates, ProxSGDState(
         count=optax.safe_increment(state.count), trace=trace)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _grouped_step(direction, params, mask, groups, lr, lam, glam):
-  """The update onto the sparse-group threshold of the SGD half-step."""
+def _step(prox, direction, params, lr):
+  """The update onto ``prox_{alpha lambda}(w - alpha d)``, rounded once to
+  the params' dtype. Ungrouped leaves are thresholded one by one in their
+  compute dtype; grouped ones jointly (a group spans leaves)."""
   treedef = jax.tree.structure(params)
   ws = treedef.flatten_up_to(params)
-  half = [w.astype(_common.compute_dtype(w.dtype))
-          - lr * d.astype(_common.compute_dtype(w.dtype))
-          for d, w in zip(treedef.flatten_up_to(direction), ws)]
-  specs = resolve_groups(groups, params)
-  flags = treedef.flatten_up_to(mask)
-  glam = guard(glam, glam >= 0)
-  out = prox_leaves(half, specs, flags, lr * lam, lr * glam)
+  ds = treedef.flatten_up_to(direction)
+  if prox.kind in ("group", "sparse_group"):
+    half = [w.astype(_common.compute_dtype(w.dtype))
+            - lr * d.astype(_common.compute_dtype(w.dtype))
+            for d, w in zip(ds, ws)]
+    out = prox(half, lr)
+  else:
+    out = []
+    for d, w, penalized in zip(ds, ws, prox.l1_flags):
+      ct = _common.compute_dtype(w.dtype)
+      half = w.astype(ct) - lr.astype(ct) * d.astype(ct)
+      if penalized:
+        one = Prox((True,), (None,), (lr * prox.l1).astype(ct))
+        half = one([half])[0]
+      out.append(half)
   return jax.tree.unflatten(
       treedef, [w_new.astype(w.dtype) - w for w_new, w in zip(out, ws)])
 

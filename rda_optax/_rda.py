@@ -10,14 +10,11 @@ import jax.numpy as jnp
 import optax
 from jax.typing import DTypeLike
 
-from rda_optax import _allocation
 from rda_optax import _common
-from rda_optax import _target
+from rda_optax import _prox
 from rda_optax._common import NO_PARAMS_MSG, at_step, check_hyper, guard
-from rda_optax._group import (GroupsOrFn, check_group_args, prox_leaves,
-                              resolve_groups)
+from rda_optax._group import GroupsOrFn, resolve_groups
 from rda_optax._masks import MaskOrFn, resolve_mask
-from rda_optax._soft_threshold import shrink
 
 _CENTERS = ("zero", "init")
 
@@ -38,15 +35,18 @@ class RDAState(NamedTuple):
       memory. ``optax.tree_utils.tree_map_params`` over this field with
       extra trees needs ``is_leaf=lambda v: isinstance(v, optax.MaskedNode)``,
       as for ``optax.masked``.
-    l1: with ``target_sparsity``, the ``lambda_t`` of the last step per leaf
-      (float32 scalars like the params, ``optax.MaskedNode`` on unpenalized
-      leaves; one value throughout for ``"global"``). Otherwise ``()``, so a
-      plain ``rda`` state has the same leaves as before the field existed.
+    lambda_t: with ``target_sparsity``, the ``lambda_t`` of the last step
+      per leaf (float32 scalars like the params, ``optax.MaskedNode`` on
+      unpenalized leaves; one value throughout for ``"global"``). Otherwise
+      ``()``, so a plain ``rda`` state has the same leaves as before the
+      field existed. Not named ``l1``: a field named like a
+      hyper-parameter would make ``optax.tree_utils.tree_get(state, "l1")``
+      ambiguous under ``optax.inject_hyperparams``.
   """
   count: jax.Array
   gbar: optax.Updates
   init_params: optax.Params
-  l1: Any = ()
+  lambda_t: Any = ()
 
 
 def rda(
@@ -121,10 +121,11 @@ def rda(
   ``l1 = 0`` gives the pure group lasso.
 
   Schedules: ``gamma``, ``l1`` and ``group_l1`` may be optax schedules of
-  the 0-based step. Because the iterate is rebuilt from ``gbar_t`` at every step, a step
-  change of ``gamma`` rescales the whole displacement ``w - c`` at once and a
-  change of ``l1`` re-thresholds the whole average at once (section 5.2's
-  schedules act this way; nothing is accumulated per step).
+  the 0-based step. Because the iterate is rebuilt from ``gbar_t`` at every
+  step, a step change of ``gamma`` rescales the whole displacement ``w -
+  c`` at once and a change of ``l1`` re-thresholds the whole average at
+  once (section 5.2's schedules act this way; nothing is accumulated per
+  step).
 
   Non-finite gradients never zero a weight: a NaN or inf entry enters
   ``gbar`` and, since ``gbar`` is an average over all steps, that entry of
@@ -148,7 +149,7 @@ def rda(
   ``lambda_t``), at once, with no controller lag: the iterate is rebuilt
   from ``gbar_t`` each step. It is l1-RDA with a data-chosen
   ``lambda_t``: ``rda(gamma, l1=f)`` with a schedule ``f(t) = lambda_t``
-  read from ``state.l1`` produces the same iterates bit for bit, and
+  read from ``state.lambda_t`` produces the same iterates bit for bit, and
   ``lambda_t`` is the smallest l1 that reaches ``s_t`` at step ``t``, so
   the kept weights are shrunk as little as that sparsity allows.
   Allocation over the penalized leaves (``rda_optax.keep_counts``):
@@ -156,16 +157,20 @@ def rda(
   s_t))``; ``"uniform"`` each leaf at ``s_t``; ``"erk"`` per-leaf counts
   from Erdos-Renyi-Kernel densities. The order statistic is a radix select
   (two histogram passes, no sort), or, with ``threshold_samples``, an
-  estimate from a fixed random sample. ``threshold_every = k > 1`` recomputes it
-  only every ``k`` steps and holds ``lambda`` in between, trading exactness
-  for cost: between recomputes the sparsity moves with ``gbar`` (by the
+  estimate from a fixed random sample. ``threshold_every = k > 1``
+  recomputes it only every ``k`` steps and holds ``lambda`` in between,
+  trading exactness for cost: between recomputes the sparsity moves with ``gbar`` (by the
   entries whose ``|z|`` crosses the held ``lambda``; each entry of
   ``gbar`` moves by at most ``(k/t) max|g - gbar|`` in ``k`` steps).
 
   Hyper-parameters: Python numbers and concrete arrays are checked here
   (``ValueError``). A traced value (``optax.inject_hyperparams`` under
   ``jit``) or a schedule's value cannot be checked; ``gamma <= 0``,
-  ``l1 < 0`` or ``l2 < 0`` there make the iterate NaN rather than steer it.
+  ``l1 < 0``, ``l2 < 0`` or a target outside ``[0, 1]`` there make the
+  iterate NaN rather than steer it. ``optax.inject_hyperparams(rda)`` works
+  as is, a target included: ``target_sparsity`` and ``threshold_every``
+  may be injected (traced); ``threshold_samples`` sets a shape and must be
+  named in ``static_args``.
 
   Args:
     gamma: ``gamma`` of ``beta_t = gamma sqrt(t)``, > 0; float, array or
@@ -194,13 +199,14 @@ def rda(
       otherwise, so that ``optax.inject_hyperparams`` does not inject an
       argument without effect).
     target_sparsity: fraction of the penalized entries that are zero after
-      each step, in ``[0, 1]``; float or schedule of the 0-based step
-      (a value outside ``[0, 1]`` from a schedule makes the iterate NaN).
+      each step, in ``[0, 1]``; a float (a numpy or jax scalar too), an
+      array, or a schedule of the 0-based step (a traced value outside
+      ``[0, 1]`` makes the iterate NaN).
       ``None`` (default): the fixed ``l1``.
     sparsity_distribution: ``"global"``, ``"uniform"`` or ``"erk"``: how the
       target is spread over the penalized leaves.
-    threshold_every: recompute ``lambda_t`` every this many steps (>= 1;
-      default 1, exact at every step).
+    threshold_every: recompute ``lambda_t`` every this many steps (an int
+      >= 1, or an integer array; default 1, exact at every step).
     threshold_samples: ``None`` (default): ``lambda_t`` is the exact order
       statistic. An int ``m``: estimated from ``m`` fixed random entries
       (per leaf for ``"uniform"``/``"erk"``), a gather of ``m`` values and
@@ -244,7 +250,7 @@ def rda(
     >>> updates, state = tx.update(grads, state, params)
     >>> rda_optax.sparsity(optax.apply_updates(params, updates))
     Array(0.75, dtype=float32)
-    >>> state.l1["kernel"]
+    >>> state.lambda_t["kernel"]
     Array(0.3, dtype=float32)
 
   References:
@@ -253,40 +259,9 @@ def rda(
     methods for regularized stochastic learning and online optimization",
     JMLR 11 (2010).
   """
-  check_hyper("gamma", gamma, positive=True)
-  if target_sparsity is None:
-    if l1 is None:
-      raise ValueError("rda: l1 is None; pass l1, or target_sparsity")
-  else:
-    if l1 is not None:
-      raise ValueError("rda: pass l1=None with target_sparsity: lambda_t is "
-                       "then chosen to reach the target")
-    if not callable(target_sparsity):
-      _allocation.check_target(target_sparsity, "target_sparsity")
-    _allocation.check_distribution(sparsity_distribution)
-    for name, v in (("threshold_every", threshold_every),
-                    ("threshold_samples",
-                     1 if threshold_samples is None else threshold_samples)):
-      if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-  check_hyper("l1", l1, positive=False)
-  check_hyper("l2", l2, positive=False)
-  check_group_args(groups, group_l1)
-  if groups is not None and target_sparsity is not None:
-    # The target picks lambda_t from element-wise |z|; a group threshold
-    # would then zero other entries than the ones it counted.
-    raise ValueError("rda: groups and target_sparsity cannot be combined")
-  if center not in _CENTERS:
-    raise ValueError(f"center must be one of {_CENTERS}, got {center!r}")
+  _check_args(gamma, l1, center, l2, groups, group_l1, target_sparsity,
+              sparsity_distribution, threshold_every, threshold_samples)
   state_dtype = _common.check_state_dtype(state_dtype, "rda")
-
-  def gbar_dtype(p):
-    if state_dtype is not None:
-      return state_dtype
-    return _common.compute_dtype(_common.leaf_dtype(p))
-
-  def keeps_w1(penalized):
-    return center == "init" or not penalized
 
   def init_fn(params):
     if _common.has_abstract_leaves(params):
@@ -297,24 +272,24 @@ def rda(
       resolve_groups(groups, params)  # bad specs fail here, not mid-training
     _warn_if_all_zero(params, mask)
     # zeros_like, not zeros: the state follows the params' sharding.
-    gbar = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=gbar_dtype(p)),
-                        params)
+    gbar = jax.tree.map(
+        lambda p: jnp.zeros_like(p, dtype=_gbar_dtype(p, state_dtype)),
+        params)
     # A copy, not an alias: callers may donate the params buffer to a step.
     init_params = jax.tree.map(
-        lambda p, m: jnp.array(p, copy=True) if keeps_w1(m)
+        lambda p, m: jnp.array(p, copy=True) if _keeps_w1(center, m)
         else optax.MaskedNode(), params, mask)
-    l1_state = () if target_sparsity is None else jax.tree.map(
-        lambda p, m: jnp.zeros([], jnp.float32) if m else optax.MaskedNode(),
-        params, mask)
+    lambda_t = () if target_sparsity is None else _prox.lambda_state(
+        params, jax.tree.structure(params).flatten_up_to(mask))
     return RDAState(count=jnp.zeros([], jnp.int32), gbar=gbar,
-                    init_params=init_params, l1=l1_state)
+                    init_params=init_params, lambda_t=lambda_t)
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
     if params is None:
       raise ValueError(NO_PARAMS_MSG)
     _common.check_float_params(params, "rda")
-    mask = resolve_mask(l1_mask, params)
+    treedef = jax.tree.structure(params)
     t = (state.count + 1).astype(jnp.float32)
     g_t = at_step(gamma, state.count)
     b = guard(g_t / jnp.sqrt(t), g_t > 0)
@@ -322,106 +297,148 @@ def rda(
     lam = guard(lam, lam >= 0)
     l2_t = jnp.asarray(l2, jnp.float32)
     l2_t = guard(l2_t, l2_t >= 0)
-
-    treedef = jax.tree.structure(params)
-    flags = treedef.flatten_up_to(mask)
-    specs = (resolve_groups(groups, params) if groups is not None
-             else [None] * treedef.num_leaves)
-    new_gbar, new_w = [], []
-    for g, gbar, w1, w, penalized, spec in zip(
-        treedef.flatten_up_to(updates), treedef.flatten_up_to(state.gbar),
-        treedef.flatten_up_to(state.init_params), treedef.flatten_up_to(params),
-        flags, specs):
-      sd = gbar.dtype
-      ct = _common.compute_dtype(sd)
-      avg = gbar.astype(ct)
-      gbar = (avg + (g.astype(ct) - avg) / t.astype(ct)).astype(sd)
-      w1 = None if isinstance(w1, optax.MaskedNode) else w1.astype(ct)
-      if spec is None and (target_sparsity is None or not penalized):
-        w_new = closed_form(gbar.astype(ct), w1, b.astype(ct),
-                            lam.astype(ct), l2_t.astype(ct),
-                            penalized=penalized, center=center)
-      else:  # the argument of the (group) threshold, applied jointly below
-        avg = gbar.astype(ct)
-        w_new = -avg if w1 is None else b.astype(ct) * w1 - avg
-      new_gbar.append(gbar)
-      new_w.append(w_new)
+    glam = None
     if groups is not None:
-      new_w = _group_iterates(new_w, specs, flags, b,
-                              lam, at_step(group_l1, state.count), l2_t)
-    l1_state = ()
-    if target_sparsity is not None:
-      new_w, l1_state = _target_iterates(new_w, flags, state, b, l2_t,
-                                         treedef)
+      glam = at_step(group_l1, state.count)
+      glam = guard(glam, glam >= 0)
+    prox = _prox.Prox.of(params, lam, l1_mask=l1_mask, groups=groups,
+                         group_l1=glam)
+
+    gbar = [_average(g, avg, t) for g, avg in zip(
+        treedef.flatten_up_to(updates), treedef.flatten_up_to(state.gbar))]
+    w1s = [None if isinstance(w1, optax.MaskedNode) else w1
+           for w1 in treedef.flatten_up_to(state.init_params)]
+    lambda_t = ()
+    if target_sparsity is None:
+      new_w = _iterates(prox, gbar, w1s, b, l2_t, center)
+    else:
+      new_w, lambdas = _target_iterates(
+          prox, gbar, w1s, b, l2_t, state, target_sparsity,
+          sparsity_distribution, threshold_every, threshold_samples, treedef)
+      lambda_t = jax.tree.unflatten(treedef, lambdas)
     # Round the iterate once, then step onto it in the params' dtype.
     new_updates = [w_new.astype(w.dtype) - w
                    for w_new, w in zip(new_w, treedef.flatten_up_to(params))]
     return jax.tree.unflatten(treedef, new_updates), RDAState(
         count=optax.safe_increment(state.count),
-        gbar=jax.tree.unflatten(treedef, new_gbar),
-        init_params=state.init_params, l1=l1_state)
-
-  def _target_iterates(new_w, flags, state, b, l2_t, treedef):
-    """Chooses lambda_t per penalized leaf from its ``z = b c - gbar`` and
-    returns the iterates ``S_lambda(z) / (b + l2)`` and the ``l1`` state."""
-    zs = [z for z, f in zip(new_w, flags) if f]
-
-    def choose():
-      s_t = at_step(target_sparsity, state.count)
-      s_t = guard(s_t, (s_t >= 0) & (s_t <= 1))
-      target = s_t if callable(target_sparsity) else target_sparsity
-      lams = _target.thresholds([jnp.abs(z) for z in zs], target,
-                                sparsity_distribution, threshold_samples)
-      # A NaN target (guarded above) poisons lambda, hence the iterate.
-      return [jnp.where(jnp.isnan(s_t), jnp.nan, l) for l in lams]
-
-    held = [l for l, f in zip(treedef.flatten_up_to(state.l1), flags) if f]
-    if not zs or threshold_every == 1:
-      lams = choose() if zs else []
-    else:
-      lams = jax.lax.cond(state.count % threshold_every == 0, choose,
-                          lambda: held)
-    it = iter(zip(zs, lams))
-    out, l1_leaves = [], []
-    for w, f in zip(new_w, flags):
-      if f:
-        z, lam = next(it)
-        out.append(shrink(z, lam.astype(z.dtype)) / (b + l2_t).astype(z.dtype))
-      else:
-        out.append(w)
-      l1_leaves.append(lam if f else optax.MaskedNode())
-    return out, jax.tree.unflatten(treedef, l1_leaves)
+        gbar=jax.tree.unflatten(treedef, gbar),
+        init_params=state.init_params, lambda_t=lambda_t)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def _check_args(gamma, l1, center, l2, groups, group_l1, target_sparsity,
+                sparsity_distribution, threshold_every, threshold_samples):
+  """Every check of ``rda``'s arguments that can be made before params."""
+  check_hyper("gamma", gamma, positive=True)
+  _prox.check_penalty(l1, groups, group_l1, target_sparsity, "rda")
+  _prox.check_target_args(target_sparsity, sparsity_distribution,
+                          threshold_every, threshold_samples)
+  check_hyper("l2", l2, positive=False)
+  if center not in _CENTERS:
+    raise ValueError(f"center must be one of {_CENTERS}, got {center!r}")
+
+
+def _gbar_dtype(p, state_dtype):
+  if state_dtype is not None:
+    return state_dtype
+  return _common.compute_dtype(_common.leaf_dtype(p))
+
+
+def _keeps_w1(center, penalized):
+  """``w_1`` is read by the unpenalized leaves, and by all with
+  ``center="init"``."""
+  return center == "init" or not penalized
+
+
+def _average(g, gbar, t):
+  """``gbar_t = gbar_{t-1} + (g_t - gbar_{t-1}) / t``, in the state dtype."""
+  sd = gbar.dtype
+  ct = _common.compute_dtype(sd)
+  avg = gbar.astype(ct)
+  return (avg + (g.astype(ct) - avg) / t.astype(ct)).astype(sd)
+
+
+def _argument(gbar, w1, b):
+  """``z_t = b_t c - gbar_t``, the argument of the threshold (``c = 0``
+  when the leaf does not keep ``w_1``)."""
+  ct = _common.compute_dtype(gbar.dtype)
+  avg = gbar.astype(ct)
+  return -avg if w1 is None else b.astype(ct) * w1.astype(ct) - avg
+
+
+def _iterates(prox, gbar, w1s, b, l2, center):
+  """``w_{t+1}`` of every leaf from its average, equation (13).
+
+  Penalized leaves: ``prox(z_t) / (b_t + l2)``; the others ``w_1 -
+  gbar_t / b_t``. Ungrouped leaves are thresholded one by one in their
+  compute dtype; grouped ones jointly (a group spans leaves).
+  """
+  grouped = prox.kind in ("group", "sparse_group")
+  out = [None] * len(gbar)
+  joint = []
+  for i, (avg, w1) in enumerate(zip(gbar, w1s)):
+    ct = _common.compute_dtype(avg.dtype)
+    if grouped and prox.specs[i] is not None:
+      joint.append(i)
+      out[i] = _argument(avg, w1, b)
+    else:
+      out[i] = closed_form(
+          avg.astype(ct), None if w1 is None else w1.astype(ct),
+          b.astype(ct), prox.l1, l2.astype(ct),
+          penalized=prox.l1_flags[i], center=center)
+  if joint:
+    sub = _prox.Prox(tuple(prox.l1_flags[i] for i in joint),
+                     tuple(prox.specs[i] for i in joint), prox.l1,
+                     prox.group_l1)
+    for i, w in zip(joint, sub([out[i] for i in joint])):
+      out[i] = w / (b + l2).astype(w.dtype)
+  return out
+
+
+def _target_iterates(prox, gbar, w1s, b, l2, state, target_sparsity,
+                     distribution, every, samples, treedef):
+  """Chooses ``lambda_t`` per penalized leaf from its ``z = b c - gbar``
+  and returns the iterates ``S_lambda(z) / (b + l2)`` and the
+  ``lambda_t`` leaves."""
+  flags = prox.l1_flags
+  zs = [_argument(avg, w1, b) for avg, w1, f in zip(gbar, w1s, flags) if f]
+  held = [l for l, f in zip(treedef.flatten_up_to(state.lambda_t), flags)
+          if f]
+  lams = iter(_prox.target_lambdas([jnp.abs(z) for z in zs], held,
+                                   state.count, target_sparsity,
+                                   distribution, every, samples))
+  zs = iter(zs)
+  out, lambdas = [], []
+  for avg, w1, f in zip(gbar, w1s, flags):
+    if f:
+      z, lam = next(zs), next(lams)
+      one = _prox.Prox((True,), (None,), lam.astype(z.dtype))
+      out.append(one([z])[0] / (b + l2).astype(z.dtype))
+      lambdas.append(lam)
+    else:
+      ct = _common.compute_dtype(avg.dtype)
+      out.append(closed_form(avg.astype(ct), w1.astype(ct), b.astype(ct),
+                             None, None, penalized=False, center="zero"))
+      lambdas.append(optax.MaskedNode())
+  return out, lambdas
+
+
 def closed_form(gbar: jax.Array, w1: Optional[jax.Array], b: jax.Array,
-                lam: jax.Array, l2: jax.Array, *, penalized: bool,
+                lam: Any, l2: Any, *, penalized: bool,
                 center: str) -> jax.Array:
-  """The iterate ``w_{t+1}`` of one leaf, equation (13), from its average.
+  """The iterate ``w_{t+1}`` of one ungrouped leaf, equation (13), from its
+  average.
 
   ``w1`` is ``None`` when the leaf does not keep ``w_1`` (penalized with
-  ``center="zero"``). One place for the per-leaf math, so that variants
-  (other penalties, structured thresholds) change only this function.
+  ``center="zero"``).
   """
   if penalized:
     z = -gbar if center == "zero" else b * w1 - gbar
-    return shrink(z, lam) / (b + l2)
+    return _prox.Prox((True,), (None,), lam)([z])[0] / (b + l2)
   # Unpenalized leaves: w_1 - gbar/b, written so that w stays at w_1
   # exactly while gbar is zero.
   return w1 - gbar / b
-
-
-def _group_iterates(z, specs, penalized, b, lam, glam, l2):
-  """``P(z) / (b + l2)`` on the grouped leaves; the others pass through."""
-  idx = [i for i, s in enumerate(specs) if s is not None]
-  glam = guard(glam, glam >= 0)
-  shrunk = prox_leaves([z[i] for i in idx], [specs[i] for i in idx],
-                       [penalized[i] for i in idx], lam, glam)
-  out = list(z)
-  for i, w in zip(idx, shrunk):
-    out[i] = w / (b + l2).astype(w.dtype)
-  return out
 
 
 def _warn_if_all_zero(params: Any, mask: Any) -> None:

@@ -5,8 +5,9 @@ The same checks optax's own suite runs over its optimizers (ideas from
 ``optax/_src/sharding_test.py``, ``optax/transforms/*_test.py``,
 ``optax/schedules/_inject_test.py`` and
 ``optax/tree_utils/_state_utils_test.py``), parametrized over several
-``rda`` settings, ``prox_sgd`` with and without momentum, ``freeze_zeros``
-and ``chain(rda, freeze_zeros)``, with ``optax.sgd`` and ``optax.adam``
+``rda`` settings, ``prox_sgd`` with and without momentum, ``rmda``,
+``grda``, ``prox_adam``, ``freeze_zeros`` and ``chain(rda,
+freeze_zeros)``, with ``optax.sgd`` and ``optax.adam``
 beside them as controls: a check that a control fails would be unsound.
 
 Where a check does not apply to a transformation the reason is
@@ -49,9 +50,64 @@ class Case(NamedTuple):
   kwargs: dict
   kind: str  # "rda", "prox", "filter" or "control"
   mask_arg: str | None = None  # the factory's own mask argument
+  # For methods that are neither descent methods nor a closed form of the
+  # gradient average: one step of the published recursion in float64,
+  # (kwargs, state before the step, w, g, penalized) -> w after it.
+  reference: Callable | None = None
 
   def make(self, **override):
     return self.factory(**{**self.kwargs, **override})
+
+
+def _soft(x, tau):
+  return np.sign(x) * np.maximum(np.abs(x) - tau, 0.0)
+
+
+def _f64(x):
+  return np.asarray(x, np.float64)
+
+
+def _rmda_step(kw, state, w, g, pen):
+  """Huang & Lee (2022), the authors' code: V += s_k g, W~ =
+  S_{alpha_k lambda}(W_0 - V/beta_k), W = (1 - c) W + c W~."""
+  k = int(state.count)
+  beta = np.sqrt(k + 1.0)
+  s = kw["learning_rate"] * beta
+  alpha = (float(state.step_sum) + s) / beta
+  def leaf(v, w0, ww, gg, m):
+    z = _f64(w0) - (_f64(v) + s * _f64(gg)) / beta
+    tilde = _soft(z, alpha * kw["l1"]) if m else z
+    return (1 - kw["momentum"]) * _f64(ww) + kw["momentum"] * tilde
+  return jax.tree.map(leaf, state.grad_sum, state.init_params, w, g, pen)
+
+
+def _grda_step(kw, state, w, g, pen):
+  """Chao et al. (2020): A_n = A_{n-1} - alpha g_n, w_n = S_{tau_n}(A_n),
+  tau_n = c alpha^(1/2 + mu) n^mu (constant alpha)."""
+  n = int(state.count) + 1
+  lr, mu = kw["learning_rate"], kw["mu"]
+  tau = kw["l1"] * lr ** (0.5 + mu) * n ** mu
+  accs = jax.tree.leaves(state.accumulator)[::-1]
+  def leaf(ww, gg, m):
+    if not m:
+      return _f64(ww) - lr * _f64(gg)
+    return _soft(_f64(accs.pop()) - lr * _f64(gg), tau)
+  return jax.tree.map(leaf, w, g, pen)
+
+
+def _prox_adam_step(kw, state, w, g, pen):
+  """ProxGen with Adam's metric: the Adam half-step, then S_{alpha lambda
+  / d} with d = sqrt(v_hat) + eps."""
+  t = int(state.count) + 1
+  lr, b1, b2 = kw["learning_rate"], 0.9, 0.999
+  def leaf(m, v, ww, gg, pn):
+    gg = _f64(gg)
+    m = b1 * _f64(m) + (1 - b1) * gg
+    v = b2 * _f64(v) + (1 - b2) * gg * gg
+    d = np.sqrt(v / (1 - b2 ** t)) + 1e-8
+    half = _f64(ww) - lr * (m / (1 - b1 ** t)) / d
+    return _soft(half, lr * kw["l1"] / d) if pn else half
+  return jax.tree.map(leaf, state.mu, state.nu, w, g, pen)
 
 
 CASES = {
@@ -70,6 +126,15 @@ CASES = {
     "prox-sgd-momentum": Case(rda_optax.prox_sgd,
                               dict(learning_rate=0.1, l1=L1, momentum=0.9),
                               "prox", "l1_mask"),
+    "rmda": Case(rda_optax.rmda, dict(learning_rate=1.0, l1=L1,
+                                      momentum=0.9), "prox", "l1_mask",
+                 _rmda_step),
+    # mu = 1: tau_n / (alpha n) = c sqrt(alpha), a fixed l1 strength, so
+    # the iterates have a composite minimizer to converge to.
+    "grda": Case(rda_optax.grda, dict(learning_rate=0.5, l1=L1, mu=1.0),
+                 "prox", "l1_mask", _grda_step),
+    "prox-adam": Case(rda_optax.prox_adam, dict(learning_rate=0.1, l1=L1),
+                      "prox", "l1_mask", _prox_adam_step),
     "freeze-zeros": Case(rda_optax.freeze_zeros, dict(start_step=1),
                          "filter", "mask"),
     "rda+freeze-zeros": Case(_rda_asr, dict(gamma=1.0, l1=L1, start_step=3),
@@ -165,6 +230,8 @@ def _minimizer(name, c, frozen):
     # w = S_{alpha lam}(w - alpha g/(1 - mu)) solves the problem with
     # penalty (1 - mu) lam.
     lam = (1 - kw["momentum"]) * lam
+  if name == "grda":
+    lam = kw["l1"] * np.sqrt(kw["learning_rate"])  # mu = 1, see CASES
   l2 = kw.get("l2", 0.0)
 
   def leaf(cc, penalized, fz):
@@ -264,9 +331,24 @@ def test_each_step(name):
   checked against that closed form, eq. (13), at every step. Heavy ball
   is not a descent method either (it overshoots); it is checked against
   its recursion v = mu v + g, w = S_{alpha lam}(w - alpha v). Adam (not
-  here) is neither, and its recursion is optax's own test.
+  here) is neither, and its recursion is optax's own test. RMDA, gRDA and
+  proximal Adam are neither either: each step is checked against the
+  published recursion in float64, from the transformation's own state
+  before the step.
   """
   case = CASES[name]
+  if case.reference is not None:
+    tx = case.make()
+    p0, c = _params(), _target()
+    pen = _kernels(p0)
+    step = jax.jit(_step(tx))
+    w, state = p0, tx.init(p0)
+    for _ in range(STEPS):
+      g = jax.tree.map(jnp.subtract, w, c)
+      ref = case.reference(case.kwargs, state, w, g, pen)
+      w, state = step(w, state, g)
+      _close(w, ref, rtol=0, atol=1e-5)
+    return
   p0, c, traj = _trajectory(name)
   if case.kind == "rda":
     refs = _rda_reference(name, p0, c, traj)

@@ -65,12 +65,12 @@ def test_sparsity_after_every_step_is_the_schedule(dist, center):
     if dist == "global":
       n = sum(math.prod(s) for s in SHAPES.values())
       assert sum(zeros.values()) == n - round(n * (1 - s_t)), t
-      lams = {float(state.l1[k]) for k in SHAPES}
+      lams = {float(state.lambda_t[k]) for k in SHAPES}
       assert len(lams) == 1  # one threshold
     else:
       assert zeros == {k: math.prod(SHAPES[k]) - want[k] for k in SHAPES}, t
     assert int(jnp.sum(params["bias"] == 0)) < 5  # unpenalized, untouched
-    assert isinstance(state.l1["bias"], optax.MaskedNode)
+    assert isinstance(state.lambda_t["bias"], optax.MaskedNode)
 
 
 def test_targets_zero_and_one():
@@ -86,7 +86,7 @@ def test_l1_schedule_of_the_chosen_lambdas_reproduces_the_run():
   # bit (the same float32 operations on the same values).
   tx = rda_optax.rda(1.0, None, target_sparsity=_cubic(0.8, 4))
   run = _run(tx, 6)
-  lams = jnp.array([float(s.l1["dense"]) for _, s, _ in run])
+  lams = jnp.array([float(s.lambda_t["dense"]) for _, s, _ in run])
   assert len(set(lams.tolist())) == len(lams)  # it does move
   plain = _run(rda_optax.rda(1.0, lambda c: lams[c]), 6)
   for (p_t, _, _), (p_l1, _, _) in zip(run, plain):
@@ -115,7 +115,7 @@ def test_target_of_a_fixed_l1_run_gives_its_support():
   prev = prev_ref = _params()
   l1_32 = float(np.float32(l1))
   for t, ((p_ref, _, _), (p_tgt, s_tgt, _)) in enumerate(zip(ref, out)):
-    lam = float(s_tgt.l1["dense"])
+    lam = float(s_tgt.lambda_t["dense"])
     assert lam <= l1_32
     shift = (l1_32 - lam) * math.sqrt(t + 1) / gamma
     for k in SHAPES:
@@ -131,7 +131,7 @@ def test_target_of_a_fixed_l1_run_gives_its_support():
 def test_threshold_every_holds_lambda_between_recomputes():
   tx = rda_optax.rda(1.0, None, target_sparsity=0.7, threshold_every=3)
   run = _run(tx, 7)
-  lams = [float(s.l1["dense"]) for _, s, _ in run]
+  lams = [float(s.lambda_t["dense"]) for _, s, _ in run]
   for t in range(7):
     if t % 3:
       assert lams[t] == lams[t - 1]
@@ -249,7 +249,7 @@ def test_schedule_outside_0_1_poisons_the_iterate():
 def test_plain_rda_state_keeps_its_leaves():
   params = _params()
   plain = rda_optax.rda(1.0, 1e-3).init(params)
-  assert plain.l1 == ()
+  assert plain.lambda_t == ()
   n_plain = len(jax.tree.leaves(plain))
   target = rda_optax.rda(1.0, None, target_sparsity=0.5).init(params)
   assert len(jax.tree.leaves(target)) == n_plain + len(SHAPES)

@@ -165,7 +165,7 @@ def test_target_log_reads_the_last_steps_lambda_and_target():
   _, state = tx.update({"w": jnp.ones((2, 5))}, state, params)
   got = read(state)
   assert got["target_sparsity"] == pytest.approx(0.1)
-  assert got["l1"] == float(state.l1["w"])
+  assert got["l1"] == float(state.lambda_t["w"])
   _, state = tx.update({"w": jnp.ones((2, 5))}, state, params)
   assert read(state)["target_sparsity"] == pytest.approx(0.2)
   assert read(()) == {}

@@ -112,7 +112,8 @@ def target_log(schedule: optax.Schedule) -> Callable[[Any], dict[str, float]]:
              if isinstance(s, rda_optax.RDAState)]
     if not found:
       return {}
-    lams = [float(np.asarray(l)) for l in jax.tree.leaves(found[0].l1)]
+    lams = [float(np.asarray(l))
+            for l in jax.tree.leaves(found[0].lambda_t)]
     step = int(np.asarray(found[0].count)) - 1
     return {"l1": float(np.mean(lams)),
             "target_sparsity": float(np.asarray(schedule(max(step, 0))))}
