@@ -47,7 +47,7 @@ class RMDAState(NamedTuple):
 def rmda(
     learning_rate: optax.ScalarOrSchedule,
     l1: Optional[optax.ScalarOrSchedule],
-    momentum: float | jax.Array = 0.1,
+    momentum: optax.ScalarOrSchedule = 0.1,
     *,
     l1_mask: MaskOrFn = None,
     groups: GroupsOrFn = None,
@@ -99,7 +99,10 @@ def rmda(
     l1: ``lambda`` >= 0; float, array or schedule. ``None`` with
       ``target_sparsity``.
     momentum: ``c`` in ``(0, 1]``, the weight of the new prox point (the
-      authors' default ``0.1``; ``1`` turns momentum off).
+      authors' default ``0.1``; ``1`` turns momentum off); float, array or
+      schedule. A schedule that reaches 1 makes ``W`` the prox point ``W~``
+      at once, with its exact zeros (the trainer does that for the last
+      step before ASR, whose mask is the exact zeros).
     l1_mask: as in :func:`rda_optax.rda`.
     groups: as in :func:`rda_optax.rda`.
     group_l1: as in :func:`rda_optax.rda` (``lambda_g = group_l1 w_g
@@ -165,7 +168,7 @@ def rmda(
     treedef = jax.tree.structure(params)
     lr = at_step(learning_rate, state.count)
     lr = guard(lr, lr >= 0)
-    c = jnp.asarray(momentum, jnp.float32)
+    c = jnp.asarray(at_step(momentum, state.count), jnp.float32)
     c = guard(c, (c > 0) & (c <= 1))
     beta = jnp.sqrt((state.count + 1).astype(jnp.float32))
     s = lr * beta

@@ -33,12 +33,12 @@ def _check_target_flags(cfg: Config, given: set[str]) -> None:
   config.json holds every field."""
   check(not {"target_sparsity", "target_sparsity_from"} <= given,
         "--target-sparsity and --target-sparsity-from: give one of them")
-  if "rda" in cfg.methods and given & {"target_sparsity",
-                                       "target_sparsity_from"}:
+  takes = [m for m in cfg.methods if methods_lib.get(m).takes_target]
+  if takes and given & {"target_sparsity", "target_sparsity_from"}:
     for name in ("l1", "l1_schedule"):
       check(name not in given, f"{flag(name)} cannot be combined with a "
-            "target sparsity for rda (lambda_t is then chosen to reach the "
-            "target)")
+            f"target sparsity for {takes[0]} (lambda_t is then chosen to "
+            "reach the target)")
 
 
 def validate(cfg: Config) -> None:

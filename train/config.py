@@ -34,7 +34,8 @@ _SEEDS = (0, 2**63, "2**63")
 
 # The --help groups, in the order they print.
 RUN, DATA, PHASES, RDA, SGD, GMP, CHANNEL, DEVICES, OTHER = (
-    "what to run", "data", "phases and batch", "RDA",
+    "what to run", "data", "phases and batch",
+    "RDA and the proximal family (rmda, grda, prox-adam)",
     "SGD, prox-SGD and the pruning methods",
     "GMP (Zhu & Gupta 2017), RigL (Evci et al. 2020)",
     "channel sparsity: group RDA, network slimming",
@@ -111,6 +112,13 @@ class Config:
       0, RDA, "run the last N ASR epochs with l1 = 0 (rda, prox-sgd): the "
       "frozen zeros keep the sparsity and the kept weights lose the l1 "
       "shrinkage (default 0, the paper's ASR)")
+  rmda_momentum: float = option(
+      0.1, RDA, "rmda: the weight c of the new prox point in W <- (1 - c) W "
+      "+ c W~ (1: no momentum; the authors' default)", lo=0, hi=1,
+      lo_open=True, hi_open=False)
+  grda_mu: float = option(
+      0.51, RDA, "grda: the threshold grows as n^mu (Chao et al.: mu in "
+      "(0.5, 1); their CIFAR-10 runs 0.51)", lo=0, lo_open=True)
   init_scale: Optional[float] = option(
       None, RDA, "s of the scaled uniform init (29); default 2 for rda, the "
       "framework's own init for the other methods", lo=0, lo_open=True)

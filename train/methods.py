@@ -169,26 +169,54 @@ def _restarted_lr(cfg: Config, spe: int) -> optax.Schedule:
   return optax.join_schedules([s1, s2], [phase2])
 
 
+def _proximal(name: str, factory: Callable[..., optax.GradientTransformation],
+              extra: Callable[[Config], dict]):
+  """The optimizer of a proximal method other than rda (rmda, grda,
+  prox-adam), as rda's: ``--l1`` (``--debias-epochs``) or a target sparsity,
+  channel groups, ASR from ``--epochs`` on; its step size is ``--lr`` on
+  ``--lr-schedule``, ``extra(cfg, spe)`` its own options."""
+  def build(cfg: Config, spe: int,
+            target: Optional[float]) -> optim.Optimizer:
+    lr = optim.lr_schedule(cfg, cfg.lr, cfg.total_epochs * spe, spe)
+    freeze = rda_optax.freeze_zeros(cfg.epochs * spe, mask=_freeze(cfg))
+    if target is None:
+      l1, groups = _penalties(cfg, spe)
+      tx = optax.chain(factory(lr, l1, **extra(cfg, spe), **groups), freeze)
+      return optim.Optimizer(tx, None, optim.host(l1), optim.host(lr))
+    s = optim.target_schedule(cfg, target, spe)
+    tx = optax.chain(
+        factory(lr, None, **extra(cfg, spe), target_sparsity=s,
+                sparsity_distribution=distribution(name, cfg),
+                threshold_samples=cfg.threshold_samples),
+        freeze)
+    return optim.Optimizer(tx, None, None, optim.host(lr),
+                           logged=optim.target_log(s))
+  return build
+
+
 def _freeze(cfg: Config):
   # With channel groups, ASR also freezes the dead channels' BatchNorm.
   return structure.freeze_mask if cfg.structure != "none" else None
 
 
-def _check_rda(cfg: Config) -> None:
-  if cfg.target_sparsity is not None or cfg.target_sparsity_from:
-    if cfg.epochs == 0:
-      _fail("--method rda reaches a target sparsity during --epochs "
-            "(ASR keeps it): needs --epochs >= 1")
-    if cfg.structure != "none":
-      # The target counts zero entries; a group threshold zeros others.
-      _fail("--structure cannot be combined with a target sparsity for "
-            "--method rda (the target counts entries, not channels)")
-  else:
-    for flag, given in (("--threshold-samples", cfg.threshold_samples),
-                        ("--target-ramp", cfg.target_ramp)):
-      if given is not None:
-        _fail(f"{flag} applies to --method rda with --target-sparsity or "
-              "--target-sparsity-from only")
+def _check_target_method(name: str) -> Callable[[Config], None]:
+  """The checks of a method that trains to a target through its l1."""
+  def check(cfg: Config) -> None:
+    if cfg.target_sparsity is not None or cfg.target_sparsity_from:
+      if cfg.epochs == 0:
+        _fail(f"--method {name} reaches a target sparsity during --epochs "
+              "(ASR keeps it): needs --epochs >= 1")
+      if cfg.structure != "none":
+        # The target counts zero entries; a group threshold zeros others.
+        _fail("--structure cannot be combined with a target sparsity for "
+              f"--method {name} (the target counts entries, not channels)")
+    else:
+      for flag, given in (("--threshold-samples", cfg.threshold_samples),
+                          ("--target-ramp", cfg.target_ramp)):
+        if given is not None:
+          _fail(f"{flag} applies to --method {name} with --target-sparsity "
+                "or --target-sparsity-from only")
+  return check
 
 
 def _prox_sgd(cfg: Config, spe: int,
@@ -318,7 +346,7 @@ register(Method(
     init_scale=2.0, demo=0, takes_target=True,
     # One l1 for every layer, as RDA's own criterion: RDA sets the
     # per-layer rates.
-    distribution="global", check=_check_rda))
+    distribution="global", check=_check_target_method("rda")))
 register(Method(
     "prox-sgd", "prox-SGD, then ASR", _prox_sgd, ("prox-sgd", "asr"), demo=1))
 register(Method(
@@ -345,3 +373,36 @@ register(Method(
     "the FLOPs of the rda/prox-sgd --structure run) and removed, "
     "fine-tuning", _net_slim, ("dense", "finetune"),
     before_epoch=_slim_at_boundary, target_of=structure.net_slim_target))
+
+# The proximal family after He et al.: the same two phases as rda (ASR
+# freezes the zeros from --epochs on), the same l1 / target / channel
+# options, their step size --lr. One l1 for every layer, as rda's.
+def _rmda_momentum(cfg: Config, spe: int) -> optax.Schedule:
+  # RMDA's iterate W is an average of prox points, so a weight whose prox
+  # point is 0 only decays towards 0. The last step before ASR takes the
+  # prox point itself (c = 1), so ASR freezes exactly the prox point's
+  # zeros; ASR then runs without momentum.
+  last = cfg.epochs * spe - 1
+  return lambda step: jnp.where(step >= last, 1.0, cfg.rmda_momentum)
+
+
+register(Method(
+    "rmda", "RMDA (Huang & Lee 2022): dual averaging with momentum "
+    "(--rmda-momentum; 1 from the last step before ASR), step --lr, then "
+    "ASR; l1, a target or channel groups as rda",
+    _proximal("rmda", rda_optax.rmda,
+              lambda cfg, spe: dict(momentum=_rmda_momentum(cfg, spe))),
+    ("rmda", "asr"), takes_target=True, distribution="global",
+    check=_check_target_method("rmda")))
+register(Method(
+    "grda", "gRDA (Chao et al. 2020): dual averaging with a threshold "
+    "growing as n^mu (--grda-mu), step --lr, --l1 its c, then ASR",
+    _proximal("grda", rda_optax.grda, lambda cfg, spe: dict(mu=cfg.grda_mu)),
+    ("grda", "asr"), takes_target=True, distribution="global",
+    check=_check_target_method("grda")))
+register(Method(
+    "prox-adam", "proximal Adam (ProxGen, Yun et al. 2021): the l1 prox in "
+    "Adam's metric, step --lr, then ASR",
+    _proximal("prox-adam", rda_optax.prox_adam, lambda cfg, spe: {}),
+    ("prox-adam", "asr"), takes_target=True, distribution="global",
+    check=_check_target_method("prox-adam")))

@@ -107,9 +107,8 @@ def target_log(schedule: optax.Schedule) -> Callable[[Any], dict[str, float]]:
   chose at the last step as ``l1`` (the mean over the penalized leaves, the
   one value of ``global``), and that step's ``target_sparsity``."""
   def read(opt_state):
-    found = [s for s in jax.tree.leaves(
-        opt_state, is_leaf=lambda x: isinstance(x, rda_optax.RDAState))
-             if isinstance(s, rda_optax.RDAState)]
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=_has_lambda)
+             if _has_lambda(s)]
     if not found:
       return {}
     lams = [float(np.asarray(l))
@@ -118,6 +117,11 @@ def target_log(schedule: optax.Schedule) -> Callable[[Any], dict[str, float]]:
     return {"l1": float(np.mean(lams)),
             "target_sparsity": float(np.asarray(schedule(max(step, 0))))}
   return read
+
+
+def _has_lambda(x: Any) -> bool:
+  # The states of the methods with a target: rda's, rmda's, grda's, ...
+  return "lambda_t" in getattr(x, "_fields", ())
 
 
 def host(s: optax.Schedule) -> Callable[[int], float]:

@@ -33,7 +33,7 @@ from train.rundir import summary_value
 
 STRUCTURES = ("none", "channel", "sparse-group")
 # Methods that take --structure: the ones whose update has a proximal step.
-STRUCTURED_METHODS = ("rda", "prox-sgd")
+STRUCTURED_METHODS = ("rda", "prox-sgd", "rmda", "grda", "prox-adam")
 SLIM_FILE = "slim.msgpack"
 SLIM_META = "slim.json"
 # Per --group-weighting. Digits (small CNN, digits-demo preset, 20 + 5
