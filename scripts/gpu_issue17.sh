@@ -23,7 +23,16 @@
 #           sparse-group RDA. Wave 2: network slimming at each channel
 #           run's FLOPs.
 #           Exits 2 with a line while the trainer lacks --structure/net-slim.
+#   PART=f  ResNet-18, the proximal family (issue 24; issue 27 row 2): NEW
+#           (default rmda) at step NEW_LR | RDA | global GMP, all at
+#           --target-sparsity TARGET (default 0.95), seeds SEEDS (default
+#           "0 1"); the target runs are debiased over all ASR epochs.
+#   PART=g  VGG-16bn at TARGET (issue 27 row 3): RDA | global GMP, SEEDS.
+#   PART=h  ResNet-18 dense with the usual recipe (issue 27 row 5): batch
+#           128, lr 0.1, cosine, weight decay 5e-4, SEEDS.
 # Every run, seed 1 too, is scored on the same validation split (--val-seed 0).
+# DRY=1 prints each run's flags (one line each, "== run NAME: FLAGS")
+# instead of training, for a check of a PART before device time goes in.
 #
 # Device seconds, estimated on an H200 from the 100-epoch walls measured
 # alone (RDA at batch 128, 47k img/s: 136 s; dense at batch 512, 80k img/s:
@@ -72,9 +81,9 @@ export RDA_OPTAX_CACHE=${RDA_OPTAX_CACHE:-/tmp/rda-cache}
 PY=${PYTHON:-python3}
 PART=${PART:-a}
 case "$PART" in
-  a|b|c) M=${MODEL:-resnet18} S=10 ;;
-  d|e)   M=${MODEL:-vgg16bn} S=20 ;;  # s per the paper's Table 3
-  *)     echo "gpu_issue17.sh: PART must be a, b, c, d or e, not '$PART'" >&2; exit 2 ;;
+  a|b|c|f|h) M=${MODEL:-resnet18} S=10 ;;
+  d|e|g)     M=${MODEL:-vgg16bn} S=20 ;;  # s per the paper's Table 3
+  *)     echo "gpu_issue17.sh: PART must be a, b, c, d, e, f, g or h, not '$PART'" >&2; exit 2 ;;
 esac
 DATA=${DATA:-.data/train.tar.xz}
 if [ ! -e "$DATA" ]; then
@@ -126,6 +135,7 @@ echo "== data ready in $(( $(date +%s) - t0 )) s (cache $RDA_OPTAX_CACHE)" >&2
 # once; a finished run of that name under RUNS is kept, not retrained.
 launch() {
   local name=$1; shift
+  if [ -n "${DRY:-}" ]; then echo "== run $name: $*"; return; fi
   if [ -f "$R/$name/summary.json" ]; then echo "== kept: $name" >&2; return; fi
   while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do wait -n; done
   echo "== wave $PART$WAVE: $name: $*" >&2
@@ -153,6 +163,7 @@ pack() {
 # next.
 wave() {
   wait
+  [ -z "${DRY:-}" ] || return 0
   if [ "$WAVE" -gt 0 ]; then
     "$PY" benchmarks/goals.py "$R" --no-plots \
       ${DENSE_TOP1:+--dense-top1 "$DENSE_TOP1"} >/dev/null 2>&1
@@ -209,7 +220,29 @@ case "$PART" in
     launch "$M-net-slim-u-$E" --model "$M" --method net-slim "${DENSE[@]}" \
       --target-flops-from "$R/$M-rda-uchannel-$E"
     ;;
+  f|g)
+    wave
+    T=(--target-sparsity "${TARGET:-0.95}")
+    for seed in ${SEEDS:-0 1}; do
+      [ "$PART" = g ] || launch "$M-${NEW:-rmda}-target${TARGET:-0.95}-$E-s$seed" \
+        --model "$M" --method "${NEW:-rmda}" --batch-size 128 \
+        --lr "${NEW_LR:-0.1}" "${T[@]}" --seed "$seed"
+      launch "$M-rda-target${TARGET:-0.95}-$E-s$seed" --model "$M" "${RDA0[@]}" \
+        --init-scale "$S" "${T[@]}" --seed "$seed"
+      launch "$M-gmp-global-target${TARGET:-0.95}-$E-s$seed" --model "$M" \
+        --method gmp "${DENSE[@]}" "${T[@]}" --sparsity-distribution global \
+        --seed "$seed"
+    done
+    ;;
+  h)
+    wave
+    for seed in ${SEEDS:-0 1}; do
+      launch "$M-sgd-std-$E-s$seed" --model "$M" --method sgd --batch-size 128 \
+        --lr 0.1 --lr-schedule cosine --weight-decay 5e-4 --seed "$seed"
+    done
+    ;;
 esac
+[ -z "${DRY:-}" ] || exit 0
 wait
 "$PY" benchmarks/goals.py "$R" ${DENSE_TOP1:+--dense-top1 "$DENSE_TOP1"}
 rc=$?
