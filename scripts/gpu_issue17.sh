@@ -125,11 +125,13 @@ DENSE=(--batch-size 512 --lr 0.4 --lr-schedule onecycle)
 WAVE=0
 
 # Decode the tarball once, before runs side by side would each decode it.
-t0=$(date +%s)
-"$PY" -c 'import sys; from train import data
+if [ -z "${DRY:-}" ]; then
+  t0=$(date +%s)
+  "$PY" -c 'import sys; from train import data
 data.load("folder", data_dir=sys.argv[1], val_fraction=0.1, progress=False)' "$DATA" \
-  || { echo "gpu_issue17.sh: could not read DATA $DATA" >&2; exit 2; }
-echo "== data ready in $(( $(date +%s) - t0 )) s (cache $RDA_OPTAX_CACHE)" >&2
+    || { echo "gpu_issue17.sh: could not read DATA $DATA" >&2; exit 2; }
+  echo "== data ready in $(( $(date +%s) - t0 )) s (cache $RDA_OPTAX_CACHE)" >&2
+fi
 
 # launch NAME ARGS...: trains run NAME in the background, at most PARALLEL at
 # once; a finished run of that name under RUNS is kept, not retrained.

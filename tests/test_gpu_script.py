@@ -164,3 +164,36 @@ def test_bad_settings_are_one_line_and_exit_2(tmp_path, env, line):
                  timeout=60)
   assert (done.returncode, done.stderr.strip()) == (2, line.format(tmp=tmp_path))
   assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("part,model,count", [("f", "resnet18", 6),
+                                              ("g", "vgg16bn", 4),
+                                              ("h", "resnet18", 2)])
+def test_dry_parts_print_runs_the_trainer_accepts(tmp_path, part, model,
+                                                  count):
+  """PARTs f, g and h as DRY=1 prints them: every run's flags pass the
+  trainer's parser and checks, equal sparsity and seeds across methods."""
+  from train import checks, cli
+  data = tmp_path / "train.tar.xz"
+  data.write_bytes(b"")  # only its existence is checked before the runs
+  done = subprocess.run(
+      ["bash", str(SCRIPT)], cwd=ROOT, capture_output=True, text=True,
+      timeout=120, env=dict(os.environ, PYTHON=sys.executable, PART=part,
+                            DRY="1", DATA=str(data), NEW="prox-adam",
+                            NEW_LR="0.001", TARGET="0.9"))
+  runs = [l[len("== run "):].split(": ", 1) for l in done.stdout.splitlines()
+          if l.startswith("== run ")]
+  assert len(runs) == count, done.stdout + done.stderr
+  targets, seeds = set(), {}
+  for name, flags in runs:
+    args = vars(cli.parser().parse_args(flags.split()))
+    cfg = checks.build(None, None, {k: v for k, v in args.items()
+                                    if k in checks.Config.__dataclass_fields__
+                                    and v is not None})
+    assert cfg.model == model and name.startswith(model)
+    targets.add(cfg.target_sparsity)
+    seeds.setdefault(cfg.method, set()).add(cfg.seed)
+  assert targets == ({None} if part == "h" else {0.9})
+  assert all(s == {0, 1} for s in seeds.values()), seeds
+  if part == "f":
+    assert set(seeds) == {"prox-adam", "rda", "gmp"}
