@@ -41,7 +41,8 @@ def _parts(data: bytes) -> tuple[dict, bytes]:
 def _small() -> bytes:
   k = np.zeros((4, 5), np.float32)
   k[1, 2], k[3, 4] = 1.5, -2.0
-  return _export.encode_sparse({"params": {"k": k, "b": np.ones(3, np.float32)}})
+  return _export.encode_sparse(
+      {"params": {"k": k, "b": np.ones(3, np.float32)}})
 
 
 def _with_leaf(**fields) -> bytes:
