@@ -443,7 +443,17 @@ def _rebuild(tree: Any, arrays: list[np.ndarray], leaves: list[dict]) -> Any:
     return arrays[node]
 
   if not isinstance(tree, dict):
-    return check(tree, ())
+    used, root = 1, check(tree, ())
+  else:
+    used, root = _rebuild_dicts(tree, check)
+  # Paths in a tree are distinct, so this also refuses two leaves of one path.
+  if used != len(arrays):
+    raise ValueError(f"the tree uses {used} of the {len(arrays)} leaves")
+  return root
+
+
+def _rebuild_dicts(tree: dict, check) -> tuple[int, dict[str, Any]]:
+  used = 0
   root: dict[str, Any] = {}
   todo = [(tree, root, ())]
   while todo:
@@ -457,7 +467,8 @@ def _rebuild(tree: Any, arrays: list[np.ndarray], leaves: list[dict]) -> Any:
         todo.append((v, out[k], path + (k,)))
       else:
         out[k] = check(v, path + (k,))
-  return root
+        used += 1
+  return used, root
 
 
 def _dtype(name: str) -> np.dtype:

@@ -17,6 +17,7 @@ import os
 import tracemalloc
 import zlib
 
+import jax
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -136,6 +137,19 @@ def test_a_zlib_bomb_is_not_inflated_past_what_its_leaf_allows(enc):
   assert peak < 1 << 20, peak
 
 
+@pytest.mark.parametrize("tree,says", [
+    ({"params": {"k": 0}}, "the tree uses 1 of the 2 leaves"),
+    ({"params": {"k": 0, "b": 1}, "x": {}}, None)])
+def test_a_tree_must_use_every_leaf(tree, says):
+  header, payload = _parts(_small())
+  header["tree"] = tree
+  data = _sign(json.dumps(header).encode(), payload)
+  if says:
+    _refused(data, says)
+  else:  # empty dicts survive
+    assert _export.decode_sparse(data)["x"] == {}
+
+
 def test_a_truncated_zlib_stream_is_refused():
   header, payload = _parts(_small())
   leaf = header["leaves"][0]
@@ -165,13 +179,21 @@ _JSON = st.recursive(
     max_leaves=6)
 _FIELDS = ["path", "shape", "dtype", "values", "encoding", "nnz", "zlib",
            "offset", "length"]
+# Values a field could plausibly hold: they get past the type checks and
+# reach the decoding itself far more often than arbitrary JSON does.
+_PLAUSIBLE = (st.sampled_from(list(_export._DTYPES)
+                              + ["dense", "bitmask", "delta", True, False])
+              | st.integers(-3, 40) | st.lists(st.integers(0, 6), max_size=3)
+              | st.lists(st.sampled_from(["params", "k", "b"]), max_size=3))
+_TREES = st.none() | _JSON | st.sampled_from(
+    [{"params": {"k": 1, "b": 0}}, {"params": {"k": 0}}, 0])
 
 
-@settings(max_examples=150, deadline=None,
+@settings(max_examples=300, deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(edits=st.lists(st.tuples(st.integers(0, 1), st.sampled_from(_FIELDS),
-                                _JSON), min_size=1, max_size=3),
-       tree=st.none() | _JSON)
+                                _JSON | _PLAUSIBLE), min_size=1, max_size=3),
+       tree=_TREES)
 def test_any_signed_header_edit_loads_or_raises_sparse_format_error(edits,
                                                                     tree):
   """The property: whatever a correctly signed header says, the reader
@@ -187,12 +209,13 @@ def test_any_signed_header_edit_loads_or_raises_sparse_format_error(edits,
   except rda_optax.SparseFormatError as e:
     assert "\n" not in str(e)
     return
-  flat = {tuple(l["path"]): l for l in header["leaves"]}
-  for path, leaf in flat.items():
-    node = out
-    for k in path:
-      node = node[k]
-    assert list(node.shape) == leaf["shape"]
+  # Loaded: every leaf of the header, each at its path, of its shape.
+  got = jax.tree_util.tree_flatten_with_path(out)[0]
+  assert len(got) == len(header["leaves"])
+  for path, arr in got:
+    keys = [k.key for k in path]
+    leaf = next(l for l in header["leaves"] if l["path"] == keys)
+    assert list(arr.shape) == leaf["shape"]
 
 
 # --- the writer --------------------------------------------------------------
