@@ -60,6 +60,37 @@ def float_in(lo: float, hi: float, *,
   return parse
 
 
+def int_list(lo: int) -> Callable[[str], list[str]]:
+  """Comma-separated integers >= ``lo``, returned as their texts (the
+  scripts put them into run names and command lines as written)."""
+  one = int_at_least(lo)
+
+  def parse(text: str) -> list[str]:
+    items = text.split(",")
+    try:
+      for s in items:
+        one(s)
+    except argparse.ArgumentTypeError:
+      _fail(f"comma-separated integers >= {lo}", text)
+    return items
+  return parse
+
+
+def float_list(lo: float) -> Callable[[str], list[str]]:
+  """Comma-separated finite numbers >= ``lo``, returned as their texts."""
+  def parse(text: str) -> list[str]:
+    items = text.split(",")
+    for s in items:
+      try:
+        v = float(s)
+      except ValueError:
+        v = math.nan
+      if not (math.isfinite(v) and v >= lo):
+        _fail(f"comma-separated numbers >= {lo:g}", text)
+    return items
+  return parse
+
+
 def image_shape(text: str) -> tuple[int, int, int]:
   """``H,W,C``: three integers >= 1 (an image batch is NHWC)."""
   try:

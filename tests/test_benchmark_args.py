@@ -54,6 +54,17 @@ CASES = [
     ("goals", ["{tmp}", "--min-sparsity", "2"], "--min-sparsity", "'2'"),
     ("goals", ["{tmp}", "--max-gap", "-1"], "--max-gap", "'-1'"),
     ("goals", ["{tmp}", "--dense-top1", "inf"], "--dense-top1", "'inf'"),
+    # Siblings: the other scripts that take counts, lists or fractions.
+    ("frontier", ["--out", "{tmp}/f", "--methods", "rda,bogus"], "--methods",
+     "'bogus'"),
+    ("frontier", ["--out", "{tmp}/f", "--seeds", "0,x"], "--seeds", "'0,x'"),
+    ("structured_frontier", ["--out", "{tmp}/s", "--seeds", "-1"], "--seeds",
+     "'-1'"),
+    ("structured_frontier", ["--out", "{tmp}/s", "--values", "1e-3,nan"],
+     "--values", "'1e-3,nan'"),
+    ("slim_latency", ["--repeats", "0"], "--repeats", "'0'"),
+    ("slim_latency", ["--batch-sizes", "1", "0"], "--batch-sizes", "'0'"),
+    ("slim_latency", ["--fractions", "1"], "--fractions", "'1'"),
 ]
 
 
@@ -118,6 +129,10 @@ def test_export_size_reads_its_default_layers_file():
     (_args.float_in(0.0, 1.0, hi_open=True), [("0.5", 0.5)], ["1", "1.0"]),
     (_args.image_shape, [("32,32,3", (32, 32, 3)), ("8,8,1", (8, 8, 1))],
      ["8,8", "8,8,1,1", "8,x,1", "0,8,1", "", "8,,1"]),
+    (_args.int_list(0), [("0,1,2", ["0", "1", "2"]), ("7", ["7"])],
+     ["", "0,", "-1", "1.5", "a"]),
+    (_args.float_list(0.0), [("1e-3,2e-3", ["1e-3", "2e-3"])],
+     ["", "1e-3,", "-1", "inf", "x"]),
 ])
 def test_argument_types(parse, good, bad):
   for text, want in good:
