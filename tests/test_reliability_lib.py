@@ -245,3 +245,29 @@ def test_complex_params_are_refused_with_the_reason(make):
   # Integers keep their own reason.
   with pytest.raises(ValueError, match="would be truncated"):
     make().init({"w": jnp.ones((2, 2), jnp.int32)})
+
+
+def _zero_gradient_probe(tx) -> bool:
+  """One update from a fresh state with all-zero gradients: rda's iterate of
+  a penalized leaf (centre 0) is then S_l1(0) = 0 for any l1 >= 0, so every
+  kernel entry must land on exactly 0. Anything after rda that adds to or
+  rescales the update leaves it at a non-zero multiple of w. A cheap check
+  a trainer can run on its own chain at start-up (issue 28)."""
+  params = _params()
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  u, _ = tx.update(zeros, tx.init(params), params)
+  return bool(jnp.all(optax.apply_updates(params, u)["k"] == 0))
+
+
+def test_a_zero_gradient_probe_tells_the_right_order_from_the_wrong_one():
+  right = [_rda(), optax.chain(optax.add_decayed_weights(1e-4), _rda()),
+           optax.chain(optax.clip_by_global_norm(1.0), _rda()),
+           optax.chain(_rda(), rda_optax.freeze_zeros(0)),
+           optax.apply_if_finite(_rda(), 3)]
+  wrong = [optax.chain(_rda(), optax.add_decayed_weights(1e-4)),
+           optax.chain(_rda(), optax.clip_by_global_norm(1.0)),
+           optax.chain(_rda(), optax.scale(0.5)),
+           optax.chain(_rda(), rda_optax.freeze_zeros(0),
+                       optax.add_decayed_weights(1e-4))]
+  assert [_zero_gradient_probe(tx) for tx in right] == [True] * len(right)
+  assert [_zero_gradient_probe(tx) for tx in wrong] == [False] * len(wrong)
