@@ -21,7 +21,6 @@ Trees measured:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -36,6 +35,7 @@ import numpy as np
 
 import models
 import rda_optax
+from benchmarks import _args
 
 ROOT = Path(__file__).resolve().parents[1]
 H200_RUN = ROOT / "docs/results/h200-2026-11-26/rda-70-30/metrics.jsonl"
@@ -65,9 +65,9 @@ def resnet18_variables(per_layer: dict[str, float] | float, seed: int = 0):
   return jax.tree_util.tree_map_with_path(fill, jax.device_get(variables))
 
 
-def run_variables(run_dir: str):
+def run_variables(run_dir: Path):
   from train import export
-  return export.final_variables(Path(run_dir))
+  return export.final_variables(Path(run_dir), "--run")
 
 
 def measure(name: str, variables) -> None:
@@ -86,25 +86,50 @@ def measure(name: str, variables) -> None:
         f"{100 * sizes['bfloat16'] / dense:.2f}% of dense")
 
 
-def main(argv=None) -> None:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--run", help="a finished python -m train run directory")
-  p.add_argument("--layers", default=str(H200_RUN),
+def read_layers(path: Path) -> dict[str, float]:
+  """The last row's per-layer sparsity of a ``metrics.jsonl``, keyed by the
+  path under ``params``."""
+  rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+  if not rows or not isinstance(rows[-1].get("sparsity_per_layer"), dict):
+    raise ValueError("its last row has no sparsity_per_layer")
+  return {k.removeprefix("['params']"): float(v)
+          for k, v in rows[-1]["sparsity_per_layer"].items()}
+
+
+def main(argv=None) -> int:
+  p = _args.Parser(__file__, description=__doc__.splitlines()[0])
+  p.add_argument("--run", type=_args.existing_dir,
+                 help="a finished python -m train run directory")
+  p.add_argument("--layers", type=_args.existing_file, default=str(H200_RUN),
                  help="metrics.jsonl whose last row's sparsity_per_layer "
                  "sets the ResNet-18 kernels' sparsity")
   args = p.parse_args(argv)
-  print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}")
+  # Both inputs are read before anything is measured, so a bad one costs
+  # one line, not a traceback after the first table.
+  try:
+    per_layer = read_layers(args.layers)
+  except (OSError, ValueError, TypeError, AttributeError) as e:
+    p.error(f"argument --layers: {args.layers}: {e}")
+  run = None
   if args.run:
-    measure(f"run {args.run}", run_variables(args.run))
-  rows = [json.loads(l) for l in Path(args.layers).read_text().splitlines()
-          if l.strip()]
-  per_layer = {k.removeprefix("['params']"): v
-               for k, v in rows[-1]["sparsity_per_layer"].items()}
+    from train._errors import UsageError
+    try:
+      run = run_variables(args.run)
+    except (UsageError, ValueError, OSError) as e:
+      p.error(str(e))  # names --run already
+  try:
+    per_layer_tree = resnet18_variables(per_layer)
+  except KeyError as e:
+    p.error(f"argument --layers: {args.layers}: no sparsity for the "
+            f"ResNet-18 kernel {e} (a metrics.jsonl of another model?)")
+  print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}")
+  if run is not None:
+    measure(f"run {args.run}", run)
   layers = os.path.relpath(args.layers, ROOT)
-  measure(f"resnet18, per-layer sparsity of {layers}",
-          resnet18_variables(per_layer))
+  measure(f"resnet18, per-layer sparsity of {layers}", per_layer_tree)
   measure("resnet18, 97% uniform", resnet18_variables(0.97))
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

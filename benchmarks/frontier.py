@@ -35,9 +35,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import _args  # noqa: E402
 from train import checks  # noqa: E402
 from train import cli, report  # noqa: E402
-from train import config as config_lib  # noqa: E402
 from train import methods as methods_lib  # noqa: E402
 
 
@@ -53,22 +53,24 @@ def _stats(xs):
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                               formatter_class=argparse.RawDescriptionHelpFormatter,
-                               epilog="Flags after -- go to every python -m train run.")
+  ap = _args.Parser(__file__, description=__doc__.splitlines()[0],
+                    formatter_class=argparse.RawDescriptionHelpFormatter,
+                    epilog="Flags after -- go to every python -m train run.")
   ap.add_argument("--out", required=True)
-  ap.add_argument("--methods", default="rda,prox-sgd,prune-finetune,sgd")
+  ap.add_argument("--methods", type=_args.names_from(
+      methods_lib.names() + tuple(_TRAINER_METHOD), "method"),
+                  default="rda,prox-sgd,prune-finetune,sgd")
   ap.add_argument("--vary", default="l1", help="the python -m train option swept, "
                   "e.g. l1 or init_scale")
   ap.add_argument("--values", default="1e-4,3e-4,1e-3,3e-3")
-  ap.add_argument("--seeds", default="0,1,2,3,4")
+  ap.add_argument("--seeds", type=_args.int_list(0), default="0,1,2,3,4")
   args, extra = ap.parse_known_args(argv)
   extra = [a for a in extra if a != "--"]
   out = Path(args.out)
   runs = out / "runs"
-  methods = args.methods.split(",")
+  methods = args.methods
   values = args.values.split(",")
-  seeds = [int(s) for s in args.seeds.split(",")]
+  seeds = [int(s) for s in args.seeds]
   flag = "--" + args.vary.replace("_", "-")
   results: dict[tuple[str, str], list[dict]] = {}
   # RDA first: the methods with a target sparsity (prune-finetune, gmp,

@@ -47,6 +47,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import _args  # noqa: E402
 from train import report  # noqa: E402
 
 _SPARSE = ("rda", "prox-sgd", "gmp", "rigl", "prune-finetune", "net-slim")
@@ -223,14 +224,16 @@ _SPEED_WAVE = [("wave", "wave", "s"), ("runs", "runs", "d"),
 
 
 def main(argv: list[str] | None = None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = _args.Parser(__file__, description=__doc__.splitlines()[0],
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("runs", nargs="+", help="directories of run directories")
-  ap.add_argument("--dense-top1", type=float, default=None,
+  ap.add_argument("--dense-top1", type=_args.float_in(0.0, 100.0),
+                  default=None,
                   help="dense SGD top-1 to compare with when RUNS holds no "
                   "sgd run of the same model and budget")
-  ap.add_argument("--min-sparsity", type=float, default=0.95)
-  ap.add_argument("--max-gap", type=float, default=1.0)
+  ap.add_argument("--min-sparsity", type=_args.float_in(0.0, 1.0),
+                  default=0.95)
+  ap.add_argument("--max-gap", type=_args.float_in(0.0, 100.0), default=1.0)
   ap.add_argument("--no-plots", action="store_true")
   args = ap.parse_args(argv)
   roots = [Path(p) for p in args.runs]

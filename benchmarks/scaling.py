@@ -15,7 +15,6 @@ speed-up). A single-GPU machine shows only the 1-device point.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -25,31 +24,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax
 import jax.numpy as jnp
 
-from benchmarks.train_throughput import measure
+from benchmarks import _args
+from benchmarks.train_throughput import add_common, measure
+from train import methods as methods_lib
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--model", default="small_cnn")
-  ap.add_argument("--image-shape", default="8,8,1")
-  ap.add_argument("--per-device-batch", type=int, default=32)
-  ap.add_argument("--steps", type=int, default=20)
-  ap.add_argument("--repeats", type=int, default=3)
-  ap.add_argument("--method", default="rda")
-  ap.add_argument("--layouts", default="replicated,sharded")
-  ap.add_argument("--json")
+  ap = _args.Parser(__file__, description=__doc__.splitlines()[0])
+  add_common(ap, model="small_cnn", shape="8,8,1")
+  ap.add_argument("--per-device-batch", type=_args.int_at_least(1),
+                  default=32)
+  ap.add_argument("--steps", type=_args.int_at_least(1), default=20)
+  ap.add_argument("--method", type=_args.one_of(methods_lib.names(),
+                                                "method"), default="rda")
+  ap.add_argument("--layouts", type=_args.names_from(
+      ("replicated", "sharded"), "layout"), default="replicated,sharded")
   args = ap.parse_args(argv)
   gpu = jax.default_backend() != "cpu"
   dtype = jnp.bfloat16 if gpu else jnp.float32
-  shape = tuple(int(s) for s in args.image_shape.split(","))
+  shape = args.image_shape
   total = jax.device_count()
   counts = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= total]
   dev = jax.devices()[0]
   print(f"{total} x {dev.device_kind} ({dev.platform}); {args.model} "
-        f"{args.image_shape}, {args.method}, {args.per_device_batch} images "
-        f"per device per step, {args.steps} steps")
+        f"{','.join(map(str, shape))}, {args.method}, "
+        f"{args.per_device_batch} images per device per step, {args.steps} "
+        "steps")
   rows = []
-  for layout in args.layouts.split(","):
+  for layout in args.layouts:
     base = None
     for n in counts:
       ips = measure(args.method, args.model, n * args.per_device_batch,

@@ -20,7 +20,6 @@ instead: the final variables of an ``python -m train --structure`` (or
 
 from __future__ import annotations
 
-import argparse
 import functools
 import statistics
 import sys
@@ -36,6 +35,7 @@ from flax import traverse_util
 
 import models
 from train import export, structure
+from benchmarks import _args
 from train._errors import UsageError
 
 
@@ -88,27 +88,23 @@ def time_call(fn, x, min_seconds=0.2):
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.75],
+  ap = _args.Parser(__file__, description=__doc__.split("\n")[0])
+  ap.add_argument("--fractions", type=_args.float_in(0.0, 1.0, hi_open=True),
+                  nargs="+", default=[0.5, 0.75],
                   help="fraction of each layer's channels removed")
-  ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
-  ap.add_argument("--repeats", type=int, default=7)
-  ap.add_argument("--seed", type=int, default=0)
-  ap.add_argument("--side", type=int, default=32,
+  ap.add_argument("--batch-sizes", type=_args.int_at_least(1), nargs="+",
+                  default=[1, 64])
+  ap.add_argument("--repeats", type=_args.int_at_least(1), default=7)
+  ap.add_argument("--seed", type=_args.int_at_least(0), default=0)
+  ap.add_argument("--side", type=_args.int_at_least(1), default=32,
                   help="input height = width (CIFAR: 32)")
   ap.add_argument("--run-dir", help="a finished run with a slim model: "
                   "time it against the run's own dense variables")
-  ap.add_argument("--multiple", type=int, help="also time each slim model "
+  ap.add_argument("--multiple", type=_args.int_at_least(1),
+                  help="also time each slim model "
                   "with its widths rounded up to a multiple of this "
                   "(models.slim(..., multiple=))")
   args = ap.parse_args(argv)
-  for f in args.fractions:
-    if not 0.0 <= f < 1.0:
-      ap.error(f"--fractions: each must be in [0, 1), got {f}")
-  if args.side < 1:
-    ap.error(f"--side: must be >= 1, got {args.side}")
-  if args.multiple is not None and args.multiple < 1:
-    ap.error(f"--multiple: must be >= 1, got {args.multiple}")
   rng = np.random.default_rng(args.seed)
   killed = {}  # the dense model with the channels killed: slim's reference
   if args.run_dir:

@@ -16,7 +16,6 @@ reached (same seed, same epochs), and dense SGD. Writes to ``--out``:
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import statistics
@@ -25,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import _args  # noqa: E402
 from train import cli  # noqa: E402
 
 METHODS = ("rda", "net-slim", "sgd")
@@ -39,18 +39,19 @@ def _ms(xs):
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap = _args.Parser(__file__, description=__doc__.splitlines()[0])
   ap.add_argument("--out", required=True)
-  ap.add_argument("--values", default="1.5e-3,2e-3")
-  ap.add_argument("--seeds", default="0,1,2,3,4")
+  ap.add_argument("--values", type=_args.float_list(0.0),
+                  default="1.5e-3,2e-3")
+  ap.add_argument("--seeds", type=_args.int_list(0), default="0,1,2,3,4")
   args, extra = ap.parse_known_args(argv)
   if extra and extra[0] == "--":
     extra = extra[1:]
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   points = []
-  for value in args.values.split(","):
-    for seed in args.seeds.split(","):
+  for value in args.values:
+    for seed in args.seeds:
       name = f"g{value}-s{seed}"
       code = cli.main(["--out", str(out / "runs"), "--run-name", name,
                        "--compare", ",".join(METHODS), "--structure",
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
            "| method | group_l1 of the rda run | FLOPs (slim / dense) | "
            "test top-1 % | val top-1 % | seeds |",
            "|---|---|---|---|---|---|"]
-  for value in args.values.split(","):
+  for value in args.values:
     for m in METHODS:
       ps = [p for p in points if p["method"] == m
             and p["group_l1"] == float(value)]

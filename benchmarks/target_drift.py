@@ -14,7 +14,6 @@ sparsity after a step and the target of that step, and the last test top-1.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -28,14 +27,16 @@ from sklearn.datasets import load_digits
 
 import models
 import rda_optax
+from benchmarks import _args
 
 
 def main(argv=None) -> None:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--steps", type=int, default=400)
-  p.add_argument("--target", type=float, default=0.95)
-  p.add_argument("--every", type=int, default=10)
-  p.add_argument("--samples", type=int, default=1 << 14)
+  p = _args.Parser(__file__, description=__doc__.splitlines()[0])
+  # The ramp is the first half of the steps: at least one step long.
+  p.add_argument("--steps", type=_args.int_at_least(2), default=400)
+  p.add_argument("--target", type=_args.float_in(0.0, 1.0), default=0.95)
+  p.add_argument("--every", type=_args.int_at_least(1), default=10)
+  p.add_argument("--samples", type=_args.int_at_least(1), default=1 << 14)
   args = p.parse_args(argv)
 
   x, y = load_digits(return_X_y=True)

@@ -13,7 +13,6 @@ and the ratio to the fixed ``l1``.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -27,13 +26,14 @@ from train import inputs  # noqa: E402
 from train import checks  # noqa: E402
 from train import config as config_lib
 from train import run as run_lib
+from benchmarks import _args
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--repeats", type=int, default=5)
-  ap.add_argument("--samples", type=int, default=16384)
-  ap.add_argument("--target", type=float, default=0.95)
+  ap = _args.Parser(__file__, description=__doc__.splitlines()[0])
+  ap.add_argument("--repeats", type=_args.int_at_least(1), default=5)
+  ap.add_argument("--samples", type=_args.int_at_least(1), default=16384)
+  ap.add_argument("--target", type=_args.float_in(0.0, 1.0), default=0.95)
   args = ap.parse_args(argv)
   variants = {
       "l1 1e-3": {},

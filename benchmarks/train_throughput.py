@@ -11,7 +11,6 @@ side in one process. Prints images/s and the ratio RDA / SGD (target >= 0.95).
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -25,8 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from train import data as data_lib
+from train import methods as methods_lib
 from train import run as run_lib
 from train.config import Config
+from benchmarks import _args
 
 
 def measure(method, model_name, batch, steps, repeats, dtype, shape, classes,
@@ -62,29 +63,38 @@ def measure(method, model_name, batch, steps, repeats, dtype, shape, classes,
   return n / statistics.median(times)
 
 
+def add_common(ap, *, model: str, shape: str) -> None:
+  """The flags this script shares with scaling.py, checked alike."""
+  import models
+  ap.add_argument("--model", type=_args.one_of(models.names(), "model"),
+                  default=model)
+  ap.add_argument("--image-shape", type=_args.image_shape, default=shape)
+  ap.add_argument("--repeats", type=_args.int_at_least(1), default=3)
+  ap.add_argument("--json", type=_args.output_file)
+
+
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--model", default="resnet18")
-  ap.add_argument("--batch-size", type=int, default=128)
-  ap.add_argument("--steps", type=int, default=None,
+  ap = _args.Parser(__file__, description=__doc__.splitlines()[0])
+  add_common(ap, model="resnet18", shape="32,32,3")
+  ap.add_argument("--batch-size", type=_args.int_at_least(1), default=128)
+  ap.add_argument("--steps", type=_args.int_at_least(1), default=None,
                   help="steps per timed epoch (default 100 on GPU, 5 on CPU)")
-  ap.add_argument("--repeats", type=int, default=3)
-  ap.add_argument("--dtype", default="auto")
-  ap.add_argument("--image-shape", default="32,32,3")
-  ap.add_argument("--methods", default="sgd,rda,prox-sgd")
-  ap.add_argument("--json")
+  ap.add_argument("--dtype", type=_args.float_dtype, default="auto")
+  ap.add_argument("--methods", type=_args.names_from(methods_lib.names(),
+                                                     "method"),
+                  default="sgd,rda,prox-sgd")
   args = ap.parse_args(argv)
   gpu = jax.default_backend() != "cpu"
   steps = args.steps or (100 if gpu else 5)
   dtype = (jnp.bfloat16 if gpu else jnp.float32) if args.dtype == "auto" \
       else jnp.dtype(args.dtype)
-  shape = tuple(int(s) for s in args.image_shape.split(","))
+  shape = args.image_shape
   dev = jax.devices()[0]
   print(f"device: {dev.device_kind} ({dev.platform}); {args.model}, batch "
         f"{args.batch_size}, {jnp.dtype(dtype).name}, {steps} steps/epoch, "
         f"median of {args.repeats}")
   res = {}
-  for method in args.methods.split(","):
+  for method in args.methods:
     res[method] = measure(method, args.model, args.batch_size, steps,
                           args.repeats, dtype, shape, 10, None)
     print(f"{method:<9} {res[method]:>10,.0f} images/s")

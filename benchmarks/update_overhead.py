@@ -19,7 +19,6 @@ optimizer's floor: bytes it must move per step / bandwidth.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -33,6 +32,7 @@ import optax
 
 import models
 import rda_optax
+from benchmarks import _args
 
 
 def resnet18_params(key):
@@ -119,10 +119,11 @@ def copy_bandwidth(nbytes):
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--steps", type=int, default=50)
-  ap.add_argument("--repeats", type=int, default=5)
-  ap.add_argument("--json", help="also write the results to this file")
+  ap = _args.Parser(__file__, description=__doc__.splitlines()[0])
+  ap.add_argument("--steps", type=_args.int_at_least(1), default=50)
+  ap.add_argument("--repeats", type=_args.int_at_least(1), default=5)
+  ap.add_argument("--json", type=_args.output_file,
+                  help="also write the results to this file")
   args = ap.parse_args(argv)
 
   key = jax.random.key(0)

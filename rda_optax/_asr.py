@@ -37,6 +37,14 @@ def freeze_zeros(start_step: int | jax.Array = 0, *,
 
   Updates keep their dtype; a NaN update of a non-zero weight passes
   through (``w == 0`` is false for NaN weights, so nothing is hidden).
+  Only exact zeros are frozen (``-0.0`` included, ``1e-30`` not).
+
+  Place it last, directly after the sparsifier: it multiplies updates by
+  0 or 1, so it keeps their exact zeros, but anything after it that adds to
+  or rescales updates (``add_decayed_weights``, ``clip_by_global_norm``,
+  ``scale``) moves the frozen weights off 0 again. Weight decay goes before
+  the sparsifier, or as ``rda(..., l2=)`` (README, "What composes with
+  optax").
 
   Args:
     start_step: first 0-based step at which zeros are frozen (the first

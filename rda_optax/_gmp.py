@@ -76,7 +76,15 @@ def gmp(
   Place it outermost, around the whole update rule, e.g.
   ``gmp(optax.sgd(lr, momentum=0.9), 0.9, begin_step=..., end_step=...)``;
   ``optax.apply_if_finite(gmp(...))`` skips a non-finite step and leaves
-  ``count`` (hence the schedule) where it was.
+  ``count`` (hence the schedule) where it was. Weight decay, clipping and
+  schedules go inside ``inner`` (``gmp(optax.chain(
+  optax.add_decayed_weights(wd), optax.sgd(lr)), ...)``). Nothing may
+  follow it in a chain: a pruned entry's update is ``-w``, so anything
+  that adds to or rescales updates after it (``add_decayed_weights``,
+  ``clip_by_global_norm``, ``scale``) moves every pruned weight off 0.
+  ``optax.masked``, ``optax.partition``, ``optax.MultiSteps`` and
+  ``optax.apply_if_finite`` around it keep the zeros (README, "What
+  composes with optax").
 
   Args:
     inner: the update rule of the surviving weights, e.g. ``optax.sgd``.

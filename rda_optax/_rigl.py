@@ -60,7 +60,12 @@ def rigl(
   ``g`` is the gradient this transformation receives. Since inactive
   weights are exactly 0 in the params, the gradient of the loss at them is
   the paper's "dense gradient" at no extra cost; it must be the raw
-  gradient (put ``rigl`` outermost, around ``inner``).
+  gradient (put ``rigl`` outermost, around ``inner``). Weight decay,
+  clipping and schedules go inside ``inner``; nothing may follow ``rigl``
+  in a chain: an inactive entry's update is ``-w``, and anything that adds
+  to or rescales updates after it (``add_decayed_weights``,
+  ``clip_by_global_norm``, ``scale``) moves it off 0. Wrappers around it
+  (``optax.masked``, ``optax.apply_if_finite``) keep the zeros.
 
   On an update step the active count per leaf stays ``k_l``; newly grown
   weights start at exactly 0 (they are 0 in the params after this step, and
