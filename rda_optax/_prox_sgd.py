@@ -63,6 +63,18 @@ def prox_sgd(
   0.0, as in :func:`rda_optax.rda`. A NaN gradient makes the affected
   weights NaN, never 0.
 
+  Composition: the update is ``w_{t+1} - w_t``. Before ``prox_sgd``, on the
+  gradient, anything may go (``optax.chain(optax.add_decayed_weights(wd),
+  prox_sgd(...))`` is SGD's weight decay; clipping likewise). After it
+  only :func:`rda_optax.freeze_zeros`: anything that adds to or rescales
+  the update moves the weights it thresholds off 0. ``optax.masked``,
+  ``optax.partition``, ``optax.MultiSteps`` and ``optax.apply_if_finite``
+  around it keep the zeros (README, "What composes with optax").
+
+  Complex params are refused, as in :func:`rda_optax.rda` (the complex l1
+  prox exists in :func:`rda_optax.soft_threshold`; the rest is not derived
+  or tested for complex weights yet).
+
   Hyper-parameters: Python numbers and concrete arrays are checked here
   (``ValueError``). Traced values (``optax.inject_hyperparams`` under
   ``jit``) and schedule values cannot be; there ``learning_rate < 0``,

@@ -95,9 +95,31 @@ def rda(
   lemma); otherwise it is off by at most one rounding of the params' dtype
   at the scale of ``max(|w_t|, |w_{t+1}|)``. That error never accumulates,
   because each iterate is rebuilt from the float32 average, not from
-  ``w_t``. The transformation must be the first of a chain (it needs raw
-  gradients, and it rebuilds the iterate from its state, so nothing before
-  it may rescale the gradient in a way that is not meant to be averaged).
+  ``w_t``.
+
+  Composition (README, "What composes with optax"): the update is
+  ``w_{t+1} - w_t``, so a zero is exact only if nothing changes the update
+  after ``rda``. Before it, on the gradient, anything may go: it changes
+  what is averaged, never whether a zero is exact
+  (``optax.chain(optax.add_decayed_weights(wd), rda(...))`` averages the
+  decay into ``gbar``; ``optax.chain(optax.clip_by_global_norm(c),
+  rda(...))`` clips each gradient before it is averaged); weight decay can
+  also enter the subproblem as ``l2``. After it only
+  :func:`rda_optax.freeze_zeros` may follow (it multiplies the update by 0
+  or 1): anything that adds to or rescales the update
+  (``add_decayed_weights``, ``clip``, ``clip_by_global_norm``, ``scale``)
+  moves every thresholded weight off 0 (``optax.chain(rda(1.0, 0.5),
+  optax.add_decayed_weights(1e-4))`` ends at sparsity 0). ``optax.masked``,
+  ``optax.partition``, ``optax.MultiSteps``, ``optax.apply_if_finite`` and
+  ``optax.inject_hyperparams`` around it keep the zeros.
+
+  Params must be real floating point; complex leaves are refused
+  (``ValueError`` naming the leaf). The complex l1 step exists
+  (:func:`rda_optax.soft_threshold` shrinks the modulus and keeps the
+  phase), but the running average, the centre, ``l2`` and the target's
+  radix select over ``|z|`` are not derived or tested for complex weights
+  yet; to train such a leaf, split it into real and imaginary parts (l1
+  then acts on each part).
 
   Structured sparsity (beyond the paper): with ``groups`` (e.g.
   :func:`rda_optax.channel_groups`, one group per output channel with its
