@@ -595,6 +595,26 @@ def test_dtype_and_state_stability_under_eval_shape(name, dtype):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_complex64_params(name):
+  """optax's optimizers take complex params (the controls train them). Ours
+  refuse them at init with the reason, naming the leaf: the complex l1 step
+  exists (soft_threshold keeps the phase), the rest is not derived for
+  complex weights (docs in rda's docstring); freeze_zeros only masks, so it
+  takes them."""
+  tx = CASES[name].make()
+  params = jax.tree.map(lambda p: (p + 1j * p).astype(jnp.complex64),
+                        _params())
+  grads = jax.tree.map(lambda p: (p + 0.5j * p).astype(jnp.complex64),
+                       _grads(1, _params()))
+  if CASES[name].kind in ("control", "filter"):
+    u, _ = tx.update(grads, tx.init(params), params)
+    assert all(x.dtype == jnp.complex64 for x in jax.tree.leaves(u))
+    return
+  with pytest.raises(ValueError, match=r"complex params are not"):
+    tx.init(params)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_abstract_init(name):
   tx = CASES[name].make()
   params = _params()
