@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import warnings
 from typing import Optional, Sequence
 
 import jax
 
 from train import config as config_lib
+from train import data as data_lib
 from train import export
 from train import methods
 from train import parallel
@@ -25,7 +28,10 @@ With no arguments: the small CNN on scikit-learn's digits, RDA + ASR,
 prox-SGD + ASR, dense SGD and gradual magnitude pruning (GMP) at the sparsity
 RDA reached, side by side (about a minute on 2 CPU cores), a table on stdout
 and a comparison plot under runs/. Without
---preset, --config, --model or --dataset, the digits-demo preset applies.
+--preset, --config, --model or --dataset, the digits-demo preset applies
+(batch 64, lr 0.05, l1 1e-3, init scale 2 for every method); naming any of
+them, even --model small_cnn, turns it off. A run's first line and its
+config.json ("preset") name the preset in force.
 
 Precedence: built-in defaults < --preset < --config FILE.json < flags.
 
@@ -109,8 +115,9 @@ def parser() -> argparse.ArgumentParser:
                  "the sparsity and the kept weights lose the l1 shrinkage "
                  "(default 0, the paper's ASR)")
   g.add_argument("--init-scale", type=float, help="s of the scaled uniform "
-                 "init (29); default 2 for rda, the framework's own init "
-                 "for the other methods")
+                 "init (29); default: the preset's (digits-demo: 2, for "
+                 "every method), without one 2 for rda and the framework's "
+                 "own init for the other methods")
   g = p.add_argument_group("SGD, prox-SGD and the pruning methods")
   g.add_argument("--lr", type=float, help="peak learning rate (default 0.1)")
   g.add_argument("--lr-schedule", help="constant, cosine, onecycle or "
@@ -235,7 +242,31 @@ _NOT_CONFIG = _LAUNCH + ("config", "preset")
 _RESUME_FLAGS = ("devices", "fsdp", "data_sharding", "progress")
 
 
+@contextlib.contextmanager
+def _data_warnings_as_lines():
+  """The data's warnings (skipped images, a class left without training
+  images) as one ``rda-train: warning:`` line each: Python's own format adds
+  the file, line number and source line of the trainer that raised it."""
+  default = warnings.formatwarning
+
+  def one_line(message, category, filename, lineno, line=None):
+    if issubclass(category, data_lib.DataWarning):
+      return f"rda-train: warning: {message}\n"
+    return default(message, category, filename, lineno, line)
+
+  warnings.formatwarning = one_line
+  try:
+    yield
+  finally:
+    warnings.formatwarning = default
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+  with _data_warnings_as_lines():
+    return _main(argv)
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
   words = sys.argv[1:] if argv is None else list(argv)
   if words and words[0] in export.COMMANDS:
     return export.main(words)

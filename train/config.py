@@ -233,6 +233,9 @@ def validate(cfg: Config) -> None:
   known = methods_lib.names()
   _check(cfg.method in known,
          f"--method: unknown method {cfg.method!r}; valid: {', '.join(known)}")
+  # An empty list would silently run --method alone.
+  _check(cfg.compare is None or cfg.compare.strip() != "",
+         f"--compare: no method given; valid: {', '.join(known)}")
   if cfg.compare:
     methods = cfg.compare.split(",")
     for m in methods:
