@@ -82,6 +82,9 @@ def _check_methods(cfg: Config) -> None:
   known = methods_lib.names()
   check(cfg.method in known,
         f"--method: unknown method {cfg.method!r}; valid: {', '.join(known)}")
+  # An empty list would silently run --method alone.
+  check(cfg.compare is None or cfg.compare.strip() != "",
+        f"--compare: no method given; valid: {', '.join(known)}")
   has_target = (cfg.target_sparsity is not None
                 or cfg.target_sparsity_from is not None)
   if cfg.compare:

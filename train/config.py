@@ -120,7 +120,8 @@ class Config:
       0.51, RDA, "grda: the threshold grows as n^mu (Chao et al.: mu in "
       "(0.5, 1); their CIFAR-10 runs 0.51)", lo=0, lo_open=True)
   init_scale: Optional[float] = option(
-      None, RDA, "s of the scaled uniform init (29); default 2 for rda, the "
+      None, RDA, "s of the scaled uniform init (29); default: the preset's "
+      "(digits-demo: 2, for every method), without one 2 for rda and the "
       "framework's own init for the other methods", lo=0, lo_open=True)
   lr: float = option(0.1, SGD, "peak learning rate", lo=0, lo_open=True)
   lr_schedule: str = option("cosine", SGD, "constant, cosine, onecycle or "

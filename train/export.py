@@ -57,6 +57,12 @@ def final_variables(run_dir: Path, flag: str = "RUN_DIR") -> dict[str, Any]:
   try:
     if ckpts.latest() is None:
       raise UsageError(f"{flag} {run_dir}: no complete checkpoint")
+    if not (run_dir / "summary.json").is_file():
+      # Stopped or still training: its latest checkpoint is some epoch's,
+      # not the final model.
+      raise UsageError(f"{flag} {run_dir}: not a finished run (no "
+                       f"summary.json; finish it with python -m train "
+                       f"--resume {run_dir})")
     state = ckpts.restore_local()
   finally:
     ckpts.close()
@@ -92,9 +98,14 @@ def evaluate_file(path: Path, run_dir: Path) -> tuple[float, float]:
   try:
     variables = rda_optax.load_sparse(path)
   except rda_optax.SparseFormatError as e:
-    raise UsageError(str(e)) from None
+    raise UsageError(f"{e}".splitlines()[0]) from None
   except OSError as e:
     raise UsageError(f"{path}: cannot read: {e.strerror or e}") from None
+  except (MemoryError, RecursionError, ValueError) as e:
+    # A crafted file the reader did not bound (a huge leaf, a deep tree):
+    # still bad input, not a crash of the trainer.
+    detail = f"{type(e).__name__}: {e}".splitlines()[0]
+    raise UsageError(f"{path}: not a readable sparse file ({detail})") from None
   splits = inputs.load_data(cfg)
   if splits.test is None or not splits.test.images.shape[0]:
     raise UsageError(f"--run {run_dir}: the run's data has no test split")

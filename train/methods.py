@@ -315,6 +315,18 @@ def _net_slim(cfg: Config, spe: int, target: Optional[float]) -> optim.Optimizer
   return optim.Optimizer(tx, None, None, optim.host(lr))
 
 
+def _needs_asr(name: str, what: str) -> Callable[[Config], None]:
+  """The check of a method whose hook prunes at the start of the first
+  ``--asr-epochs`` epoch: without that epoch it would never prune, and the
+  run would end dense while its summary records the target."""
+  def check(cfg: Config) -> None:
+    if cfg.asr_epochs == 0:
+      _fail(f"--method {name} {what} when --epochs end and fine-tunes for "
+            "--asr-epochs: needs --asr-epochs >= 1 (--asr-epochs 0 would "
+            "never prune)")
+  return check
+
+
 def _slim_at_boundary(cfg: Config, params: Any, epoch: int,
                       target: Optional[float], run: Any):
   if epoch != cfg.epochs:
@@ -355,7 +367,8 @@ register(Method(
 register(Method(
     "prune-finetune", "dense, one-shot magnitude pruning to the target "
     "(--prune-scope), fine-tuning", _prune_finetune, ("dense", "finetune"),
-    needs_target=True, before_epoch=_prune_at_boundary))
+    needs_target=True, before_epoch=_prune_at_boundary,
+    check=_needs_asr("prune-finetune", "prunes")))
 register(Method(
     "gmp", "gradual magnitude pruning (Zhu & Gupta 2017) to the target on a "
     "cubic schedule over --epochs, then training at the final mask, with "
@@ -372,7 +385,8 @@ register(Method(
     "--target-flops (or --prune-channels, --target-flops-from; in --compare "
     "the FLOPs of the rda/prox-sgd --structure run) and removed, "
     "fine-tuning", _net_slim, ("dense", "finetune"),
-    before_epoch=_slim_at_boundary, target_of=structure.net_slim_target))
+    before_epoch=_slim_at_boundary, target_of=structure.net_slim_target,
+    check=_needs_asr("net-slim", "prunes channels")))
 
 # The proximal family after He et al.: the same two phases as rda (ASR
 # freezes the zeros from --epochs on), the same l1 / target / channel

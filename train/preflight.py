@@ -46,6 +46,17 @@ def check(cfg: Config, run_dirs: Sequence[Path], main: bool = True) -> None:
   _check_epochs(cfg)
   if cfg.target_sparsity_from is not None and cfg.target_sparsity is None:
     check_source_run(cfg, cfg.target_sparsity_from)
+  if cfg.target_flops_from is not None:
+    flag = "--target-flops-from"
+    other = check_source_run(cfg, cfg.target_flops_from, flag, "FLOPs ratio")
+    # Only a run that removed channels has a FLOPs ratio to match; an
+    # element-wise one reports 1.0, and net-slim would prune nothing.
+    if other.get("method") != "net-slim" and other.get("structure",
+                                                        "none") == "none":
+      raise UsageError(
+          f"{flag}: {cfg.target_flops_from} trained {other.get('method')!r} "
+          "without --structure (no channel removed, FLOPs ratio 1.0); its "
+          "FLOPs ratio is no target for this run")
   if main:
     for d in run_dirs:
       if d.exists():
@@ -81,16 +92,19 @@ def check_steps(cfg: Config, train_images: int) -> None:
         _bound(epoch, spe, f"--{name.replace('_', '-')}: epoch")
 
 
-def check_source_run(cfg: Config, source: str) -> None:
-  """``--target-sparsity-from`` must name a run of the same model and data:
-  another network's sparsity is no target for this one."""
+def check_source_run(cfg: Config, source: str,
+                     flag: str = "--target-sparsity-from",
+                     what: str = "sparsity") -> dict:
+  """``--target-sparsity-from`` (``--target-flops-from``) must name a run of
+  the same model and data: another network's sparsity (FLOPs ratio) is no
+  target for this one. Returns the source run's config.json."""
   path = Path(source) / "config.json"
   try:
     other = json.loads(path.read_text())
   except (OSError, ValueError):
-    raise UsageError(f"--target-sparsity-from: cannot read {path}") from None
+    raise UsageError(f"{flag}: cannot read {path}") from None
   if not isinstance(other, dict):
-    raise UsageError(f"--target-sparsity-from: {path} is not a JSON object")
+    raise UsageError(f"{flag}: {path} is not a JSON object")
   for key in ("model", "dataset", "data_dir", "image_size"):
     mine, theirs = getattr(cfg, key), other.get(key)
     if key == "data_dir" and isinstance(theirs, str) and mine is not None:
@@ -98,5 +112,6 @@ def check_source_run(cfg: Config, source: str) -> None:
       mine, theirs = (Path(p).resolve().name for p in (mine, theirs))
     if mine != theirs:
       raise UsageError(
-          f"--target-sparsity-from: {source} trained {key} {theirs!r}, this "
-          f"run {key} {mine!r}; its sparsity is no target for this run")
+          f"{flag}: {source} trained {key} {theirs!r}, this "
+          f"run {key} {mine!r}; its {what} is no target for this run")
+  return other

@@ -26,7 +26,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         model="small_cnn", dataset="digits", method="rda", epochs=30,
         asr_epochs=10, batch_size=64, gamma=1.0, l1=1e-3, init_scale=2.0,
         lr=0.05, help="the embedded default: small CNN on scikit-learn's "
-        "digits, a minute on 2 CPU cores"),
+        "digits, a minute on 2 CPU cores; init scale 2 for every method"),
     **{f"paper-{m}-{d}": dict(_PAPER, model=m, dataset=d, init_scale=s,
                               help=f"Table 4/8 of the paper: {m} on {d}, "
                               f"2400 + 1200 epochs, s = {s:g}")

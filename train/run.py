@@ -442,7 +442,10 @@ def _run(cfg: Config, interrupted: list[int]) -> list[dict[str, Any]]:
     _check_interrupted(interrupted, f"before the {method} run")
     run_dir = start_run_dir(cfg, method, stamp, t)
     if parallel.is_main():
-      print(f"[{method}] {cfg.model} on {splits.name}: "
+      # The preset is named because naming the default model or data set
+      # turns the implied digits-demo preset off.
+      print(f"[{method}] {cfg.model} on {splits.name}, preset: "
+            f"{cfg.preset or 'none'}: "
             f"{splits.train.images.shape[0]} train / "
             f"{0 if splits.val is None else splits.val.images.shape[0]} val / "
             f"{0 if splits.test is None else splits.test.images.shape[0]} "

@@ -15,11 +15,13 @@ from train.data._folder import SkippedImagesWarning
 from train.data._load import DATASETS
 from train.data._load import load
 from train.data._types import Arrays
+from train.data._types import DataWarning
 from train.data._types import Splits
 
 __all__ = (
     "Arrays",
     "DATASETS",
+    "DataWarning",
     "SkippedImagesWarning",
     "Splits",
     "default_cache_dir",

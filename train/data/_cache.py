@@ -18,9 +18,11 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from train.data._types import DataWarning
+
 # Bump when the decoded arrays for the same source would change (decode rules,
 # stored fields), so that old entries are no longer used.
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: gray images wider than 8 bits scaled, not clipped
 
 
 def default_cache_dir() -> str:
@@ -112,7 +114,7 @@ def load(path: str, mmap: tuple[str, ...] = ()) -> dict[str, np.ndarray] | None:
       return {name: npz[name] if a is None else a for name, a in out.items()}
   except (OSError, ValueError, EOFError, zipfile.BadZipFile, struct.error) as e:
     warnings.warn(f"ignoring unreadable cache file {path}: {e}",
-                  stacklevel=2)
+                  DataWarning, stacklevel=2)
     return None
 
 
@@ -163,7 +165,8 @@ def save(path: str, arrays: dict[str, np.ndarray]) -> None:
     os.replace(tmp, path)
     tmp = None
   except OSError as e:
-    warnings.warn(f"could not write cache file {path}: {e}", stacklevel=2)
+    warnings.warn(f"could not write cache file {path}: {e}", DataWarning,
+                  stacklevel=2)
   finally:
     if tmp is not None and os.path.exists(tmp):
       os.remove(tmp)

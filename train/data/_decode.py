@@ -12,7 +12,32 @@ from PIL import Image
 # PIL modes that hold one gray channel; every other mode (RGB, RGBA, P, CMYK,
 # YCbCr, ...) is converted to RGB. Alpha is dropped: the models take 1 or 3
 # channels.
-_GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+_GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16L", "I;16B",
+                         "I;16N", "F"})
+# Gray modes wider than 8 bits, with the pixel value that maps to 255. PIL's
+# own convert("L") clips them at 255 instead of scaling, which turns a 16-bit
+# gradient into black and white. "I" is what 16-bit files give in some PIL
+# versions and formats, so it is read on the 16-bit scale too; "F" is read
+# as [0, 1], the usual range of float images.
+_WIDE_GRAY = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535,
+              "I": 65535, "F": 1.0}
+
+
+def _wide_gray_to_l(image: Image.Image) -> Image.Image:
+  """A 16-bit, 32-bit integer or float gray image scaled to 8 bits.
+
+  Raises:
+    ValueError: pixels outside the mode's range, whose scale is unknown (a
+      per-image stretch would make the same value differ between images).
+  """
+  full = _WIDE_GRAY[image.mode]
+  a = np.asarray(image).astype(np.float64)
+  if a.size and not (np.isfinite(a).all() and a.min() >= 0
+                     and a.max() <= full):
+    raise ValueError(
+        f"{image.mode} pixels span [{a.min():g}, {a.max():g}], outside "
+        f"[0, {full:g}]; save the images as 8- or 16-bit")
+  return Image.fromarray(np.rint(a * (255 / full)).astype(np.uint8))
 
 
 def center_crop_resize(image: Image.Image, size: int) -> Image.Image:
@@ -55,6 +80,8 @@ def decode_image(data: bytes, image_size: int | None) -> np.ndarray:
     # left at its default (False) so a cut-off file is an error, not gray.
     image.load()
     mode = "L" if image.mode in _GRAY_MODES else "RGB"
+    if image.mode in _WIDE_GRAY:
+      image = _wide_gray_to_l(image)
     if image.mode != mode:
       image = image.convert(mode)
     if image_size is not None:

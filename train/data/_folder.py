@@ -53,6 +53,7 @@ from train._errors import UsageError
 from train.data import _cache
 from train.data import _decode
 from train.data._types import Arrays
+from train.data._types import DataWarning
 
 # Images per worker task: large enough that inter-process traffic is cheap,
 # small enough to keep all workers busy and the progress bar moving.
@@ -66,7 +67,7 @@ _JUNK_NAMES = frozenset({"__MACOSX", "Thumbs.db", "desktop.ini"})
 Parts = tuple[str, ...]
 
 
-class SkippedImagesWarning(UserWarning):
+class SkippedImagesWarning(DataWarning):
   """Some files could not be decoded and were left out (skip_bad_images)."""
 
 

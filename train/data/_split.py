@@ -1,9 +1,12 @@
 """Carving a validation split out of the training data."""
 
+import warnings
+
 import numpy as np
 
 from train._errors import UsageError
 from train.data._types import Arrays
+from train.data._types import DataWarning
 from train.data._types import RowView
 
 
@@ -66,4 +69,16 @@ def split_validation(train: Arrays, val_fraction: float, seed: int,
   perm = np.random.default_rng(seed).permutation(n)
   val_index = np.sort(perm[:n_val])
   train_index = np.sort(perm[n_val:])
+  # The split stays as it is (past results depend on it through the seed);
+  # a class that ended up in the validation split alone is said, because
+  # its 0% there would otherwise look like a training failure.
+  labels = np.asarray(train.labels)
+  lost = np.setdiff1d(np.unique(labels[val_index]),
+                      np.unique(labels[train_index]))
+  if lost.size:
+    warnings.warn(
+        f"{source}: {lost.size} of the {np.unique(labels).size} classes have "
+        f"all their images in the validation split (val_fraction "
+        f"{val_fraction}), none to train on (the first is class {lost[0]}); "
+        "add images or lower --val-fraction", DataWarning, stacklevel=2)
   return _lazy(train, train_index), take(train, val_index)

@@ -5,6 +5,11 @@ from typing import NamedTuple
 import numpy as np
 
 
+class DataWarning(UserWarning):
+  """Something about the data worth a user's attention that does not stop a
+  run; the command line prints each as one line."""
+
+
 class Arrays(NamedTuple):
   """A labelled set of images, fully in memory.
 
