@@ -334,3 +334,18 @@ def test_no_class_warning_when_every_class_trains():
     warnings.simplefilter("error", data.DataWarning)
     splits = data.load("digits", val_fraction=0.1, seed=0, progress=False)
   assert set(splits.train.labels.tolist()) == set(range(10))
+
+
+def test_export_of_a_value_bfloat16_cannot_hold_is_one_line(tmp_path,
+                                                            monkeypatch):
+  # The library refuses a finite value that bfloat16 would turn into inf;
+  # export says so in one line, exit 2, and writes nothing.
+  from train import export
+  huge = {"params": {"w": np.array([1.0, 3.4e38, 0.0], np.float32)}}
+  monkeypatch.setattr(export, "final_variables", lambda run_dir: huge)
+  run = tmp_path / "run"
+  run.mkdir()
+  with pytest.raises(export.UsageError, match=r"^--values bfloat16: .*"
+                     r"beyond bfloat16's range"):
+    export.export(run, values="bfloat16")
+  assert list(run.iterdir()) == []

@@ -87,6 +87,10 @@ def export(run_dir: Path, out: Optional[Path] = None, values: str = "float32",
     size = rda_optax.save_sparse(out, variables, values=values)
   except OSError as e:
     raise UsageError(f"--out {out}: cannot write: {e.strerror or e}") from None
+  except ValueError as e:
+    # What the format cannot hold as asked (a value bfloat16 turns into
+    # inf): refused before anything is written.
+    raise UsageError(f"--values {values}: {e}".splitlines()[0]) from None
   dense = sum(np.asarray(x).nbytes for x in jax.tree.leaves(variables))
   return out, size, dense
 
