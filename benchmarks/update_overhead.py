@@ -63,6 +63,10 @@ def optimizers():
       # lambda_t each step from 16384 sampled entries of |gbar|.
       "rda_target~16k": rda_optax.rda(1.0, None, target_sparsity=0.97,
                                       threshold_samples=1 << 14),
+      # The proximal family after the paper (issue 24).
+      "rmda": rda_optax.rmda(0.1, 1e-4),
+      "grda": rda_optax.grda(0.1, 1e-4),
+      "prox_adam": rda_optax.prox_adam(1e-3, 1e-4),
   }
 
 
@@ -71,7 +75,10 @@ def optimizers():
 # The target rows add two histogram passes over the kernels' average.
 _MOVES = {"sgd_momentum": 5, "adam": 7, "prox_sgd": 3, "rda": 5,
           "rda_center_init": 6, "rda+asr": 5,
-          "rda_target": 7, "rda_target/10": 5.2, "rda_target~16k": 5}
+          "rda_target": 7, "rda_target/10": 5.2, "rda_target~16k": 5,
+          # rmda: params, grad, grad_sum (r/w), w_0; grda: the accumulator
+          # (r/w), grad, params; prox_adam: adam's and the prox's.
+          "rmda": 6, "grda": 5, "prox_adam": 7}
 
 
 def tree_bytes(tree):
