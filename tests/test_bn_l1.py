@@ -1,6 +1,7 @@
 """rda_optax.add_bn_l1: network slimming's l1 term on normalization scales."""
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,6 +72,33 @@ def test_is_the_gradient_of_the_penalty():
                                rtol=1e-3)
 
 
+def test_default_mask_wants_a_1d_leaf_named_scale():
+  @flax.struct.dataclass
+  class Norm:  # attribute keys (GetAttrKey), not dict keys
+    scale: jax.Array
+    offset: jax.Array
+
+  params = {"norm": Norm(scale=jnp.array([2.0, -2.0]), offset=jnp.ones(2)),
+            # Named "scale" but a matrix: a weight, not a norm's scale.
+            "attn": {"scale": jnp.ones((2, 2))}}
+  grads = jax.tree.map(jnp.zeros_like, params)
+  tx = rda_optax.add_bn_l1(0.5)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_array_equal(updates["norm"].scale, [0.5, -0.5])
+  np.testing.assert_array_equal(updates["norm"].offset, 0.0)
+  np.testing.assert_array_equal(updates["attn"]["scale"], 0.0)
+
+
+def test_strength_can_be_injected():
+  params = {"bn": {"scale": jnp.array([1.0, -1.0])}}
+  grads = jax.tree.map(jnp.zeros_like, params)
+  tx = optax.inject_hyperparams(rda_optax.add_bn_l1)(strength=0.5)
+  state = tx.init(params)
+  state.hyperparams["strength"] = jnp.asarray(0.25)
+  updates, _ = jax.jit(tx.update)(grads, state, params)
+  np.testing.assert_array_equal(updates["bn"]["scale"], [0.25, -0.25])
+
+
 def test_schedule_reads_the_step_count():
   params = {"bn": {"scale": jnp.array([1.0, -1.0])}}
   grads = jax.tree.map(jnp.zeros_like, params)
@@ -87,13 +115,17 @@ def test_schedule_reads_the_step_count():
 
 
 def test_updates_keep_their_dtype():
-  params = {"bn": {"scale": jnp.array([1.0, -1.0], jnp.bfloat16)}}
-  grads = {"bn": {"scale": jnp.zeros(2, jnp.bfloat16)}}
-  tx = rda_optax.add_bn_l1(0.25)
-  updates, _ = tx.update(grads, tx.init(params), params)
-  assert updates["bn"]["scale"].dtype == jnp.bfloat16
-  np.testing.assert_array_equal(updates["bn"]["scale"].astype(jnp.float32),
-                                [0.25, -0.25])
+  # bfloat16 gradients of float32 params, and bfloat16 params with an
+  # injected (float32 array) strength: either way float32 would leak in.
+  cases = [(jnp.float32, 0.25), (jnp.bfloat16, jnp.float32(0.25))]
+  for dtype, strength in cases:
+    params = {"bn": {"scale": jnp.array([1.0, -1.0], dtype)}}
+    grads = {"bn": {"scale": jnp.zeros(2, jnp.bfloat16)}}
+    tx = rda_optax.add_bn_l1(strength)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    assert updates["bn"]["scale"].dtype == jnp.bfloat16, dtype
+    np.testing.assert_array_equal(
+        updates["bn"]["scale"].astype(jnp.float32), [0.25, -0.25])
 
 
 def test_default_mask_finds_nnx_batchnorm_scales():
