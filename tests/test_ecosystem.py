@@ -109,7 +109,7 @@ def _zeros(kernels) -> np.ndarray:
 
 
 def test_the_page_has_the_blocks_this_test_reads():
-  assert len(_python_blocks()) == 4, "blocks added or removed: update here"
+  assert len(_python_blocks()) == 5, "blocks added or removed: update here"
 
 
 def test_page_examples_train_sparse_models(doc):
@@ -125,6 +125,17 @@ def test_page_examples_train_sparse_models(doc):
     # The mask of the page: the hidden kernel sparse, the classifier dense.
     assert float(jnp.mean(hidden == 0)) > 0.5
     assert int(jnp.sum(out == 0)) == 0
+
+
+def test_page_equinox_norm_mask_selects_the_norm_scale_only(doc):
+  params = eqx.filter(doc["net"], eqx.is_array)
+  grads = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = doc["slimming"].update(grads, doc["slim_state"], params)
+  linear, norm = updates.layers
+  # SGD's -lr * s * sign(weight): the LayerNorm's weight starts at 1.
+  np.testing.assert_allclose(norm.weight, -0.1 * 1e-4, rtol=1e-6)
+  for leaf in (norm.bias, linear.weight, linear.bias):
+    np.testing.assert_array_equal(leaf, 0.0)
 
 
 def test_linen_reference_is_sparse_and_trained(doc, linen):
