@@ -22,6 +22,9 @@ napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
+# Types only where the docstring describes the argument: a state's fields
+# are described under Attributes, not again as constructor parameters.
+autodoc_typehints_description_target = "documented"
 autodoc_typehints_format = "short"
 # Unexpanded, optax.ScalarOrSchedule is a union of seven array types per
 # argument; the Args sections say what each argument takes.
