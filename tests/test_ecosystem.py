@@ -1,7 +1,7 @@
 """rda_optax under Flax NNX and Equinox (issue 26): docs/ECOSYSTEM.md runs
 as written, and its NNX and Equinox training functions, started from a
 Linen model's weights, reach the zeros that Linen training reaches with
-``rda``, ``gmp`` and ``rda`` + ``freeze_zeros`` on the same full batches.
+``rda``, ``gmp`` and ``rda`` + ``freeze_zeros`` on the same fixed batches.
 """
 
 from __future__ import annotations
@@ -9,17 +9,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import equinox as eqx  # the test extra has it: this always runs
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 import rda_optax
-
-eqx = pytest.importorskip("equinox")
-nnx = pytest.importorskip("flax.nnx")
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "ECOSYSTEM.md"
 _BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
@@ -41,7 +40,8 @@ def doc():
   block continues the previous one, as a reader would paste them)."""
   ns: dict = {}
   for i, code in enumerate(_python_blocks()):
-    exec(compile(code, f"ECOSYSTEM.md python block {i}", "exec"), ns)  # pylint: disable=exec-used
+    name = f"ECOSYSTEM.md python block {i}"
+    exec(compile(code, name, "exec"), ns)  # pylint: disable=exec-used
   return ns
 
 
