@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench clean mutate
+.PHONY: demo test bench clean mutate docs
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,12 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/update_overhead.py
 	$(PY) benchmarks/train_throughput.py
+
+# The API reference (Sphinx, from the docstrings; warnings are errors),
+# into docs/api/_build/html/index.html.
+docs: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[docs]'
+	$(PY) -m sphinx -W --keep-going -b html docs/api docs/api/_build/html
 
 # Mutation testing (docs/TESTING.md), not part of `make test`: hours per
 # target on 2 CPU cores (3,571 mutants in rda_optax/); SAMPLE=300 in the

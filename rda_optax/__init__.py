@@ -7,6 +7,7 @@ from rda_optax._allocation import sparsity_allocation
 from rda_optax._allocation import top_k_mask
 from rda_optax._asr import FreezeZerosState
 from rda_optax._asr import freeze_zeros
+from rda_optax._bn_l1 import add_bn_l1
 from rda_optax._export import SparseFormatError
 from rda_optax._export import load_sparse
 from rda_optax._export import save_sparse
@@ -56,6 +57,7 @@ __all__ = (
     "RMDAState",
     "RigLState",
     "SparseFormatError",
+    "add_bn_l1",
     "channel_groups",
     "default_l1_mask",
     "freeze_zeros",

@@ -191,24 +191,9 @@ def _bn_scales(params: Any) -> Any:
 
 
 def add_bn_l1(strength: optax.ScalarOrSchedule) -> optax.GradientTransformation:
-  r"""Adds the subgradient of ``strength * sum |gamma|`` over the BatchNorm
-  scales ``gamma`` that belong to a channel group: network slimming's
-  sparsity term (Liu et al. 2017, eq. 1), ``g <- g + s sign(gamma)``."""
-
-  def init_fn(params):
-    del params
-    return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
-
-  def update_fn(updates, state, params=None):
-    s = strength(state.count) if callable(strength) else strength
-    mask = _bn_scales(params)
-    updates = jax.tree.map(
-        lambda u, w, m: u + (s * jnp.sign(w)).astype(u.dtype) if m else u,
-        updates, params, mask)
-    return updates, optax.ScaleByScheduleState(
-        count=optax.safe_increment(state.count))
-
-  return optax.GradientTransformation(init_fn, update_fn)
+  """``rda_optax.add_bn_l1`` on the BatchNorm scales that belong to a channel
+  group: the channels that pruning by scale can remove."""
+  return rda_optax.add_bn_l1(strength, mask=_bn_scales)
 
 
 # --- pruning by BatchNorm scale (net-slim) ----------------------------------
