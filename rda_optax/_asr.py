@@ -6,10 +6,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from rda_optax._common import NO_PARAMS_MSG, is_tracer
+from rda_optax._common import NO_PARAMS_MSG, check_int
 from rda_optax._masks import MaskOrFn, resolve_mask
 
 
@@ -95,13 +94,4 @@ def freeze_zeros(start_step: int | jax.Array = 0, *,
 
 
 def _check_start_step(start_step) -> None:
-  if is_tracer(start_step):
-    return
-  if isinstance(start_step, (jax.Array, np.ndarray, np.generic)):
-    ok = (jnp.issubdtype(start_step.dtype, jnp.integer)
-          and np.ndim(start_step) == 0 and int(start_step) >= 0)
-  else:
-    ok = (isinstance(start_step, int) and not isinstance(start_step, bool)
-          and start_step >= 0)
-  if not ok:
-    raise ValueError(f"start_step must be an int >= 0, got {start_step!r}")
+  check_int("start_step", start_step, 0)

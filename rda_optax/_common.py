@@ -34,6 +34,22 @@ def is_tracer(x: Any) -> bool:
   return isinstance(x, _Tracer)
 
 
+def check_int(name: str, value: Any, lo: int) -> None:
+  """An integer argument (a step, a count, a seed) >= ``lo``: a Python int
+  or a concrete integer scalar array (``optax.inject_hyperparams`` passes
+  those); a traced one is not checked."""
+  if is_tracer(value):
+    return
+  if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+    ok = (jnp.issubdtype(value.dtype, jnp.integer) and np.ndim(value) == 0
+          and int(value) >= lo)
+  else:
+    ok = (isinstance(value, int) and not isinstance(value, bool)
+          and value >= lo)
+  if not ok:
+    raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
+
+
 def check_hyper(name: str, value: Any, *, positive: bool) -> None:
   """Validates a hyper-parameter when its value is concrete.
 

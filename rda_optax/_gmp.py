@@ -10,6 +10,7 @@ import numpy as np
 import optax
 
 from rda_optax import _allocation
+from rda_optax import _common
 from rda_optax._common import NO_PARAMS_MSG
 from rda_optax._masks import MaskOrFn
 
@@ -131,8 +132,7 @@ def gmp(
   _allocation.check_distribution(distribution)
   for name, v, lo in (("begin_step", begin_step, 0), ("end_step", end_step, 0),
                       ("delta_t", delta_t, 1)):
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-      raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+    _common.check_int(name, v, lo)
   if end_step < begin_step or (end_step - begin_step) % delta_t:
     raise ValueError(
         f"end_step - begin_step must be a multiple of delta_t >= 0, got "

@@ -19,7 +19,6 @@ from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from rda_optax import _allocation
@@ -160,13 +159,7 @@ def check_target_args(target_sparsity: Any, sparsity_distribution: str,
 def check_count(name: str, v: Any) -> None:
   """An int >= 1: a Python int, or a concrete integer array (as
   ``optax.inject_hyperparams`` passes it); a traced one is not checked."""
-  if _common.is_tracer(v):
-    return
-  if isinstance(v, (np.ndarray, np.generic, jax.Array)) and np.ndim(v) == 0:
-    if jnp.issubdtype(v.dtype, jnp.integer):
-      v = int(v)
-  if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-    raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+  _common.check_int(name, v, 1)
 
 
 def static_samples(threshold_samples: Any) -> Optional[int]:

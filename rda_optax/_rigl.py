@@ -11,6 +11,7 @@ import numpy as np
 import optax
 
 from rda_optax import _allocation
+from rda_optax import _common
 from rda_optax._common import NO_PARAMS_MSG
 from rda_optax._gmp import masked_update
 from rda_optax._masks import MaskOrFn
@@ -120,11 +121,9 @@ def rigl(
     raise ValueError(
         f"distribution must be 'erk' or 'uniform' for rigl, got "
         f"{distribution!r} (a global threshold needs trained magnitudes)")
-  for name, v in (("t_end", t_end), ("delta_t", delta_t)):
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-      raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-  if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-    raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+  for name, v, lo in (("t_end", t_end, 1), ("delta_t", delta_t, 1),
+                      ("seed", seed, 0)):
+    _common.check_int(name, v, lo)
   if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (
       0.0 <= alpha <= 1.0):
     raise ValueError(f"alpha must be a float in [0, 1], got {alpha!r}")
