@@ -36,7 +36,9 @@ case $target in
       tests/test_composition.py tests/test_convex.py tests/test_strengthened.py
       tests/test_gmp.py tests/test_rigl.py tests/test_group.py
       tests/test_target_sparsity.py tests/test_allocation.py
-      tests/test_export.py tests/test_conformance.py"
+      tests/test_export.py tests/test_conformance.py
+      tests/test_prox_family.py tests/test_hyperparams.py tests/test_bn_l1.py
+      tests/test_reliability_lib.py tests/test_export_hostile.py"
     # Whole training runs (minutes per surviving mutant on 2 cores; the unit
     # tests above check the same code paths) and the docstring examples
     # (they only run the examples). Leaving tests out can only lower the
