@@ -10,6 +10,10 @@
 #   rmda-lr{0.05,0.1,0.2}-s0         RMDA (momentum 0.1) + ASR, the same target
 #   grda-lr{0.05,0.1,0.2}-s0         gRDA (mu 0.51) + ASR, the same target
 #   prox-adam-lr{3e-4,1e-3,3e-3}-s0  proximal Adam + ASR, the same target
+# The allocation lever (the dual methods prune conv0 and the classifier much
+# harder than global GMP does): METHOD-erk-... spreads the same target over
+# the kernels by Erdos-Renyi-Kernel (--sparsity-distribution erk), e.g.
+#   rmda-erk-lr0.2-s0, grda-erk-lr0.2-s0, rda-erk-g1-s0
 #   bash scripts/cpu_cifar_round3.sh gmp-global-lr0.1-s0 gmp-global-lr0.05-s0
 # Rows run one after another, in the order given: about 20 minutes a row
 # alone on 2 CPU cores; invocations side by side share the cores. Run
@@ -25,14 +29,17 @@ D=(--model small_cnn --dataset folder --data-dir "${DATA:-.data/train.tar.xz}"
    --target-sparsity "$TARGET")
 train() { echo "== $*" >&2; "$PY" -m train "${D[@]}" "$@" || echo "== failed: $*" >&2; }
 row() {
-  local seed=${1##*-s} name=$1 body=${1%-s*}
+  local seed=${1##*-s} name=$1 body=${1%-s*} alloc=()
+  if [[ $body == *-erk-* ]]; then
+    alloc=(--sparsity-distribution erk); body=${body/-erk-/-}
+  fi
   case $body in
     gmp-global-lr*) train --method gmp --sparsity-distribution global \
           --lr "${body#gmp-global-lr}" --seed "$seed" --run-name "$name" ;;
     rda-g*) train --method rda --init-scale 2 --gamma "${body#rda-g}" \
-          --seed "$seed" --run-name "$name" ;;
+          "${alloc[@]}" --seed "$seed" --run-name "$name" ;;
     rmda-lr*|grda-lr*|prox-adam-lr*) train --method "${body%-lr*}" \
-          --lr "${body##*-lr}" --seed "$seed" --run-name "$name" ;;
+          --lr "${body##*-lr}" "${alloc[@]}" --seed "$seed" --run-name "$name" ;;
     *) echo "unknown row: $1" >&2; exit 2 ;;
   esac
 }
