@@ -28,7 +28,7 @@ import numpy as np
 
 from models._layers import default_kernel_init
 from models._resnet import BasicBlock, ResNet18
-from models._slim import dead_channels, flops, slim
+from models._slim import Slicing, dead_channels, flops, slicer, slim
 from models._small_cnn import SmallCNN
 from models._vgg import VGG
 
@@ -99,5 +99,6 @@ def param_count(params: Any) -> int:
 
 __all__ = (
     "BasicBlock", "ResNet18", "SmallCNN", "VGG", "default_kernel_init",
-    "dead_channels", "flops", "get", "init", "names", "param_count", "slim",
+    "Slicing", "dead_channels", "flops", "get", "init", "names", "param_count",
+    "slicer", "slim",
 )

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -82,6 +82,48 @@ def slim(model: nn.Module, variables: Any, *,
     >>> models.slim(m, v, multiple=16)[0].widths
     (32, 64, 128)
   """
+  small, s = _plan(model, variables, multiple)
+  return small, s.variables()
+
+
+class Slicing(NamedTuple):
+  """A slim model and the cuts that made it, for any tree shaped like the
+  variables (:func:`slicer`).
+
+  ``model`` is the slim model; ``cut(path, x)`` cuts the array ``x`` of
+  the variable at ``path`` (``"conv1/kernel"`` of ``params``, or
+  ``"bn1/mean"`` of ``batch_stats``) as that variable was cut; a path that
+  was not cut returns ``x`` unchanged. ``uncut(path, small, shape)`` is its
+  inverse: ``small`` put back at the kept positions of an array of the
+  full ``shape``, zeros elsewhere (a removed channel's entries).
+  """
+  model: nn.Module
+  cut: Callable[[str, Any], np.ndarray]
+  uncut: Callable[[str, Any, Sequence[int]], np.ndarray]
+
+
+def slicer(model: nn.Module, variables: Any, *, multiple: int = 1) -> Slicing:
+  """:func:`slim`'s cuts as a function, to cut other trees of the params'
+  shapes the same way: an optimizer's running averages and momenta, so
+  that training goes on on the slim model with the state of the channels
+  it kept.
+
+  Examples:
+    >>> import jax, models
+    >>> m = models.get("small_cnn")
+    >>> v = models.init(m, jax.random.key(0), (8, 8, 1))
+    >>> v["params"]["bn0"]["scale"] = v["params"]["bn0"]["scale"].at[:8].set(0)
+    >>> v["params"]["bn0"]["bias"] = v["params"]["bn0"]["bias"].at[:8].set(0)
+    >>> s = models.slicer(m, v)
+    >>> momentum = jax.numpy.ones((3, 3, 32, 64))  # like conv1/kernel
+    >>> s.model.widths, s.cut("conv1/kernel", momentum).shape
+    ((24, 64, 128), (3, 3, 24, 64))
+  """
+  small, s = _plan(model, variables, multiple)
+  return Slicing(small, s.cut, s.uncut)
+
+
+def _plan(model, variables, multiple):
   if not (isinstance(multiple, int) and multiple >= 1):
     raise ValueError(f"slim: multiple must be an int >= 1, got {multiple!r}")
   s = _Slicer(variables, multiple)
@@ -130,7 +172,7 @@ def slim(model: nn.Module, variables: Any, *,
   else:
     raise TypeError(
         f"slim: expected SmallCNN, VGG or ResNet18, got {type(model).__name__}")
-  return model.clone(widths=widths), s.variables()
+  return model.clone(widths=widths), s
 
 
 def dead_channels(variables: Any) -> dict[str, np.ndarray]:
@@ -190,35 +232,57 @@ class _Slicer:
     self.params = traverse_util.flatten_dict(variables["params"], sep="/")
     self.stats = traverse_util.flatten_dict(
         variables.get("batch_stats", {}), sep="/")
+    self.cuts: dict[str, list[Callable]] = {}
+
+  def _apply(self, table, path, f):
+    # Recorded, so that cut() repeats it on another tree's leaf.
+    self.cuts.setdefault(path, []).append(f)
+    table[path] = f(table[path])
+
+  def cut(self, path, x):
+    for f in self.cuts.get(path, ()):
+      x = f(x)
+    return np.asarray(x)
+
+  def uncut(self, path, small, shape):
+    # The cuts only select entries, so cutting the entries' own flat
+    # indices tells where each kept entry came from.
+    where = self.cut(path, np.arange(math.prod(shape)).reshape(shape))
+    out = np.zeros(math.prod(shape), np.asarray(small).dtype)
+    out[where.ravel()] = np.asarray(small).ravel()
+    return out.reshape(shape)
 
   def dead(self, bn):
     return ((np.asarray(self.params[f"{bn}/scale"]) == 0)
             & (np.asarray(self.params[f"{bn}/bias"]) == 0))
 
   def bn(self, bn, keep):
+    cut = functools.partial(_take, idx=keep, axis=0)
     for name in ("scale", "bias"):
-      self.params[f"{bn}/{name}"] = _take(self.params[f"{bn}/{name}"], keep, 0)
+      self._apply(self.params, f"{bn}/{name}", cut)
     for name in ("mean", "var"):
       if f"{bn}/{name}" in self.stats:
-        self.stats[f"{bn}/{name}"] = _take(self.stats[f"{bn}/{name}"], keep, 0)
+        self._apply(self.stats, f"{bn}/{name}", cut)
 
   def kernel(self, layer, keep_in, keep_out, flat_channels=None):
-    k = self.params[f"{layer}/kernel"]
+    path = f"{layer}/kernel"
     if keep_in is not None:
       if flat_channels:
         # A Dense after a flatten of (H, W, C): its rows are (h, w, c)
         # row-major, so channel c is every C-th row.
-        k = _take(k.reshape(-1, flat_channels, k.shape[-1]), keep_in,
-                  1).reshape(
-            -1, k.shape[-1])
+        def cut_in(k):
+          k = np.asarray(k)
+          return _take(k.reshape(-1, flat_channels, k.shape[-1]), keep_in,
+                       1).reshape(-1, k.shape[-1])
       else:
-        k = _take(k, keep_in, k.ndim - 2)
+        cut_in = lambda k: _take(k, keep_in, np.ndim(k) - 2)  # noqa: E731
+      self._apply(self.params, path, cut_in)
     if keep_out is not None:
-      k = _take(k, keep_out, k.ndim - 1)
+      self._apply(self.params, path,
+                  lambda k: _take(k, keep_out, np.ndim(k) - 1))
       if f"{layer}/bias" in self.params:
-        self.params[f"{layer}/bias"] = _take(self.params[f"{layer}/bias"],
-                                             keep_out, 0)
-    self.params[f"{layer}/kernel"] = k
+        self._apply(self.params, f"{layer}/bias",
+                    functools.partial(_take, idx=keep_out, axis=0))
 
   def layer(self, layer, bn, keep_in, flat_channels=None):
     """Slims a kernel + BatchNorm pair; returns the kept output channels."""

@@ -214,7 +214,8 @@ class Checkpoints:
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     return self._mngr.restore(epoch, args=ocp.args.StandardRestore(target))
 
-  def restore_newest_intact(self, like: Any, note: Callable[[str], None]
+  def restore_newest_intact(self, like: Any, note: Callable[[str], None],
+                            like_for: Optional[Callable[[int], Any]] = None
                             ) -> tuple[Optional[int], Any]:
     """Restores the newest checkpoint that reads back whole.
 
@@ -227,6 +228,8 @@ class Checkpoints:
     Args:
       like: a state of the saved structure, for shapes and shardings.
       note: called with one line when a damaged checkpoint was passed over.
+      like_for: epoch -> ``like`` of that checkpoint, where the structure
+        changed during the run (the switch to the slim model).
 
     Returns:
       (epoch, state), or (None, like) when there is no checkpoint at all.
@@ -238,7 +241,8 @@ class Checkpoints:
     for epoch in sorted(self._mngr.all_steps(), reverse=True):
       try:
         with _quiet_orbax():
-          state = self.restore(epoch, like)
+          state = self.restore(epoch, like if like_for is None
+                               else like_for(epoch))
       except Exception as e:  # pylint: disable=broad-except
         # Orbax and tensorstore raise ValueError, OSError and bare
         # Exception alike for a missing or cut file.

@@ -78,8 +78,11 @@ def parser() -> argparse.ArgumentParser:
     g = groups[meta["group"]]
     typ = config_lib.field_type(name)
     if typ is bool:
-      g.add_argument(config_lib.flag(name), action="store_true", default=None,
-                     help=text)
+      # An option that is on by default is turned off by --no-NAME.
+      on = field.default is True
+      g.add_argument(config_lib.flag(name), default=None, help=text,
+                     action=argparse.BooleanOptionalAction if on
+                     else "store_true")
     else:
       g.add_argument(config_lib.flag(name), type=typ, help=text,
                      metavar=meta["metavar"])

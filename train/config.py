@@ -201,6 +201,15 @@ class Config:
       "the default) or uniform (lambda_g = group_l1 for every channel, so "
       "that wide layers are not the first to die)",
       choices=rda_optax.GROUP_WEIGHTINGS)
+  slim_training: bool = option(
+      True, CHANNEL, "--structure, net-slim: at the switch to the second "
+      "phase, cut the dead channels out (exact) and train the remaining "
+      "epochs on the slim model, its optimizer state cut to match; "
+      "--no-slim-training keeps the full width, the dead channels frozen "
+      "at 0 (default on)")
+  width_multiple: int = option(
+      1, CHANNEL, "when slimming: keep enough dead channels that every width "
+      "is a multiple of this (or the layer's full width)", lo=1)
   bn_l1: float = option(
       1e-4, CHANNEL, "net-slim: l1 on the BatchNorm scales during --epochs",
       lo=0)

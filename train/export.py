@@ -24,6 +24,7 @@ import rda_optax
 from train import inputs
 from train import engine
 from train import parallel
+from train import structure
 from train._errors import UsageError
 from train.checkpoint import Checkpoints
 from train.checks import validate
@@ -66,7 +67,10 @@ def final_variables(run_dir: Path, flag: str = "RUN_DIR") -> dict[str, Any]:
     state = ckpts.restore_local()
   finally:
     ckpts.close()
-  return {k: jax.device_get(state[k]) for k in ("params", "batch_stats")}
+  # A run that trained its last epochs on the slim model: back to full
+  # width, with the removed channels at 0.
+  return structure.dense_variables(run_dir, {
+      k: jax.device_get(state[k]) for k in ("params", "batch_stats")})
 
 
 def export(run_dir: Path, out: Optional[Path] = None, values: str = "float32",

@@ -82,6 +82,15 @@ class Run(NamedTuple):
   rows_read: Optional[int]
   # model -> an ``evaluate`` of that model on the same data (the slim model).
   evaluator: Optional[Callable] = None
+  spec: Optional[engine.EpochSpec] = None
+  # The full-width model and its params' shapes; ``model`` differs from it
+  # once the run trains on the slim model (``slim_training``).
+  dense_model: Any = None
+  dense_params: Any = None
+
+  @property
+  def slimmed(self) -> bool:
+    return self.model is not self.dense_model
 
 
 def build_run(cfg: Config, method: str, splits: data_lib.Splits, *,
@@ -113,12 +122,7 @@ def build_run(cfg: Config, method: str, splits: data_lib.Splits, *,
       k, jnp.zeros((1,) + image_shape, jnp.float32)))(jax.random.fold_in(key, 0))
   params = variables["params"]
   state = engine.init_state(opt.tx, params, variables.get("batch_stats", {}))
-  shardings = engine.TrainState(
-      topo.params(state.params),
-      jax.tree.map(lambda _: topo.replicated(), state.batch_stats),
-      topo.params(state.opt_state), topo.replicated())
-  state = jax.tree.map(lambda x, s: parallel.put_global(np.asarray(x), s),
-                       state, shardings)
+  state, shardings = _place(topo, state)
 
   if sharded:
     # Statistics of the rows the devices train on, each process reading
@@ -128,11 +132,13 @@ def build_run(cfg: Config, method: str, splits: data_lib.Splits, *,
                                      reduce=parallel.sum_over_processes)
   else:
     mean, std = engine.channel_stats(train.images)
-  train_epoch = engine.make_train_epoch(engine.EpochSpec(
-      model, opt.tx, spe, cfg.batch_size, mean, std, inputs.augment_mode(cfg, image_shape),
-      cfg.label_smoothing, splits.num_classes, dtype, rows, scan=scan,
-      topo=topo, state_shardings=shardings, max_bad=cfg.max_bad_steps,
-      sharded_data=sharded))
+  spec = engine.EpochSpec(
+      model, opt.tx, spe, cfg.batch_size, mean, std,
+      inputs.augment_mode(cfg, image_shape), cfg.label_smoothing,
+      splits.num_classes, dtype, rows, scan=scan, topo=topo,
+      state_shardings=shardings, max_bad=cfg.max_bad_steps,
+      sharded_data=sharded)
+  train_epoch = engine.make_train_epoch(spec)
   evaluate = engine.make_evaluate(model, mean, std, dtype, topo=topo)
   rep = topo.replicated()
   if sharded:
@@ -158,7 +164,69 @@ def build_run(cfg: Config, method: str, splits: data_lib.Splits, *,
                      arr.images.shape[0], b)
   evaluator = lambda m: engine.make_evaluate(m, mean, std, dtype, topo=topo)  # noqa: E731
   return Run(model, opt, state, key, train_epoch, evaluate, d_images,
-             d_labels, evals, topo, spe, rows, sharded, read, evaluator)
+             d_labels, evals, topo, spe, rows, sharded, read, evaluator, spec,
+             model, jax.eval_shape(lambda: params))
+
+
+def _place(topo: parallel.Topology, state: engine.TrainState
+           ) -> tuple[engine.TrainState, engine.TrainState]:
+  """``state`` on the mesh (params and optimizer state replicated or split
+  over ``--fsdp``), and its shardings."""
+  shardings = engine.TrainState(
+      topo.params(state.params),
+      jax.tree.map(lambda _: topo.replicated(), state.batch_stats),
+      topo.params(state.opt_state), topo.replicated())
+  state = jax.tree.map(lambda x, s: parallel.put_global(np.asarray(x), s),
+                       state, shardings)
+  return state, shardings
+
+
+def on_model(r: Run, model: Any, host_state: engine.TrainState
+             ) -> tuple[Run, engine.TrainState]:
+  """``r`` training ``model`` (the slim one) from ``host_state``: the state
+  placed on the mesh, the epoch and the evaluator compiled for it."""
+  state, shardings = _place(r.topo, host_state)
+  spec = r.spec._replace(model=model, state_shardings=shardings)
+  evaluate = engine.make_evaluate(model, spec.mean, spec.std, spec.dtype,
+                                  topo=r.topo)
+  return r._replace(model=model, state=state, spec=spec, evaluate=evaluate,
+                    train_epoch=engine.make_train_epoch(spec)), state
+
+
+def slim_run(cfg: Config, r: Run, state: engine.TrainState, run_dir: Path
+             ) -> tuple[Run, engine.TrainState, str]:
+  """The switch to the slim model: the dead channels cut out of the model,
+  the state and the optimizer state (exact), the epoch recompiled for the
+  smaller network, the widths recorded for ``--resume``."""
+  slicing, host = structure.slim_state(r.model, jax.device_get(state),
+                                       cfg.width_multiple)
+  small = slicing.model
+  rec = dict(widths_after=jax.tree.map(int, small.widths))
+  if parallel.is_main():
+    rec = structure.write_train_slim(run_dir, cfg.epochs, r.model, small,
+                                     slicing, cfg.width_multiple,
+                                     r.images.shape[1:])
+  r, state = on_model(r, small, host)
+  line = f"training on the slim model from here: widths {rec['widths_after']}"
+  if "flops_after" in rec:
+    line += f", FLOPs {rec['flops_after'] / rec['flops_before']:.4f} of dense"
+  return r, state, line
+
+
+def _resumed_slim(cfg: Config, r: Run, run_dir: Path) -> Optional[Run]:
+  """The run on the slim model whose checkpoints follow the switch (from
+  ``train_slim.json``), with a template state of its shapes; None when the
+  run never switched."""
+  rec = structure.train_slim_record(run_dir)
+  if rec is None:
+    return None
+  small = r.model.clone(**structure.trained_widths(run_dir))
+  x = jnp.zeros((1,) + r.images.shape[1:], jnp.float32)
+  v = jax.eval_shape(lambda: small.init(jax.random.key(0), x))
+  zeros = lambda t: jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), t)  # noqa: E731
+  host = engine.init_state(r.opt.tx, zeros(v["params"]),
+                           zeros(v.get("batch_stats", {})))
+  return on_model(r, small, jax.device_get(host))[0]
 
 
 def epoch_row(cfg: Config, method: str, epoch: int, r: Run,
@@ -173,9 +241,13 @@ def epoch_row(cfg: Config, method: str, epoch: int, r: Run,
     row["val_top1"], row["val_top5"] = r.evaluate(state, *r.evals["val"])
   else:
     row["val_top1"] = row["val_top5"] = None
-  layer = rda_optax.sparsity_report(state.params)
-  row["sparsity"] = float(rda_optax.sparsity(state.params))
-  row["sparsity_per_layer"] = {l.path: l.sparsity for l in layer}
+  if r.slimmed:
+    row["sparsity"], row["sparsity_per_layer"] = structure.full_sparsity(
+        state.params, r.dense_params)
+  else:
+    layer = rda_optax.sparsity_report(state.params)
+    row["sparsity"] = float(rda_optax.sparsity(state.params))
+    row["sparsity_per_layer"] = {l.path: l.sparsity for l in layer}
   row["channels_per_layer"] = structure.channel_counts(state.params)
   step = int(state.step) - 1
   for k in ("gamma", "l1", "lr"):
@@ -238,6 +310,13 @@ def summarize(cfg: Config, method: str, splits: data_lib.Splits, r: Run,
                  sparsity_all_params=float(rda_optax.sparsity(
                      state.params, lambda p: jax.tree.map(lambda _: True, p))),
                  target_sparsity=target, skipped_images=len(splits.skipped))
+  if r.slimmed:
+    summary["sparsity"] = structure.full_sparsity(state.params,
+                                                  r.dense_params)[0]
+    nonzero = sum(int(np.count_nonzero(np.asarray(x)))
+                  for x in jax.tree.leaves(jax.device_get(state.params)))
+    summary["sparsity_all_params"] = 1 - nonzero / models.param_count(
+        r.dense_params)
   lines = [last_row] if last_row else (
       report.read_metrics(run_dir) if parallel.is_main() else [])
   summary["val_top1"] = lines[-1]["val_top1"] if lines else None
@@ -248,6 +327,9 @@ def summarize(cfg: Config, method: str, splits: data_lib.Splits, r: Run,
     summary["test_top1"] = summary["test_top5"] = None
   summary.update(structure.summarize(cfg, method, r, state, target, run_dir,
                                      parallel.is_main(), inputs.compute_dtype(cfg)))
+  rec = structure.train_slim_record(run_dir) if r.slimmed else None
+  if rec is not None and parallel.is_main():
+    summary["train_slim"] = rec | _speeds(cfg, report.read_metrics(run_dir))
   summary["wall_s"] = time.time() - t_start
   summary["device"] = jax.devices()[0].device_kind
   summary["devices"] = r.topo.size
@@ -258,21 +340,40 @@ def summarize(cfg: Config, method: str, splits: data_lib.Splits, r: Run,
   return summary
 
 
-def _start_epoch(ckpts: Checkpoints, run_dir: Path, state: engine.TrainState,
-                 resume: bool) -> tuple[engine.TrainState, int]:
-  """The state and 0-based epoch to start from; on resume, the metrics file
-  is cut back to the checkpoint's epoch."""
+def _speeds(cfg: Config, rows: list[dict]) -> dict[str, Optional[float]]:
+  """Median training img/s of each phase (the first epoch of each left out
+  when there is another: it may include a compilation's host work)."""
+  out = {}
+  for name, part in (("before", rows[:cfg.epochs]), ("after",
+                                                     rows[cfg.epochs:])):
+    v = [x["images_per_sec"] for x in part[1:] or part]
+    out[f"images_per_sec_{name}"] = float(np.median(v)) if v else None
+  return out
+
+
+def _start_epoch(ckpts: Checkpoints, run_dir: Path, r: Run, resume: bool,
+                 cfg: Config, method: str
+                 ) -> tuple[Run, engine.TrainState, int]:
+  """The run, state and 0-based epoch to start from; on resume, the metrics
+  file is cut back to the checkpoint's epoch, and a checkpoint after the
+  switch to the slim model is restored into the slim model."""
   metrics_path = run_dir / "metrics.jsonl"
-  start_epoch = 0
+  start_epoch, state = 0, r.state
   if resume:
-    last, state = ckpts.restore_newest_intact(state, note=_note)
+    slim = _resumed_slim(cfg, r, run_dir) if structure.slims_in_training(
+        cfg, method) else None
+    last, state = ckpts.restore_newest_intact(
+        state, note=_note, like_for=lambda e: (
+            slim.state if slim is not None and e > cfg.epochs else r.state))
     start_epoch = last or 0
+    if slim is not None and start_epoch > cfg.epochs:
+      r = slim
     if parallel.is_main():
       kept = resume_checks.rows_up_to(run_dir, start_epoch)
       rundir.write_atomic(metrics_path, "".join(json.dumps(l) + "\n" for l in kept))
   elif parallel.is_main():
     rundir.write_atomic(metrics_path, "")
-  return state, start_epoch
+  return r, state, start_epoch
 
 
 def train_one(cfg: Config, method: str, splits: data_lib.Splits,
@@ -295,7 +396,9 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
                         r.state.params)  # the network order of layers.png
   hook = methods.get(method).before_epoch
   ckpts = Checkpoints(run_dir)
-  state, start_epoch = _start_epoch(ckpts, run_dir, r.state, resume)
+  r, state, start_epoch = _start_epoch(ckpts, run_dir, r, resume, cfg,
+                                         method)
+  slim_at = cfg.epochs if structure.slims_in_training(cfg, method) else None
   progress = report.Progress(
       cfg.total_epochs, desc=method, initial=start_epoch,
       enabled=({"auto": None, "bar": True, "lines": None, "none": False}
@@ -333,6 +436,9 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
       if changed is not None:
         state = state._replace(params=changed[0])
         progress.write(changed[1])
+      if epoch == slim_at:
+        r, state, line = slim_run(cfg, r, state, run_dir)
+        progress.write(line)
       t0 = time.time()
       timing.take_compile_seconds()
       state, m = r.train_epoch(state, r.images, r.labels,

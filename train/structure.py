@@ -36,6 +36,8 @@ STRUCTURES = ("none", "channel", "sparse-group")
 STRUCTURED_METHODS = ("rda", "prox-sgd", "rmda", "grda", "prox-adam")
 SLIM_FILE = "slim.msgpack"
 SLIM_META = "slim.json"
+# The widths the run trains at after the switch (slim_training).
+TRAIN_SLIM = "train_slim.json"
 # Per --group-weighting. Digits (small CNN, digits-demo preset, 20 + 5
 # epochs, docs/RESULTS.md): size 1.5e-3 leaves 39 of 128 hidden channels
 # (and every conv channel) at 99.6% test top-1, 2.5e-3 kills the whole
@@ -59,6 +61,12 @@ def uses_groups(cfg: Any, method: str) -> bool:
 def slims(cfg: Any, method: str) -> bool:
   """Whether the run ends with a slim model written and evaluated."""
   return uses_groups(cfg, method) or method == "net-slim"
+
+
+def slims_in_training(cfg: Any, method: str) -> bool:
+  """Whether the run goes on on the slim model from the switch to the
+  second phase (``--slim-training``)."""
+  return slims(cfg, method) and cfg.slim_training
 
 
 def _abstract_params(model_name: str) -> Any:
@@ -292,6 +300,131 @@ def prune_fraction(params: Any, fraction: float) -> tuple[Any, int]:
   return zero_units(params, units, k), k
 
 
+# --- training on the slim model ---------------------------------------------
+
+def slim_state(model: Any, state: Any, multiple: int = 1) -> tuple[Any, Any]:
+  """The ``models.Slicing`` of ``state`` (a host ``engine.TrainState``) and
+  the state cut to its slim model.
+
+  Params and BatchNorm statistics are cut as ``models.slim`` cuts them; so
+  is every leaf of the optimizer state that sits under a parameter's path
+  with that parameter's shape (averages, momenta, initial weights), so the
+  kept channels keep their state. Other leaves (step counts, thresholds)
+  are left as they are.
+  """
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  s = models.slicer(model, variables, multiple=multiple)
+  shapes = {p: np.shape(x) for p, x in _flat(state.params).items()}
+
+  def cut_tree(tree):
+    return traverse_util.unflatten_dict(
+        {p: s.cut(p, x) for p, x in _flat(tree).items()}, sep="/")
+
+  def cut_leaf(path, x):
+    names = []
+    for k in reversed(path):
+      if not isinstance(k, jax.tree_util.DictKey):
+        break
+      names.insert(0, str(k.key))
+    # The longest trailing run of dict keys that names a parameter.
+    for i in range(len(names)):
+      p = "/".join(names[i:])
+      if p in shapes and np.shape(x) == shapes[p]:
+        return s.cut(p, x)
+    return x
+
+  return s, state._replace(
+      params=cut_tree(state.params),
+      batch_stats=cut_tree(state.batch_stats) if state.batch_stats else {},
+      opt_state=jax.tree_util.tree_map_with_path(cut_leaf, state.opt_state))
+
+
+def full_sparsity(params: Any, dense: Any) -> tuple[float, dict[str, float]]:
+  """Sparsity of slim ``params`` counted over the dense model's kernels
+  (``dense``: shapes of its params), the removed entries as zeros: the
+  same numbers the dense-width run would log."""
+  size = {jax.tree_util.keystr(p): int(np.prod(x.shape))
+          for p, x in jax.tree_util.tree_flatten_with_path(dense)[0]
+          if len(x.shape) >= 2}  # the kernels, as sparsity_report's mask
+  rows = {r.path: r.zeros + size[r.path] - r.size
+          for r in rda_optax.sparsity_report(params)}
+  return (sum(rows.values()) / sum(size.values()),
+          {p: z / size[p] for p, z in rows.items()})
+
+
+def write_train_slim(run_dir: Path, epoch: int, before: Any, after: Any,
+                     slicing: Any, multiple: int, input_shape) -> dict[str, Any]:
+  """Records the switch to the slim model in ``train_slim.json``: the
+  widths ``--resume`` rebuilds after the switch, and the kept channels of
+  each BatchNorm, from which :func:`dense_variables` puts the trained slim
+  variables back into the full-width model. Returns the record."""
+  keep = {bn: slicing.cut(f"{bn}/scale", np.arange(n)).tolist()
+          for bn, n in _bn_widths(before, input_shape).items()}
+  rec = dict(epoch=epoch, multiple=multiple, input_shape=list(input_shape),
+             num_classes=before.num_classes,
+             widths_before=_widths(before, input_shape),
+             widths_after=jax.tree.map(int, after.widths),
+             flops_before=models.flops(before, input_shape),
+             flops_after=models.flops(after, input_shape), keep=keep)
+  (run_dir / TRAIN_SLIM).write_text(json.dumps(rec))
+  return rec
+
+
+def _bn_widths(model: Any, input_shape) -> dict[str, int]:
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct(
+      (1, *input_shape), jnp.float32))["params"]
+  return {p[:-len("/scale")]: x.shape[0] for p, x in _flat(shapes).items()
+          if p.endswith("/scale")}
+
+
+def _widths(model: Any, input_shape) -> Any:
+  if model.widths is not None:
+    return jax.tree.map(int, model.widths)
+  return list(_bn_widths(model, input_shape).values())
+
+
+def dense_variables(run_dir: str | Path, variables: Any) -> Any:
+  """The run's final ``variables`` at full width: a run that trained on the
+  slim model has its kept channels put back where they were
+  (``train_slim.json``) and zeros in the removed ones, which computes the
+  same logits as the slim model; any other run's as they are."""
+  rec = train_slim_record(run_dir)
+  if rec is None:
+    return variables
+  cfg = json.loads((Path(run_dir) / "config.json").read_text())
+  model = models.get(cfg["model"], num_classes=rec["num_classes"])
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct(
+      (1, *rec["input_shape"]), jnp.float32))
+  pattern = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes)
+  for bn, idx in rec["keep"].items():
+    scale = _flat(pattern["params"])[f"{bn}/scale"]
+    scale[np.asarray(idx, int)] = 1  # alive: kept (and only those)
+  s = models.slicer(model, pattern)
+  return {col: traverse_util.unflatten_dict(
+      {p: s.uncut(p, x, _flat(shapes[col])[p].shape)
+       for p, x in _flat(tree).items()}, sep="/")
+          for col, tree in variables.items()}
+
+
+def train_slim_record(run_dir: str | Path) -> Optional[dict[str, Any]]:
+  """``train_slim.json`` of a run, or None before its switch."""
+  path = Path(run_dir) / TRAIN_SLIM
+  if not path.is_file():
+    return None
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError) as e:
+    raise UsageError(f"{path}: unreadable ({e}); the run's checkpoints after "
+                     "the switch cannot be rebuilt without it") from None
+
+
+def trained_widths(run_dir: str | Path) -> dict[str, Any]:
+  """``models.get`` arguments of the model the run's last checkpoint holds:
+  the slim widths after a switch, none otherwise."""
+  rec = train_slim_record(run_dir)
+  return {} if rec is None else dict(widths=_tuples(rec["widths_after"]))
+
+
 # --- what the run logs and writes -------------------------------------------
 
 def channel_counts(params: Any) -> dict[str, int]:
@@ -300,8 +433,13 @@ def channel_counts(params: Any) -> dict[str, int]:
           for k, d in models.dead_channels({"params": params}).items()}
 
 
-def flops_row(model: Any, params: Any, input_shape) -> dict[str, Any]:
-  dense = models.flops(model, input_shape)
+def flops_row(model: Any, params: Any, input_shape,
+              dense_model: Any = None) -> dict[str, Any]:
+  """FLOPs of the dense model, of ``model`` with ``params`` slimmed, and
+  their ratio (``dense_model``: the full-width model when ``model`` is
+  already slim)."""
+  dense = models.flops(model if dense_model is None else dense_model,
+                       input_shape)
   small = slim_flops(model, params, input_shape)
   return dict(dense=dense, slim=small, ratio=small / dense)
 
@@ -369,7 +507,8 @@ def summarize(cfg: Any, method: str, r: Any, state: Any,
   run; for the structured ones, the slim model's widths, parameters and
   val/test top-1, evaluated after writing it and reading it back."""
   shape = r.images.shape[1:]
-  out: dict[str, Any] = dict(flops=flops_row(r.model, state.params, shape))
+  out: dict[str, Any] = dict(flops=flops_row(r.model, state.params, shape,
+                                             r.dense_model))
   out["channels_per_layer"] = channel_counts(state.params)
   if method == "net-slim":
     out.update(target_sparsity=None, target_flops=target)
@@ -391,7 +530,7 @@ def summarize(cfg: Any, method: str, r: Any, state: Any,
                               batch_stats=sv.get("batch_stats", {}))
   row = dict(widths=jax.tree.map(int, small.widths),
              params=models.param_count(sv["params"]),
-             dense_params=models.param_count(state.params))
+             dense_params=models.param_count(r.dense_params))
   for split in ("val", "test"):
     row[f"{split}_top1"] = (evaluate(slim_state, *r.evals[split])[0]
                             if split in r.evals else None)
