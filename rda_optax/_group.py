@@ -412,9 +412,11 @@ def channel_groups(params: Any, *,
     A group-spec tree for :func:`group_soft_threshold` and ``rda(groups=)``.
 
   Raises:
-    ValueError: for a unit naming a leaf that is not in ``params`` (or a
-      writer that is not a kernel, a norm without ``scale`` or ``bias``),
-      a leaf in two units, or an unknown ``weighting``.
+    ValueError: for a unit partly in ``params`` (a writer that is not a
+      kernel there, a norm without ``scale`` or ``bias``), a leaf in two
+      units, or an unknown ``weighting``. A unit with no leaf in ``params``
+      is skipped: ``params`` may be a part of the model's (under
+      ``optax.masked``).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -478,6 +480,9 @@ def _unit_specs(flat: dict, units: Sequence[ChannelUnit]
     if not isinstance(unit, ChannelUnit):
       raise ValueError(f"channel_groups: units must be ChannelUnit, got "
                        f"{type(unit).__name__}")
+    if not any(w in flat for w in unit.writers) and not any(
+        f"{n}/{f}" in flat for n in unit.norms for f in ("scale", "bias")):
+      continue  # params is a part of the model's (optax.masked, a subtree)
     for w in unit.writers:
       if w not in flat or len(jnp.shape(flat[w])) < 2:
         raise ValueError(f"channel_groups: unit {unit.key!r}: writer {w!r} "
