@@ -2,6 +2,7 @@
 slimming built on them, for the repo's models and a model with other names.
 """
 
+import dataclasses
 import functools
 from typing import Any, Optional, Sequence
 
@@ -268,3 +269,26 @@ def test_units_that_do_not_fit_the_params_are_refused():
   got = rda_optax.channel_groups(params, units=[
       u("x", ("a/kernel",), ("n", "m")), u("z", ("gone/kernel",), ("nn",))])
   assert rda_optax.group_sizes(params, got) == {"x": 4 + 2 + 1}
+
+
+def test_the_trainer_groups_the_models_declared_units(monkeypatch):
+  """--structure's groups, ASR's freeze mask and net-slim's pruning come
+  from the model's channel_units(), not from the layer names: declare
+  fewer units, renamed, and the trainer follows."""
+  from train import methods, structure
+  from train.config import Config
+  declared = models.channel_units(models.get("small_cnn"))
+  fewer = tuple(dataclasses.replace(u, key="u_" + u.key)
+                for u in declared[:2])
+  monkeypatch.setattr(models.SmallCNN, "channel_units", lambda self: fewer)
+  cfg = Config(method="rda", structure="channel", group_l1=0.02,
+               model="small_cnn")
+  params = structure._abstract_params("small_cnn")
+  specs = structure.group_args(cfg, 10)["groups"](params)
+  assert specs["conv0"]["kernel"].key == "u_conv0"
+  assert specs["hidden"]["kernel"] is None and specs["bn_hidden"][
+      "scale"] is None
+  mask = methods._freeze(cfg)(params)
+  assert mask["bn1"]["scale"] and not mask["bn_hidden"]["scale"]
+  units = structure.prune_units(params, structure.model_units(cfg.model))
+  assert set(units.keys) == {"u_conv0", "u_conv1"}
