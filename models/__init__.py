@@ -10,9 +10,12 @@ its last Dense ``"classifier"``. Conv and dense kernels are the only parameters
 with ``ndim >= 2``, which is what the default l1 mask selects.
 
 Each model takes optional per-layer ``widths`` (default: the standard ones).
-:func:`slim` cuts the dead channels (BatchNorm scale and bias both 0) out of a
-model and its variables exactly, and :func:`flops` counts multiply-adds from
-shapes.
+Each declares its channel units (``model.channel_units()``, see
+:func:`channel_units`): which kernels write a set of channels, which
+BatchNorms scale it and which kernels read it. From them
+``rda_optax.channel_groups`` forms the channel groups and :func:`slim` cuts
+the dead channels (BatchNorm scale and bias both 0) out of a model and its
+variables exactly; :func:`flops` counts multiply-adds from shapes.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ import numpy as np
 
 from models._layers import default_kernel_init
 from models._resnet import BasicBlock, ResNet18
-from models._slim import Slicing, dead_channels, flops, slicer, slim
+from models._slim import (Slicing, channel_units, dead_channels, flops,
+                          slicer, slim)
 from models._small_cnn import SmallCNN
 from models._vgg import VGG
 
@@ -98,7 +102,7 @@ def param_count(params: Any) -> int:
 
 
 __all__ = (
-    "BasicBlock", "ResNet18", "SmallCNN", "VGG", "default_kernel_init",
-    "Slicing", "dead_channels", "flops", "get", "init", "names", "param_count",
-    "slicer", "slim",
+    "BasicBlock", "ResNet18", "SmallCNN", "Slicing", "VGG", "channel_units",
+    "default_kernel_init", "dead_channels", "flops", "get", "init", "names",
+    "param_count", "slicer", "slim",
 )

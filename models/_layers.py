@@ -7,11 +7,13 @@ confounded by, e.g., a different BatchNorm momentum.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from rda_optax import ChannelUnit
 
 # Flax's own default for ``nn.Conv`` and ``nn.Dense`` kernels (LeCun normal);
 # referencing it rather than rebuilding it keeps "default" meaning exactly
@@ -36,3 +38,12 @@ def as_nhwc(x: jax.Array, dtype: Any) -> jax.Array:
     raise ValueError(
         f"expected an NHWC batch (4-D), got shape {jnp.shape(x)}")
   return jnp.asarray(x, dtype)
+
+
+def chain_units(layers: Sequence[tuple[str, str]], head: str = "classifier"
+                ) -> tuple[ChannelUnit, ...]:
+  """The channel units of a plain chain: ``(kernel module, BatchNorm)``
+  pairs in order, each read by the next kernel and the last by ``head``."""
+  readers = [k for k, _ in layers[1:]] + [head]
+  return tuple(ChannelUnit(k, (f"{k}/kernel",), (bn,), (f"{r}/kernel",))
+               for (k, bn), r in zip(layers, readers))

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rda_optax import ChannelUnit
 from models._layers import as_nhwc, batch_norm, default_kernel_init
 
 # (blocks, width) per stage of ResNet-18.
@@ -77,6 +78,43 @@ class ResNet18(nn.Module):
   dtype: Any = jnp.float32
   kernel_init: Callable = default_kernel_init
   widths: Optional[Sequence[Sequence[int]]] = None
+
+  def channel_units(self) -> tuple[ChannelUnit, ...]:
+    """The channel units (``rda_optax.ChannelUnit``).
+
+    Stage ``i``'s residual stream is one unit, ``stream{i}``: its writers
+    are the stem (stage 1) or the projection, and each block's ``conv2``,
+    whose BatchNorm outputs are summed into it; the stage's blocks read it
+    (``conv1``; but the first block of stages 2-4 reads the previous
+    stream), and so does the next stage's first block (``conv1`` and
+    projection) or the classifier. Each block's ``conv1``
+    with ``bn1`` is a unit read by its ``conv2``.
+    """
+    units = []
+    for i, (blocks, _) in enumerate(_STAGES):
+      blk = [f"layer{i + 1}_{j}" for j in range(blocks)]
+      first = "stem" if i == 0 else f"{blk[0]}/shortcut"
+      if i + 1 < len(_STAGES):
+        nxt = f"layer{i + 2}_0"
+        after = (f"{nxt}/conv1/kernel", f"{nxt}/shortcut_conv/kernel")
+      else:
+        after = ("classifier/kernel",)
+      units.append(ChannelUnit(
+          f"stream{i + 1}",
+          writers=(f"{first}_conv/kernel", *(f"{b}/conv2/kernel" for b in blk)),
+          norms=(f"{first}_bn", *(f"{b}/bn2" for b in blk)),
+          # Block 0 of stages 2-4 reads the previous stage's stream.
+          readers=(*(f"{b}/conv1/kernel" for b in blk[1 if i else 0:]),
+                   *after)))
+      units += [ChannelUnit(f"{b}/conv1", (f"{b}/conv1/kernel",), (f"{b}/bn1",),
+                            (f"{b}/conv2/kernel",)) for b in blk]
+    return tuple(units)
+
+  def widths_for(self, counts: Mapping[str, int]) -> tuple:
+    """``widths`` for ``counts[unit key]`` channels per unit."""
+    return tuple((counts[f"stream{i + 1}"],
+                  *(counts[f"layer{i + 1}_{j}/conv1"] for j in range(blocks)))
+                 for i, (blocks, _) in enumerate(_STAGES))
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

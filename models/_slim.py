@@ -40,9 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from models._resnet import _STAGES, ResNet18
-from models._small_cnn import SmallCNN
-from models._vgg import CONFIGS, VGG
+from rda_optax import ChannelUnit
 
 
 def slim(model: nn.Module, variables: Any, *,
@@ -51,7 +49,10 @@ def slim(model: nn.Module, variables: Any, *,
 
   Args:
     model: a ``SmallCNN``, ``VGG`` or ``ResNet18`` (as from ``models.get``),
-      possibly already slimmed.
+      possibly already slimmed; or any Flax module with a ``widths`` field
+      and a ``channel_units()`` method, and optionally
+      ``widths_for(counts)`` giving ``widths`` for ``counts[unit key]``
+      channels per unit (default: the counts in unit order).
     variables: its variables, ``{"params": ..., "batch_stats": ...}``.
     multiple: keep enough dead channels (the first ones) that every width is
       a multiple of this, or the layer's full width. Kept dead channels
@@ -67,7 +68,7 @@ def slim(model: nn.Module, variables: Any, *,
     outputs equal the original's up to float rounding (summation order).
 
   Raises:
-    TypeError: for a model of another class.
+    TypeError: for a model without ``channel_units()``.
     ValueError: if ``multiple < 1``.
 
   Examples:
@@ -103,7 +104,7 @@ class Slicing(NamedTuple):
 
 
 def slicer(model: nn.Module, variables: Any, *, multiple: int = 1) -> Slicing:
-  """:func:`slim`'s cuts as a function, to cut other trees of the params'
+  """:func:`slim`'s cuts as functions, to cut other trees of the params'
   shapes the same way: an optimizer's running averages and momenta, so
   that training goes on on the slim model with the state of the channels
   it kept.
@@ -126,53 +127,42 @@ def slicer(model: nn.Module, variables: Any, *, multiple: int = 1) -> Slicing:
 def _plan(model, variables, multiple):
   if not (isinstance(multiple, int) and multiple >= 1):
     raise ValueError(f"slim: multiple must be an int >= 1, got {multiple!r}")
+  units = channel_units(model, "slim")
   s = _Slicer(variables, multiple)
-  if isinstance(model, SmallCNN):
-    c1 = s.dead("bn1").size
-    k0 = s.layer("conv0", "bn0", None)
-    k1 = s.layer("conv1", "bn1", k0)
-    k2 = s.layer("hidden", "bn_hidden", k1, flat_channels=c1)
-    s.kernel("classifier", k2, None)
-    widths: Any = (len(k0), len(k1), len(k2))
-  elif isinstance(model, VGG):
-    n = sum(v != "M" for v in CONFIGS[model.depth])
-    keep = None
-    widths = []
-    for k in range(n):
-      keep = s.layer(f"conv{k}", f"bn{k}", keep)
-      widths.append(len(keep))
-    s.kernel("classifier", keep, None)
-    widths = tuple(widths)
-  elif isinstance(model, ResNet18):
-    widths, keep = [], None
-    for i, (blocks, _) in enumerate(_STAGES):
-      first = "stem" if i == 0 else f"layer{i + 1}_0/shortcut"
-      writers = [f"{first}_bn"] + [f"layer{i + 1}_{j}/bn2"
-                                   for j in range(blocks)]
-      stream = _keep(np.logical_and.reduce([s.dead(w) for w in writers]),
-                     s.multiple)
-      if i == 0:
-        s.kernel("stem_conv", None, stream)
-      else:
-        s.kernel(f"layer{i + 1}_0/shortcut_conv", keep, stream)
-      s.bn(f"{first}_bn", stream)
-      inner = []
-      for j in range(blocks):
-        b = f"layer{i + 1}_{j}"
-        # Block 0 of stages 2-4 reads the previous stage's stream.
-        k_in = keep if i > 0 and j == 0 else stream
-        mid = s.layer(f"{b}/conv1", f"{b}/bn1", k_in)
-        s.kernel(f"{b}/conv2", mid, stream)
-        s.bn(f"{b}/bn2", stream)
-        inner.append(len(mid))
-      keep = stream
-      widths.append((len(stream), *inner))
-    s.kernel("classifier", keep, None)
-    widths = tuple(widths)
-  else:
-    raise TypeError(
-        f"slim: expected SmallCNN, VGG or ResNet18, got {type(model).__name__}")
+  counts = {}
+  for unit in units:
+    keep = _keep(s.dead_unit(unit), multiple)
+    s.unit(unit, keep)
+    counts[unit.key] = len(keep)
+  widths_for = getattr(model, "widths_for", None)
+  widths = (widths_for(counts) if widths_for is not None
+            else tuple(counts[u.key] for u in units))
   return model.clone(widths=widths), s
+
+
+def channel_units(model: Any, caller: str = "channel_units"
+                  ) -> tuple[ChannelUnit, ...]:
+  """The channel units a model declares (its ``channel_units()``).
+
+  ``rda_optax.channel_groups(params, units=...)`` groups each unit's
+  channels; :func:`slim` cuts its dead ones.
+
+  Raises:
+    TypeError: for a model that declares none.
+
+  Examples:
+    >>> import models
+    >>> u = models.channel_units(models.get("resnet18"))[0]
+    >>> u.key, u.writers
+    ('stream1', ('stem_conv/kernel', 'layer1_0/conv2/kernel', \
+'layer1_1/conv2/kernel'))
+  """
+  fn = getattr(model, "channel_units", None)
+  if not callable(fn):
+    raise TypeError(
+        f"{caller}: expected SmallCNN, VGG or ResNet18 (or a model with "
+        f"channel_units()), got {type(model).__name__}")
+  return tuple(fn())
 
 
 def dead_channels(variables: Any) -> dict[str, np.ndarray]:
@@ -256,46 +246,77 @@ class _Slicer:
     return ((np.asarray(self.params[f"{bn}/scale"]) == 0)
             & (np.asarray(self.params[f"{bn}/bias"]) == 0))
 
+  def dead_unit(self, unit):
+    """Channels that output exact zeros: every norm's scale and bias are 0
+    (a norm without a scale never zeroes); without norms, every writer's
+    kernel column and bias."""
+    if unit.norms:
+      dead = []
+      for n in unit.norms:
+        scale = self.params.get(f"{n}/scale")
+        bias = self.params.get(f"{n}/bias")
+        if scale is None:
+          dead.append(np.zeros(np.shape(bias), bool))
+        else:
+          dead.append((np.asarray(scale) == 0) & (
+              True if bias is None else np.asarray(bias) == 0))
+    else:
+      dead = [np.all(np.asarray(self.params[w]).reshape(
+          -1, np.shape(self.params[w])[-1]) == 0, axis=0)
+              for w in unit.writers]
+      dead += [np.asarray(self.params[sibling(w, "bias")]) == 0
+               for w in unit.writers if sibling(w, "bias") in self.params]
+    return np.logical_and.reduce(dead)
+
+  def unit(self, unit, keep):
+    """Cuts a unit's channels but ``keep`` out of every array carrying
+    them."""
+    width = np.shape(self.params[unit.writers[0]])[-1]
+    along = lambda axis: functools.partial(_take, idx=keep, axis=axis)  # noqa: E731
+    for w in unit.writers:
+      self._apply(self.params, w, along(-1))
+      if sibling(w, "bias") in self.params:
+        self._apply(self.params, sibling(w, "bias"), along(0))
+    for n in unit.norms:
+      self.bn(n, keep)
+    for r in unit.readers:
+      rows = np.shape(self.params[r])[-2]
+      if rows % width:
+        raise ValueError(f"slim: reader {r!r} has {rows} input rows, not a "
+                         f"multiple of unit {unit.key!r}'s {width} channels")
+      self._apply(self.params, r, functools.partial(
+          _take_rows, keep=keep, width=width))
+
   def bn(self, bn, keep):
     cut = functools.partial(_take, idx=keep, axis=0)
     for name in ("scale", "bias"):
-      self._apply(self.params, f"{bn}/{name}", cut)
+      if f"{bn}/{name}" in self.params:
+        self._apply(self.params, f"{bn}/{name}", cut)
     for name in ("mean", "var"):
       if f"{bn}/{name}" in self.stats:
         self._apply(self.stats, f"{bn}/{name}", cut)
-
-  def kernel(self, layer, keep_in, keep_out, flat_channels=None):
-    path = f"{layer}/kernel"
-    if keep_in is not None:
-      if flat_channels:
-        # A Dense after a flatten of (H, W, C): its rows are (h, w, c)
-        # row-major, so channel c is every C-th row.
-        def cut_in(k):
-          k = np.asarray(k)
-          return _take(k.reshape(-1, flat_channels, k.shape[-1]), keep_in,
-                       1).reshape(-1, k.shape[-1])
-      else:
-        cut_in = lambda k: _take(k, keep_in, np.ndim(k) - 2)  # noqa: E731
-      self._apply(self.params, path, cut_in)
-    if keep_out is not None:
-      self._apply(self.params, path,
-                  lambda k: _take(k, keep_out, np.ndim(k) - 1))
-      if f"{layer}/bias" in self.params:
-        self._apply(self.params, f"{layer}/bias",
-                    functools.partial(_take, idx=keep_out, axis=0))
-
-  def layer(self, layer, bn, keep_in, flat_channels=None):
-    """Slims a kernel + BatchNorm pair; returns the kept output channels."""
-    keep = _keep(self.dead(bn), self.multiple)
-    self.kernel(layer, keep_in, keep, flat_channels)
-    self.bn(bn, keep)
-    return keep
 
   def variables(self):
     out = {"params": traverse_util.unflatten_dict(self.params, sep="/")}
     if self.stats:
       out["batch_stats"] = traverse_util.unflatten_dict(self.stats, sep="/")
     return jax.tree.map(jnp.asarray, out)
+
+
+def sibling(path: str, name: str) -> str:
+  """The leaf ``name`` of the module holding ``path`` (a kernel's bias)."""
+  up = path.rpartition("/")[0]
+  return f"{up}/{name}" if up else name
+
+
+def _take_rows(k, keep, width):
+  # rows // width > 1: a Dense after a channels-last flatten of (H, W, C),
+  # whose rows are (h, w, c) row-major: channel c is every C-th row.
+  k = np.asarray(k)
+  rows = k.shape[-2]
+  k = _take(k.reshape(*k.shape[:-2], rows // width, width, k.shape[-1]),
+            keep, -2)
+  return k.reshape(*k.shape[:-3], -1, k.shape[-1])
 
 
 def _take(x, idx, axis):

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models._layers import as_nhwc, batch_norm, default_kernel_init
+from models._layers import as_nhwc, batch_norm, chain_units
+from models._layers import default_kernel_init
+
+
+# (kernel, BatchNorm) in order: the channel units.
+_LAYERS = (("conv0", "bn0"), ("conv1", "bn1"), ("hidden", "bn_hidden"))
 
 
 class SmallCNN(nn.Module):
@@ -33,6 +38,15 @@ class SmallCNN(nn.Module):
   dtype: Any = jnp.float32
   kernel_init: Callable = default_kernel_init
   widths: Optional[Sequence[int]] = None
+
+  def channel_units(self) -> tuple:
+    """The channel units (``rda_optax.ChannelUnit``): each kernel with its
+    BatchNorm, read by the next kernel (``hidden`` through the flatten)."""
+    return chain_units(_LAYERS)
+
+  def widths_for(self, counts: Mapping[str, int]) -> tuple[int, ...]:
+    """``widths`` for ``counts[unit key]`` channels per unit."""
+    return tuple(counts[k] for k, _ in _LAYERS)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

@@ -7,13 +7,14 @@ in the CIFAR VGG-16/19 models the paper's experiments follow.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models._layers import as_nhwc, batch_norm, default_kernel_init
+from models._layers import as_nhwc, batch_norm, chain_units
+from models._layers import default_kernel_init
 
 # Conv widths; "M" is a 2x2 stride-2 max-pool.
 CONFIGS = {
@@ -40,6 +41,21 @@ class VGG(nn.Module):
   dtype: Any = jnp.float32
   kernel_init: Callable = default_kernel_init
   widths: Optional[Sequence[int]] = None
+
+  def channel_units(self) -> tuple:
+    """The channel units (``rda_optax.ChannelUnit``): ``conv{k}`` with
+    ``bn{k}``, read by ``conv{k+1}`` (the last by the classifier)."""
+    return chain_units([(f"conv{k}", f"bn{k}") for k in range(self._n())])
+
+  def widths_for(self, counts: Mapping[str, int]) -> tuple[int, ...]:
+    """``widths`` for ``counts[unit key]`` channels per unit."""
+    return tuple(counts[f"conv{k}"] for k in range(self._n()))
+
+  def _n(self) -> int:
+    if self.depth not in CONFIGS:
+      raise ValueError(
+          f"depth must be one of {sorted(CONFIGS)}, got {self.depth!r}")
+    return sum(v != "M" for v in CONFIGS[self.depth])
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

@@ -37,6 +37,8 @@ from rda_optax._rmda import RMDAState
 from rda_optax._rmda import rmda
 from rda_optax._rigl import rigl
 from rda_optax._soft_threshold import soft_threshold
+from rda_optax._units import ChannelUnit
+from rda_optax._units import trace_channel_units
 from rda_optax._sparsity import LeafSparsity
 from rda_optax._sparsity import sparsity
 from rda_optax._sparsity import sparsity_report
@@ -44,6 +46,7 @@ from rda_optax._sparsity import sparsity_report
 __version__ = "0.1.0"
 
 __all__ = (
+    "ChannelUnit",
     "FreezeZerosState",
     "GROUP_WEIGHTINGS",
     "GMPState",
@@ -83,4 +86,5 @@ __all__ = (
     "sparsity_allocation",
     "sparsity_report",
     "top_k_mask",
+    "trace_channel_units",
 )

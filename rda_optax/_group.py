@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +21,10 @@ import jax.numpy as jnp
 from rda_optax._common import check_hyper
 from rda_optax._masks import MaskOrFn, resolve_mask
 from rda_optax._soft_threshold import shrink
+from rda_optax._units import ChannelUnit
+from rda_optax._units import path_name
+from rda_optax._units import sibling
+from rda_optax._units import units_by_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,32 +365,34 @@ def _sumsq(leaves, specs):
   return out
 
 
-# Residual-stream members of a ResNet: the stem and each block's last conv
-# and projection write into the stream of their stage.
-_STREAM = re.compile(r"^(?:(stem)_conv|layer(\d+)_\d+/(?:conv2|shortcut_conv))$")
-
-
 GROUP_WEIGHTINGS = ("size", "uniform")
 
 
-def channel_groups(params: Any, *, tie_residual: bool = True,
+def channel_groups(params: Any, *,
+                   units: Optional[Sequence[ChannelUnit]] = None,
+                   tie_residual: bool = True,
                    weighting: Union[str, dict[str, float]] = "size") -> Any:
-  """One group per output channel of each kernel that feeds a BatchNorm.
+  """One group per channel of each :class:`ChannelUnit`.
 
-  Group ``c`` of a layer holds the layer's kernel ``[..., c]`` (its last
-  axis), its bias ``[c]`` if it has one, and the paired BatchNorm's
-  ``scale[c]`` and ``bias[c]``. Pairs are found by name within a module, as
-  the models in ``models/`` name them: kernel ``conv1`` with BatchNorm
+  Family ``unit.key``, group ``c``: every writer's kernel ``[..., c]`` (its
+  last axis) and bias ``[c]`` if it has one, and every normalization's
+  ``scale[c]`` and ``bias[c]``. A residual stream is one unit with several
+  writers, so its channel ``c`` is one group. The units come from the model:
+  declared (``models.channel_units(model)``) or traced
+  (:func:`trace_channel_units`). Without ``units``, pairs are found by name
+  within a module, as the models in ``models/`` name them
+  (:func:`rda_optax._units.units_by_name`): kernel ``conv1`` with BatchNorm
   ``bn1``, ``stem_conv``/``stem_bn``, ``shortcut_conv``/``shortcut_bn``,
-  ``conv3``/``bn3``, ``hidden``/``bn_hidden``. Kernels without a BatchNorm
-  (the classifier, whose outputs are the logits) belong to no group.
+  ``hidden``/``bn_hidden``. Kernels in no unit (the classifier, whose
+  outputs are the logits) belong to no group.
 
   When a whole group is zero, the channel's BatchNorm output is exactly 0 for
   any input, so ``models.slim`` can remove the channel exactly.
 
   Args:
     params: the ``"params"`` collection of a model.
-    tie_residual: in a ResNet (``stem_conv`` and ``layer{i}_{j}`` blocks),
+    units: the model's channel units; default: found by name.
+    tie_residual: only without ``units``: in a ResNet (``stem_conv`` and ``layer{i}_{j}`` blocks),
       make channel ``c`` of a stage's residual stream one group over every
       layer writing into it (the stem or the stage's projection, and each
       block's ``conv2``), because the stream channel is removable only when
@@ -406,6 +411,13 @@ def channel_groups(params: Any, *, tie_residual: bool = True,
   Returns:
     A group-spec tree for :func:`group_soft_threshold` and ``rda(groups=)``.
 
+  Raises:
+    ValueError: for a unit partly in ``params`` (a writer that is not a
+      kernel there, a norm without ``scale`` or ``bias``), a leaf in two
+      units, or an unknown ``weighting``. A unit with no leaf in ``params``
+      is skipped: ``params`` may be a part of the model's (under
+      ``optax.masked``).
+
   Examples:
     >>> import jax.numpy as jnp
     >>> import rda_optax
@@ -422,36 +434,25 @@ GroupSpec(key='conv0', axis=-1, weight=1.0), {'bias': None, 'kernel': None})
     >>> u = rda_optax.channel_groups(params, weighting="uniform")
     >>> round(u["conv0"]["kernel"].weight, 4)  # 1 / sqrt(11)
     0.3015
+
+    Any names, with the units given (here two writers summed, a residual):
+
+    >>> p = {"a": {"kernel": jnp.ones((4, 8))}, "b": {"kernel": jnp.ones((8, 8))},
+    ...      "n": {"scale": jnp.ones(8), "bias": jnp.zeros(8)}}
+    >>> unit = rda_optax.ChannelUnit("s", writers=("a/kernel", "b/kernel"),
+    ...                              norms=("n",))
+    >>> rda_optax.group_sizes(p, rda_optax.channel_groups(p, units=[unit]))
+    {'s': 14}
   """
   if isinstance(weighting, str) and weighting not in GROUP_WEIGHTINGS:
     raise ValueError(
         f"channel_groups: weighting must be one of "
         f"{', '.join(GROUP_WEIGHTINGS)} or a dict, got {weighting!r}")
-  flat = {_path_name(p): leaf
+  flat = {path_name(p): leaf
           for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
-  specs: dict[str, Optional[GroupSpec]] = {k: None for k in flat}
-  for path, leaf in flat.items():
-    *mod, name = path.split("/")
-    if name != "kernel" or jnp.ndim(leaf) < 2:
-      continue
-    parent, layer = "/".join(mod[:-1]), mod[-1]
-    bn = None
-    for cand in (layer.replace("conv", "bn"), "bn_" + layer):
-      cpath = f"{parent}/{cand}" if parent else cand
-      if f"{cpath}/scale" in flat:
-        bn = cpath
-        break
-    if bn is None:
-      continue
-    lpath = "/".join(mod)
-    key = lpath
-    m = _STREAM.match(lpath) if tie_residual else None
-    if m:
-      key = f"stream{1 if m.group(1) else m.group(2)}"
-    for member in (f"{lpath}/kernel", f"{lpath}/bias", f"{bn}/scale",
-                   f"{bn}/bias"):
-      if member in flat:
-        specs[member] = GroupSpec(key, -1)
+  if units is None:
+    units = units_by_name(params, tie_residual)
+  specs = _unit_specs(flat, units)
   if weighting == "uniform":
     names = [k for k, s in specs.items() if s is not None]
     sizes = _sizes([flat[k] for k in names], [specs[k] for k in names])
@@ -460,9 +461,40 @@ GroupSpec(key='conv0', axis=-1, weight=1.0), {'bias': None, 'kernel': None})
     specs = {k: s if s is None else dataclasses.replace(
         s, weight=float(weighting.get(s.key, 1.0)))
              for k, s in specs.items()}
-  return jax.tree_util.tree_map_with_path(lambda p, _: specs[_path_name(p)],
+  return jax.tree_util.tree_map_with_path(lambda p, _: specs[path_name(p)],
                                          params)
 
 
-def _path_name(path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+def _unit_specs(flat: dict, units: Sequence[ChannelUnit]
+                ) -> dict[str, Optional[GroupSpec]]:
+  """``{leaf path: GroupSpec or None}`` for the leaves of ``flat``."""
+  specs: dict[str, Optional[GroupSpec]] = {k: None for k in flat}
+
+  def claim(path, unit):
+    if specs[path] is not None:
+      raise ValueError(f"channel_groups: {path!r} is in unit "
+                       f"{specs[path].key!r} and in unit {unit.key!r}")
+    specs[path] = GroupSpec(unit.key, -1)
+
+  for unit in units:
+    if not isinstance(unit, ChannelUnit):
+      raise ValueError(f"channel_groups: units must be ChannelUnit, got "
+                       f"{type(unit).__name__}")
+    if not any(w in flat for w in unit.writers) and not any(
+        f"{n}/{f}" in flat for n in unit.norms for f in ("scale", "bias")):
+      continue  # params is a part of the model's (optax.masked, a subtree)
+    for w in unit.writers:
+      if w not in flat or len(jnp.shape(flat[w])) < 2:
+        raise ValueError(f"channel_groups: unit {unit.key!r}: writer {w!r} "
+                         "is not a kernel (ndim >= 2) of the params")
+      claim(w, unit)
+      if sibling(w, "bias") in flat:
+        claim(sibling(w, "bias"), unit)
+    for n in unit.norms:
+      members = [f"{n}/{f}" for f in ("scale", "bias") if f"{n}/{f}" in flat]
+      if not members:
+        raise ValueError(f"channel_groups: unit {unit.key!r}: norm {n!r} has "
+                         "no scale or bias in the params")
+      for m in members:
+        claim(m, unit)
+  return specs

@@ -11,6 +11,7 @@ place lists methods, so a new method is one :func:`register` call.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax.numpy as jnp
@@ -196,7 +197,9 @@ def _proximal(name: str, factory: Callable[..., optax.GradientTransformation],
 
 def _freeze(cfg: Config):
   # With channel groups, ASR also freezes the dead channels' BatchNorm.
-  return structure.freeze_mask if cfg.structure != "none" else None
+  return (functools.partial(structure.freeze_mask,
+                            channel_units=structure.model_units(cfg.model))
+          if cfg.structure != "none" else None)
 
 
 def _check_target_method(name: str) -> Callable[[Config], None]:
@@ -310,8 +313,11 @@ def _net_slim(cfg: Config, spe: int, target: Optional[float]) -> optim.Optimizer
   phase2 = cfg.epochs * spe
   lr = _restarted_lr(cfg, spe)
   bn_l1 = lambda step: jnp.where(step < phase2, cfg.bn_l1, 0.0)  # noqa: E731
-  tx = optax.chain(structure.add_bn_l1(bn_l1), *optim.dense_sgd(cfg, lr),
-                   rda_optax.freeze_zeros(phase2, mask=structure.freeze_mask))
+  units = structure.model_units(cfg.model)
+  tx = optax.chain(structure.add_bn_l1(bn_l1, units),
+                   *optim.dense_sgd(cfg, lr),
+                   rda_optax.freeze_zeros(phase2, mask=functools.partial(
+                       structure.freeze_mask, channel_units=units)))
   return optim.Optimizer(tx, None, None, optim.host(lr))
 
 
@@ -333,7 +339,8 @@ def _slim_at_boundary(cfg: Config, params: Any, epoch: int,
     return None
   shape = run.images.shape[1:]
   if cfg.prune_channels is not None:
-    pruned, k = structure.prune_fraction(params, cfg.prune_channels)
+    pruned, k = structure.prune_fraction(
+        params, cfg.prune_channels, structure.model_units(cfg.model))
   else:
     pruned, k = structure.prune_to_flops(run.model, params, shape, target)
   ratio = structure.flops_row(run.model, pruned, shape)["ratio"]

@@ -2,7 +2,9 @@
 
 ``--structure channel`` / ``sparse-group`` give ``rda`` and ``prox-sgd`` the
 channel groups of ``rda_optax.channel_groups`` (one group per output channel:
-its kernel column, bias and BatchNorm scale and bias). ``--method net-slim``
+its kernel column, bias and BatchNorm scale and bias), formed from the
+channel units the model declares (``models.channel_units``), not from its
+layer names. ``--method net-slim``
 is Liu et al. (2017): l1 on the BatchNorm scales, channels pruned by
 ``|scale|`` at the phase boundary to a FLOPs target, fine-tuning. Both end
 in the same place: whole channel groups at exactly 0, which ``models.slim``
@@ -80,6 +82,13 @@ def _abstract_params(model_name: str) -> Any:
                       shapes["params"])
 
 
+def model_units(model_name: str) -> tuple:
+  """The channel units ``--model`` declares (``models.channel_units``):
+  what the trainer's channel groups are made of, whatever the layer
+  names."""
+  return models.channel_units(models.get(model_name))
+
+
 def check(cfg: Any) -> None:
   """Checks ``--structure``, ``--group-l1`` and net-slim's options."""
   def _check(ok: bool, msg: str) -> None:
@@ -107,7 +116,12 @@ def check(cfg: Any) -> None:
            np.isfinite(cfg.group_l1) and cfg.group_l1 > 0,
            f"--group-l1 must be > 0, got {cfg.group_l1}")
   if cfg.structure != "none" or "net-slim" in run:
-    specs = rda_optax.channel_groups(_abstract_params(cfg.model))
+    try:
+      specs = rda_optax.channel_groups(_abstract_params(cfg.model),
+                                       units=model_units(cfg.model))
+    except ValueError as e:
+      _fail(f"--model {cfg.model}: no channel groups: its channel units do "
+            f"not fit its params ({e})")
     _check(any(s is not None for s in jax.tree.leaves(specs)),
            f"--model {cfg.model}: no kernel feeds a BatchNorm, so there are "
            "no channel groups to remove")
@@ -173,35 +187,40 @@ def group_args(cfg: Any, spe: int) -> dict[str, Any]:
   lam = (cfg.group_l1 if cfg.group_l1 is not None
          else DEFAULT_GROUP_L1[cfg.group_weighting])
   return dict(groups=functools.partial(rda_optax.channel_groups,
+                                       units=model_units(cfg.model),
                                        weighting=cfg.group_weighting),
               group_l1=optim.debiased(lam, cfg, spe))
 
 
-def freeze_mask(params: Any) -> Any:
+def freeze_mask(params: Any, channel_units: Optional[tuple] = None) -> Any:
   """Kernels and every leaf in a channel group (BatchNorm scale and bias).
 
   ASR freezes exact zeros in these leaves. Kernels alone are not enough: a
   dead channel's BatchNorm scale and bias still get gradients, the group's
   average may grow past its threshold again, and the channel would come
   back as a constant ``relu(bias)`` that ``models.slim`` cannot remove.
+  ``channel_units``: the model's (:func:`model_units`); default: by name.
   """
-  specs = rda_optax.channel_groups(params)
+  specs = rda_optax.channel_groups(params, units=channel_units)
   kernels = rda_optax.default_l1_mask(params)
   return jax.tree.map(lambda k, s: bool(k) or s is not None, kernels, specs,
                       is_leaf=lambda x: x is None)
 
 
-def _bn_scales(params: Any) -> Any:
-  specs = rda_optax.channel_groups(params)
+def _bn_scales(params: Any, channel_units: Optional[tuple] = None) -> Any:
+  specs = rda_optax.channel_groups(params, units=channel_units)
   return jax.tree_util.tree_map_with_path(
       lambda p, s: s is not None and str(getattr(p[-1], "key", "")) == "scale",
       specs, is_leaf=lambda x: x is None)
 
 
-def add_bn_l1(strength: optax.ScalarOrSchedule) -> optax.GradientTransformation:
+def add_bn_l1(strength: optax.ScalarOrSchedule,
+              channel_units: Optional[tuple] = None
+              ) -> optax.GradientTransformation:
   """``rda_optax.add_bn_l1`` on the BatchNorm scales that belong to a channel
   group: the channels that pruning by scale can remove."""
-  return rda_optax.add_bn_l1(strength, mask=_bn_scales)
+  return rda_optax.add_bn_l1(strength, mask=functools.partial(
+      _bn_scales, channel_units=channel_units))
 
 
 # --- pruning by BatchNorm scale (net-slim) ----------------------------------
@@ -217,19 +236,20 @@ def _flat(params):
   return traverse_util.flatten_dict(params, sep="/")
 
 
-def _spec_flat(params):
-  specs = rda_optax.channel_groups(params)
+def _spec_flat(params, channel_units=None):
+  specs = rda_optax.channel_groups(params, units=channel_units)
   return {"/".join(str(getattr(k, "key", k)) for k in p): s
           for p, s in jax.tree_util.tree_flatten_with_path(
               specs, is_leaf=lambda x: x is None)[0] if s is not None}
 
 
-def prune_units(params: Any) -> Units:
+def prune_units(params: Any, channel_units: Optional[tuple] = None) -> Units:
   """One unit per channel group; its score is the largest ``|scale|`` of
   the group's BatchNorms (a ResNet stream channel goes only when every
   writer's scale is small). Each family's best channel is left out, so no
-  layer loses all of its channels."""
-  flat, specs = _flat(params), _spec_flat(params)
+  layer loses all of its channels. ``channel_units``: the model's
+  (:func:`model_units`); default: by name."""
+  flat, specs = _flat(params), _spec_flat(params, channel_units)
   fam: dict[str, np.ndarray] = {}
   for path, s in specs.items():
     if path.endswith("/scale"):
@@ -246,9 +266,10 @@ def prune_units(params: Any) -> Units:
                np.asarray(score)[order])
 
 
-def zero_units(params: Any, units: Units, k: int) -> Any:
+def zero_units(params: Any, units: Units, k: int,
+               channel_units: Optional[tuple] = None) -> Any:
   """``params`` with the first ``k`` units' whole groups set to exactly 0."""
-  flat, specs = _flat(params), _spec_flat(params)
+  flat, specs = _flat(params), _spec_flat(params, channel_units)
   out = {p: np.array(v) for p, v in flat.items()}
   by_key: dict[str, list[int]] = {}
   for key, c in zip(units.keys[:k], units.index[:k]):
@@ -272,14 +293,16 @@ def prune_to_flops(model: Any, params: Any, input_shape, target: float
   to at most ``target`` times the dense model's (binary search: FLOPs only
   fall as units go). Returns the params and the number pruned; if even
   every prunable unit is not enough, all of them go."""
-  units = prune_units(params)
+  declared = models.channel_units(model)
+  units = prune_units(params, declared)
   goal = target * models.flops(model, input_shape)
   lo, hi = 0, len(units.keys)
   cache: dict[int, int] = {}
 
   def f(k):
     if k not in cache:
-      cache[k] = slim_flops(model, zero_units(params, units, k), input_shape)
+      cache[k] = slim_flops(model, zero_units(params, units, k, declared),
+                            input_shape)
     return cache[k]
 
   while lo < hi:
@@ -288,16 +311,18 @@ def prune_to_flops(model: Any, params: Any, input_shape, target: float
       hi = mid
     else:
       lo = mid + 1
-  return zero_units(params, units, lo), lo
+  return zero_units(params, units, lo, declared), lo
 
 
-def prune_fraction(params: Any, fraction: float) -> tuple[Any, int]:
+def prune_fraction(params: Any, fraction: float,
+                   channel_units: Optional[tuple] = None
+                   ) -> tuple[Any, int]:
   """Prunes ``round(fraction * channels)`` lowest-scale units (capped at
   the prunable ones)."""
-  units = prune_units(params)
+  units = prune_units(params, channel_units)
   total = len(units.keys) + len({k for k in units.keys})
   k = min(int(round(fraction * total)), len(units.keys))
-  return zero_units(params, units, k), k
+  return zero_units(params, units, k, channel_units), k
 
 
 # --- training on the slim model ---------------------------------------------
