@@ -367,7 +367,10 @@ def slim_state(model: Any, state: Any, multiple: int = 1) -> tuple[Any, Any]:
 def full_sparsity(params: Any, dense: Any) -> tuple[float, dict[str, float]]:
   """Sparsity of slim ``params`` counted over the dense model's kernels
   (``dense``: shapes of its params), the removed entries as zeros: the
-  same numbers the dense-width run would log."""
+  sparsity of the full-width variables that export writes
+  (:func:`dense_variables`). A run at full width counts the consumers'
+  weights on dead inputs as they are (nonzero, though they multiply
+  zeros), so it logs less."""
   size = {jax.tree_util.keystr(p): int(np.prod(x.shape))
           for p, x in jax.tree_util.tree_flatten_with_path(dense)[0]
           if len(x.shape) >= 2}  # the kernels, as sparsity_report's mask
