@@ -223,6 +223,12 @@ class Config:
   prune_channels: Optional[float] = option(
       None, CHANNEL, "net-slim: prune this fraction of the channels instead "
       "of a FLOPs target", lo=0, hi=1)
+  width_multiple: int = option(
+      16, CHANNEL, "the slim model's widths are rounded up to a multiple of "
+      "this (or the layer's full width) by keeping some dead channels, "
+      "which output exact zeros: odd widths such as 22 or 45 ran slower "
+      "than the dense model on a CPU, multiples of 16 faster "
+      "(docs/RESULTS.md); 1 keeps only the alive channels", lo=1)
   seed: int = option(
       0, OTHER, "seed of init, shuffling, augmentation and (without "
       "--val-seed) the validation split", lo=_SEEDS[0], hi=_SEEDS[1],
