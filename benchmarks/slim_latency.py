@@ -13,8 +13,12 @@ at what accuracy, is for the trainer. ``--run-dir`` times a trained one
 instead: the final variables of an ``python -m train --structure`` (or
 ``net-slim``) run against the slim model written into it.
 
-  python benchmarks/slim_latency.py [--fractions 0.5 0.75] [--repeats 7]
-      [--side 32]
+``--multiple 8 16`` adds each slim model again with its widths rounded up to
+those multiples (the trainer's ``--width-multiple``), timed in the same
+interleaved loop; ``--model small_cnn`` times the small CNN instead of VGG.
+
+  python benchmarks/slim_latency.py [--model vgg16bn|small_cnn]
+      [--fractions 0.5 0.75] [--multiple 8 16] [--repeats 7] [--side 32]
   python benchmarks/slim_latency.py --run-dir RUN_DIR [--side 32]
 """
 
@@ -100,10 +104,15 @@ def main(argv=None):
                   help="input height = width (CIFAR: 32)")
   ap.add_argument("--run-dir", help="a finished run with a slim model: "
                   "time it against the run's own dense variables")
-  ap.add_argument("--multiple", type=_args.int_at_least(1),
-                  help="also time each slim model "
-                  "with its widths rounded up to a multiple of this "
-                  "(models.slim(..., multiple=))")
+  ap.add_argument("--multiple", type=_args.int_at_least(1), nargs="+",
+                  default=[],
+                  help="also time each slim model with its widths rounded "
+                  "up to a multiple of each of these, side by side "
+                  "(models.slim(..., multiple=); the trainer's "
+                  "--width-multiple)")
+  ap.add_argument("--model", choices=("vgg16bn", "small_cnn"),
+                  default="vgg16bn", help="the random-weight model (not "
+                  "with --run-dir)")
   args = ap.parse_args(argv)
   rng = np.random.default_rng(args.seed)
   killed = {}  # the dense model with the channels killed: slim's reference
@@ -117,7 +126,7 @@ def main(argv=None):
     killed["slim"] = variants["dense"][1]  # dead channels are exact zeros
   else:
     shape = (args.side, args.side, 3)
-    dense = models.get("vgg16bn")
+    dense = models.get(args.model)
     v_dense = random_variables(dense, rng, shape)
     variants = {"dense": (dense, as_f32(v_dense))}
     for f in args.fractions:
@@ -125,13 +134,8 @@ def main(argv=None):
       killed[name] = as_f32(kill_channels(v_dense, f, rng))
       m, v = models.slim(dense, killed[name])
       variants[name] = (m, as_f32(v))
-    what = "VGG-16bn, random weights (not trained)"
-  if args.multiple:
-    dense = variants["dense"][0]
-    for name in list(killed):
-      m, v = models.slim(dense, killed[name], multiple=args.multiple)
-      variants[f"{name}/{args.multiple}"] = (m, as_f32(v))
-      killed[f"{name}/{args.multiple}"] = killed[name]
+    what = f"{args.model}, random weights (not trained)"
+  add_multiples(variants, killed, args.multiple)
   print(f"{what}, {shape[0]}x{shape[1]}x{shape[2]} inputs; jax "
         f"{jax.__version__}, {jax.devices()[0].platform}, float32, median "
         f"of {args.repeats}")
@@ -155,14 +159,14 @@ def main(argv=None):
 
   base = variants["dense"]
   p0, f0 = models.param_count(base[1]["params"]), models.flops(base[0], shape)
-  head = (f"{'model':<13} {'params':>10} {'x':>6} {'MFLOPs':>8} {'x':>6}"
+  head = (f"{'model':<16} {'params':>10} {'x':>6} {'MFLOPs':>8} {'x':>6}"
           + "".join(f" {'ms@' + str(b):>9} {'x':>6}" for b in xs)
           + f" {'max|dlogit|':>11}")
   print(head)
   med0 = {b: statistics.median(times["dense"][b]) for b in xs}
   for k, (m, v) in variants.items():
     p, fl = models.param_count(v["params"]), models.flops(m, shape)
-    row = f"{k:<13} {p:>10,} {p0 / p:>6.2f} {fl / 1e6:>8.1f} {f0 / fl:>6.2f}"
+    row = f"{k:<16} {p:>10,} {p0 / p:>6.2f} {fl / 1e6:>8.1f} {f0 / fl:>6.2f}"
     for b in xs:
       med = statistics.median(times[k][b])
       row += f" {med * 1e3:>9.2f} {med0[b] / med:>6.2f}"
@@ -171,12 +175,29 @@ def main(argv=None):
       x = xs[args.batch_sizes[0]]
       ref = applies["dense"](killed[k], x)
       diff = float(np.abs(np.asarray(fns[k](x)) - np.asarray(ref)).max())
-    print(row + f" {diff:>11.1e}")
+    print(row + f" {diff:>11.1e}  widths {_widths(m)}")
   print("x: dense / this model (parameters, FLOPs, latency). max|dlogit|: "
         "slim vs the dense model with the same channels dead, float32 "
         "(summation order only).")
   print(f"load average (1 min) before/after timing: {load0} / {load1}")
   return 0
+
+
+def add_multiples(variants, killed, multiples):
+  """Each slim variant again at widths rounded up to each multiple (named
+  ``NAME/k``): the same dead channels, so the same logits."""
+  dense = variants["dense"][0]
+  for name in list(killed):
+    for k in multiples:
+      m, v = models.slim(dense, killed[name], multiple=k)
+      variants[f"{name}/{k}"] = (m, as_f32(v))
+      killed[f"{name}/{k}"] = killed[name]
+
+
+def _widths(model):
+  w = model.widths
+  return "default" if w is None else "/".join(
+      str(x if isinstance(x, int) else x[0]) for x in w)
 
 
 def trained(run_dir: Path, side: int):

@@ -170,13 +170,25 @@ def test_slim_model_is_written_reloads_and_scores_the_same(slim_runs, method):
   counts = _rows(run_dir)[-1]["channels_per_layer"]
   assert counts == s["channels_per_layer"]
   small, sv = structure.load_slim(run_dir)
-  widths = tuple(max(1, counts[k]) for k in ("bn0", "bn1", "bn_hidden"))
+  alive = tuple(max(1, counts[k]) for k in ("bn0", "bn1", "bn_hidden"))
+  assert alive != (32, 64, 128)  # something was removed
+  # The written widths: the alive counts rounded up to --width-multiple
+  # (default 16), or the full width.
+  assert s["slim"]["width_multiple"] == 16
+  widths = tuple(min(-(-a // 16) * 16, full)
+                 for a, full in zip(alive, (32, 64, 128)))
   assert tuple(small.widths) == widths == tuple(s["slim"]["widths"])
   assert sv["params"]["conv1"]["kernel"].shape == (3, 3, widths[0], widths[1])
-  assert widths != (32, 64, 128)  # something was removed
   assert s["slim"]["params"] == models.param_count(sv["params"])
-  assert s["slim"]["params"] < s["slim"]["dense_params"]
-  assert s["flops"]["slim"] == models.flops(small, (8, 8, 1))
+  # Fewer channels than a multiple removed from every layer leave the
+  # written model at the dense widths (net-slim at 70% can).
+  assert ((s["slim"]["params"] < s["slim"]["dense_params"])
+          == (widths != (32, 64, 128)))
+  assert s["slim"]["flops"] == models.flops(small, (8, 8, 1))
+  # The summary's FLOPs ratio counts the alive channels alone: what the
+  # method removed, comparable between runs whatever the multiple.
+  assert s["flops"]["slim"] == models.flops(
+      models.get("small_cnn", widths=alive), (8, 8, 1))
   assert s["flops"]["dense"] == models.flops(models.get("small_cnn"),
                                              (8, 8, 1))
   splits = load("digits", progress=False)
@@ -277,10 +289,11 @@ def test_each_run_of_a_compare_writes_a_config_that_resume_accepts():
 def test_slim_latency_times_a_trained_run_and_refuses_a_bad_one(
     slim_runs, capsys, tmp_path):
   """benchmarks/slim_latency.py --run-dir: the run's dense variables beside
-  its slim model, with the parameter and FLOPs ratios of the run, and the
+  its slim model, with the parameter and FLOPs ratios of its summary, and the
   slim logits equal to the dense ones (the dead channels are exact zeros)."""
   from benchmarks import slim_latency  # pylint: disable=g-import-not-at-top
-  run = slim_runs["net-slim"]
+  # The rda run: net-slim's, rounded up to --width-multiple 16, is dense.
+  run = slim_runs["rda"]
   assert slim_latency.main(["--run-dir", str(run), "--side", "8",
                             "--repeats", "1", "--batch-sizes", "2"]) == 0
   out = capsys.readouterr().out
@@ -290,9 +303,11 @@ def test_slim_latency_times_a_trained_run_and_refuses_a_bad_one(
   dense_p, slim_p = s["slim"]["dense_params"], s["slim"]["params"]
   assert int(rows["dense"][1].replace(",", "")) == dense_p
   assert int(rows["slim"][1].replace(",", "")) == slim_p < dense_p
-  assert float(rows["slim"][4]) == pytest.approx(1 / s["flops"]["ratio"],
-                                                 abs=0.01)
-  assert float(rows["slim"][-1]) < 1e-4  # max|dlogit|
+  assert float(rows["slim"][4]) == pytest.approx(
+      s["flops"]["dense"] / s["slim"]["flops"], abs=0.01)
+  slim = rows["slim"]
+  assert float(slim[slim.index("widths") - 1]) < 1e-4  # max|dlogit|
+  assert slim[-1] == "/".join(map(str, s["slim"]["widths"]))
   assert slim_latency.main(["--run-dir", str(tmp_path)]) == 2
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1 and str(tmp_path) in err, err

@@ -207,9 +207,6 @@ class Config:
       "epochs on the slim model, its optimizer state cut to match; "
       "--no-slim-training keeps the full width, the dead channels frozen "
       "at 0 (default on)")
-  width_multiple: int = option(
-      1, CHANNEL, "when slimming: keep enough dead channels that every width "
-      "is a multiple of this (or the layer's full width)", lo=1)
   bn_l1: float = option(
       1e-4, CHANNEL, "net-slim: l1 on the BatchNorm scales during --epochs",
       lo=0)
@@ -223,6 +220,16 @@ class Config:
   prune_channels: Optional[float] = option(
       None, CHANNEL, "net-slim: prune this fraction of the channels instead "
       "of a FLOPs target", lo=0, hi=1)
+  # One field (main's slim training added it with default 1; the measured
+  # default is 16): slim training, the written slim model and export --slim
+  # all round up to it.
+  width_multiple: int = option(
+      16, CHANNEL, "when slimming (slim training, the slim model written, "
+      "export --slim): widths are rounded up to a multiple of "
+      "this (or the layer's full width) by keeping some dead channels, "
+      "which output exact zeros: odd widths such as 22 or 45 ran slower "
+      "than the dense model on a CPU, multiples of 16 faster "
+      "(docs/RESULTS.md); 1 keeps only the alive channels", lo=1)
   seed: int = option(
       0, OTHER, "seed of init, shuffling, augmentation and (without "
       "--val-seed) the validation split", lo=_SEEDS[0], hi=_SEEDS[1],

@@ -3,6 +3,7 @@ variables as a compressed sparse file (``rda_optax.save_sparse``), and the
 test accuracy of the model rebuilt from such a file.
 
   python -m train export RUN_DIR [--out FILE] [--values float32|bfloat16] [--force]
+  python -m train export RUN_DIR --slim [--out FILE] [--width-multiple K] [--force]
   python -m train evaluate FILE --run RUN_DIR
 """
 
@@ -45,6 +46,23 @@ def _config(run_dir: Path, flag: str) -> Config:
   except (OSError, ValueError, TypeError) as e:
     raise UsageError(f"{flag} {run_dir}: cannot read {path}: {e}") from None
   return cfg
+
+
+def run_config(run_dir: Path, flag: str = "RUN_DIR") -> Config:
+  """The run's config.json, validated; one line if it is not a run."""
+  return _config(run_dir, flag)
+
+
+def normalization(cfg: Config, train_images: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """The per-channel (mean, std) the run normalized its inputs with."""
+  if inputs.data_sharding(cfg) == "sharded":
+    devices = cfg.devices if (cfg.devices or 0) <= jax.device_count() else None
+    topo = parallel.topology(devices, 1)
+    mine = parallel.local_rows(train_images.shape[0], topo, cfg.seed)
+    return engine.channel_stats(train_images, rows=mine,
+                                reduce=parallel.sum_over_processes)
+  return engine.channel_stats(train_images)
 
 
 def final_variables(run_dir: Path, flag: str = "RUN_DIR") -> dict[str, Any]:
@@ -124,12 +142,7 @@ def evaluate_file(path: Path, run_dir: Path) -> tuple[float, float]:
   topo = parallel.topology(devices, 1)
   model = models.get(cfg.model, num_classes=splits.num_classes, dtype=dtype)
   train = splits.train
-  if inputs.data_sharding(cfg) == "sharded":
-    mine = parallel.local_rows(train.images.shape[0], topo, cfg.seed)
-    mean, std = engine.channel_stats(train.images, rows=mine,
-                                     reduce=parallel.sum_over_processes)
-  else:
-    mean, std = engine.channel_stats(train.images)
+  mean, std = normalization(cfg, train.images)
   shapes = jax.eval_shape(model.init, jax.random.key(0),
                           jnp.zeros((1,) + train.images.shape[1:]))
   want = {k: jax.tree.map(lambda s: (s.shape, s.dtype.name), shapes.get(k, {}))
@@ -163,10 +176,19 @@ def parser() -> argparse.ArgumentParser:
                      "compressed sparse file (docs/EXPORT.md)")
   e.error = p.error  # type: ignore[method-assign]
   e.add_argument("run_dir", metavar="RUN_DIR")
-  e.add_argument("--out", help=f"file to write (default RUN_DIR/{DEFAULT_NAME})")
+  e.add_argument("--out", help=f"file to write (default RUN_DIR/{DEFAULT_NAME}"
+                 "; with --slim RUN_DIR/model.slim.jaxexport, its variables "
+                 "beside it as .npz)")
   e.add_argument("--values", choices=("float32", "bfloat16"),
-                 default="float32", help="float32: exact; bfloat16: non-zeros "
+                 help="float32 (the default): exact; bfloat16: non-zeros "
                  "rounded to bfloat16, about half the size")
+  e.add_argument("--slim", action="store_true",
+                 help="write the slim network (dead channels cut out, "
+                 "exactly) as a jax.export artifact that runs with jax and "
+                 "numpy alone, plus its variables (docs/EXPORT.md)")
+  e.add_argument("--width-multiple", type=_int_at_least_1, metavar="K",
+                 help="with --slim: round the slim widths up to a multiple "
+                 "of K (default: the run's --width-multiple)")
   e.add_argument("--force", action="store_true",
                  help="replace --out if it exists")
   v = sub.add_parser("evaluate", help="test accuracy of a run's model with "
@@ -178,13 +200,32 @@ def parser() -> argparse.ArgumentParser:
   return p
 
 
+def _int_at_least_1(text: str) -> int:
+  try:
+    k = int(text)
+  except ValueError:
+    k = 0
+  if k < 1:
+    raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+  return k
+
+
 def main(argv: Sequence[str]) -> int:
   args = parser().parse_args(argv)
+  out_path = None if getattr(args, "out", None) is None else Path(args.out)
   try:
-    if args.command == "export":
-      out, size, dense = export(Path(args.run_dir),
-                                None if args.out is None else Path(args.out),
-                                args.values, args.force)
+    if args.command == "export" and args.slim:
+      if args.values is not None:
+        raise UsageError("--values is for the sparse file, not --slim")
+      # Here, not at the top: train.deploy imports this module.
+      from train import deploy  # pylint: disable=g-import-not-at-top
+      print(deploy.describe(deploy.export_slim(
+          Path(args.run_dir), out_path, args.width_multiple, args.force)))
+    elif args.command == "export":
+      if args.width_multiple is not None:
+        raise UsageError("--width-multiple needs --slim")
+      out, size, dense = export(Path(args.run_dir), out_path,
+                                args.values or "float32", args.force)
       print(f"wrote {out}: {size} bytes, {100 * size / dense:.2f}% of the "
             f"{dense} bytes of the dense variables")
     else:

@@ -543,7 +543,11 @@ def summarize(cfg: Any, method: str, r: Any, state: Any,
   if not slims(cfg, method):
     return out
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  small, sv = models.slim(r.model, jax.device_get(variables))
+  # flops["slim"] above counts the alive channels (what the method removed,
+  # comparable across runs); the written model rounds its widths up to
+  # --width-multiple so that it runs fast, and its own FLOPs go in the row.
+  small, sv = models.slim(r.model, jax.device_get(variables),
+                          multiple=cfg.width_multiple)
   if main:
     try:
       save_slim(run_dir, small, sv)
@@ -557,6 +561,8 @@ def summarize(cfg: Any, method: str, r: Any, state: Any,
   slim_state = state._replace(params=sv["params"],
                               batch_stats=sv.get("batch_stats", {}))
   row = dict(widths=jax.tree.map(int, small.widths),
+             width_multiple=cfg.width_multiple,
+             flops=models.flops(small, shape),
              params=models.param_count(sv["params"]),
              dense_params=models.param_count(r.dense_params))
   for split in ("val", "test"):
