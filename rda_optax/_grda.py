@@ -10,7 +10,7 @@ import optax
 
 from rda_optax import _common
 from rda_optax import _prox
-from rda_optax._common import NO_PARAMS_MSG, at_step, check_hyper, guard
+from rda_optax._common import at_step, check_hyper, guard
 from rda_optax._group import GroupsOrFn
 from rda_optax._masks import MaskOrFn
 
@@ -49,6 +49,8 @@ def grda(
     sparsity_distribution: str = "global",
     threshold_every: int = 1,
     threshold_samples: Optional[int] = None,
+    target_flops: Optional[optax.ScalarOrSchedule] = None,
+    group_costs: Optional[dict] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Generalized regularized dual averaging (gRDA), Chao et al. (2020).
 
@@ -94,14 +96,17 @@ def grda(
     l1_mask: as in :func:`rda_optax.rda`.
     groups: as in :func:`rda_optax.rda`.
     group_l1: the group ``c``, >= 0; given exactly when ``groups`` is.
-    target_sparsity: as in :func:`rda_optax.rda`.
-    sparsity_distribution: as in :func:`rda_optax.rda`.
-    threshold_every: as in :func:`rda_optax.rda`.
-    threshold_samples: as in :func:`rda_optax.rda`.
+    target_sparsity: as in :func:`rda_optax.rda`, and so are
+      ``sparsity_distribution``, ``threshold_every`` and
+      ``threshold_samples``, which say how it is spread and computed.
+    target_flops: as in :func:`rda_optax.rda` (the group strength chosen
+      so that the surviving groups cost at most this share of
+      ``group_costs``'s total).
+    group_costs: as in :func:`rda_optax.rda`.
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs
-    ``params``.
+    An ``optax.GradientTransformationExtraArgs`` with state
+    :class:`rda_optax.GRDAState`, whose ``update`` needs ``params``.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -122,47 +127,34 @@ def grda(
     NeurIPS 2020; the authors' ``gRDA-Optimizer`` code.
   """
   check_hyper("learning_rate", learning_rate, positive=True)
-  _prox.check_penalty(l1, groups, group_l1, target_sparsity, "grda")
-  _prox.check_target_args(target_sparsity, sparsity_distribution,
-                          threshold_every, threshold_samples)
+  pen = _prox.Penalty.checked("grda", l1, l1_mask, groups, group_l1,
+                              target_sparsity, sparsity_distribution,
+                              threshold_every, threshold_samples,
+                              target_flops, group_costs)
   check_hyper("mu", mu, positive=True)
 
   def init_fn(params):
     if _common.has_abstract_leaves(params):
       return jax.eval_shape(init_fn, params)
     _common.check_float_params(params, "grda")
-    prox = _prox.Prox.of(params, l1_mask=l1_mask, groups=groups,
-                         group_l1=None if groups is None else 0.0)
+    prox = pen.layout(params)
     treedef = jax.tree.structure(params)
     acc = [jnp.array(p, dtype=_acc_dtype(p), copy=True)
            if prox.penalized(i) else optax.MaskedNode()
            for i, p in enumerate(treedef.flatten_up_to(params))]
-    lambda_t = () if target_sparsity is None else _prox.lambda_state(
-        params, prox.l1_flags)
     return GRDAState(count=jnp.zeros([], jnp.int32),
                      accumulator=jax.tree.unflatten(treedef, acc),
                      lr_power_sum=jnp.zeros([], jnp.float32),
-                     lambda_t=lambda_t)
+                     lambda_t=pen.init_lambda(params))
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    if params is None:
-      raise ValueError(NO_PARAMS_MSG)
-    _common.check_float_params(params, "grda")
-    treedef = jax.tree.structure(params)
+    treedef, prox = pen.start(params, state.count)
     lr = at_step(learning_rate, state.count)
     lr = guard(lr, lr >= 0)
     mu_t = jnp.asarray(mu, jnp.float32)
     mu_t = guard(mu_t, mu_t > 0)
     power_sum = state.lr_power_sum + _tau_increment(lr, mu_t, state.count)
-    c = at_step(0.0 if l1 is None else l1, state.count)
-    c = guard(c, c >= 0)
-    gc = None
-    if groups is not None:
-      gc = at_step(group_l1, state.count)
-      gc = guard(gc, gc >= 0)
-    prox = _prox.Prox.of(params, c, l1_mask=l1_mask, groups=groups,
-                         group_l1=gc)
 
     ws = treedef.flatten_up_to(params)
     acc = []
@@ -171,27 +163,20 @@ def grda(
       base = w if isinstance(a, optax.MaskedNode) else a
       ct = _common.compute_dtype(_common.leaf_dtype(base))
       acc.append(base.astype(ct) - lr.astype(ct) * g.astype(ct))
-    held = [a for i, a in enumerate(acc) if prox.penalized(i)]
-    idx = [i for i in range(len(acc)) if prox.penalized(i)]
     lambda_t = ()
     if target_sparsity is None:
+      idx = [i for i in range(len(acc)) if prox.penalized(i)]
       sub = _prox.Prox(tuple(prox.l1_flags[i] for i in idx),
-                       tuple(prox.specs[i] for i in idx), c, gc)
-      shrunk = sub(held, power_sum)
+                       tuple(prox.specs[i] for i in idx), prox.l1,
+                       prox.group_l1)
+      new_w = list(acc)
+      for i, w in zip(idx, pen.group_prox(sub, [acc[i] for i in idx],
+                                          power_sum, state.count)):
+        new_w[i] = w
     else:
-      old = [l for l, f in zip(treedef.flatten_up_to(state.lambda_t),
-                               prox.l1_flags) if f]
-      taus = _prox.target_lambdas(
-          [jnp.abs(a) for a in held], old, state.count, target_sparsity,
-          sparsity_distribution, threshold_every, threshold_samples)
-      shrunk = [_prox.Prox((True,), (None,), t.astype(a.dtype))([a])[0]
-                for a, t in zip(held, taus)]
-      it = iter(taus)
-      lambda_t = jax.tree.unflatten(treedef, [
-          next(it) if f else optax.MaskedNode() for f in prox.l1_flags])
-    new_w = list(acc)
-    for i, w in zip(idx, shrunk):
-      new_w[i] = w
+      # tau_n itself is the order statistic of |A_n|.
+      new_w, lambda_t = pen.targeted(acc, prox.l1_flags, state.lambda_t,
+                                     treedef, state.count)
     new_acc = [a if prox.penalized(i) else optax.MaskedNode()
                for i, a in enumerate(acc)]
     new_updates = [wn.astype(w.dtype) - w for wn, w in zip(new_w, ws)]

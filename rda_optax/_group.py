@@ -194,7 +194,8 @@ def sparse_group_soft_threshold(tree: Any, groups: GroupsOrFn,
 
 def prox_leaves(leaves: list, specs: list, l1_flags: list,
                 l1: jax.Array | float, tau: jax.Array | float,
-                scales: Optional[list] = None) -> list:
+                scales: Optional[list] = None,
+                keep: Optional[dict] = None) -> list:
   """:func:`sparse_group_soft_threshold` on flat lists (for the optimizers).
 
   ``specs`` and ``l1_flags`` give each leaf's group spec and whether it has
@@ -203,14 +204,13 @@ def prox_leaves(leaves: list, specs: list, l1_flags: list,
   multiplies both thresholds coordinate by coordinate: the proximal map in
   the diagonal metric ``diag(1 / scale)``. It is exact for the group term
   only where the scale is constant over each group (the caller's duty).
+  ``keep`` (optional, ``{key: bool per group}``) decides which groups
+  survive instead of ``||z_g|| > lambda_g``: a target that chose ``tau``
+  from the order of the groups' scores (:func:`group_scores`) makes the
+  decision by that order, which a recomputed ``lambda_g`` could round
+  against at the cut; a kept group's factor is then floored at 0.
   """
-  if scales is None:
-    leaves = [shrink(x, jnp.asarray(l1, jnp.asarray(x).dtype)) if m else x
-              for x, m in zip(leaves, l1_flags)]
-  else:
-    leaves = [shrink(x, (jnp.asarray(l1, jnp.asarray(x).dtype)
-                         * jnp.asarray(s, jnp.asarray(x).dtype)))
-              if m else x for x, m, s in zip(leaves, l1_flags, scales)]
+  leaves = _l1_shrunk(leaves, l1_flags, l1, scales)
   sumsq = _sumsq(leaves, specs)
   sizes = _sizes(leaves, specs)
   weights = _weights(specs)
@@ -220,28 +220,90 @@ def prox_leaves(leaves: list, specs: list, l1_flags: list,
     norm = jnp.sqrt(s)
     # ``~(norm <= lam)`` rather than ``norm > lam``: a NaN norm keeps its
     # group, whose entries then all become NaN instead of silently zero.
-    keep = ~(norm <= lam)
-    safe = jnp.where(keep, norm, 1.0)
-    factors[key] = (keep, 1.0 - lam / safe, lam, norm)
+    k = ~(norm <= lam) if keep is None else keep[key]
+    safe = jnp.where(k, norm, 1.0)
+    factors[key] = (k, 1.0 - lam / safe, lam, norm)
   out = []
   for i, (x, spec) in enumerate(zip(leaves, specs)):
     if spec is None:
       out.append(x)
       continue
-    keep, f, lam, norm = factors[spec.key]
+    k, f, lam, norm = factors[spec.key]
     shape = [1] * jnp.ndim(x)
     if spec.axis is not None:
       shape[_axis(x, spec)] = -1
     if scales is None:
-      keep, f = keep.reshape(shape), f.reshape(shape)
+      k, f = k.reshape(shape), f.reshape(shape)
     else:
       # Per coordinate; with a scale constant over each group, every
       # coordinate of a group takes the same decision.
       lam_x = lam.reshape(shape) * jnp.asarray(scales[i], lam.dtype)
       norm_x = norm.reshape(shape)
-      keep = ~(norm_x <= lam_x)
-      f = 1.0 - lam_x / jnp.where(keep, norm_x, 1.0)
-    out.append(jnp.where(keep, x * f.astype(x.dtype), jnp.zeros_like(x)))
+      k = ~(norm_x <= lam_x) if keep is None else k.reshape(shape)
+      f = 1.0 - lam_x / jnp.where(k, norm_x, 1.0)
+    if keep is not None:
+      f = jnp.maximum(f, 0.0)
+    out.append(jnp.where(k, x * f.astype(x.dtype), jnp.zeros_like(x)))
+  return out
+
+
+def _l1_shrunk(leaves, l1_flags, l1, scales):
+  """The element-wise step of the sparse-group prox (``l1`` times the
+  scale on the flagged leaves)."""
+  if scales is None:
+    return [shrink(x, jnp.asarray(l1, jnp.asarray(x).dtype)) if m else x
+            for x, m in zip(leaves, l1_flags)]
+  return [shrink(x, (jnp.asarray(l1, jnp.asarray(x).dtype)
+                    * jnp.asarray(s, jnp.asarray(x).dtype)))
+          if m else x for x, m, s in zip(leaves, l1_flags, scales)]
+
+
+def group_scores(leaves: list, specs: list, l1_flags: list,
+                 l1: jax.Array | float,
+                 scales: Optional[list] = None) -> dict[str, jax.Array]:
+  r"""Per family, each group's ``||S(z)_g|| / (w_g sqrt(|g|) s_g)``: the
+  smallest group strength ``tau`` at which :func:`prox_leaves` (same
+  arguments) zeros the group, so ``tau`` zeros exactly the groups whose
+  score is ``<= tau``. ``S``: the element-wise step; ``s_g``: the group's
+  scale (its mean, for per-coordinate scales constant over the group).
+  A family of weight 0 is never thresholded: its scores are ``inf``.
+  """
+  leaves = _l1_shrunk(leaves, l1_flags, l1, scales)
+  sizes, weights = _sizes(leaves, specs), _weights(specs)
+  sg = None
+  if scales is not None:
+    sg = _group_sums([jnp.broadcast_to(jnp.asarray(s, jnp.float32),
+                                       jnp.shape(x))
+                      for x, s in zip(leaves, scales)], specs)
+  out = {}
+  for key, s in _sumsq(leaves, specs).items():
+    c = weights[key] * math.sqrt(sizes[key])
+    if sg is not None:
+      c = c * (sg[key] / sizes[key])
+    out[key] = jnp.where(c > 0, jnp.sqrt(s) / jnp.where(c > 0, c, 1.0),
+                         jnp.inf)
+  return out
+
+
+def group_counts(leaves: list, specs: list) -> dict[str, int]:
+  """{key: number of groups} per family, in leaf order (static)."""
+  out: dict[str, int] = {}
+  for x, spec in zip(leaves, specs):
+    if spec is not None:
+      out.setdefault(spec.key, _count(x, spec))
+  return out
+
+
+def _group_sums(values: list, specs: list) -> dict[str, jax.Array]:
+  """{key: per-group sum of the entries}."""
+  out: dict[str, jax.Array] = {}
+  for v, spec in zip(values, specs):
+    if spec is None:
+      continue
+    ax = None if spec.axis is None else _axis(v, spec)
+    red = tuple(i for i in range(jnp.ndim(v)) if i != ax)
+    t = jnp.sum(v, axis=red).reshape(-1)
+    out[spec.key] = t if spec.key not in out else out[spec.key] + t
   return out
 
 

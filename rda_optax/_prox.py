@@ -9,24 +9,29 @@ the proximal map with a threshold scale per leaf (a step size, ``alpha_t``,
 ``prox_sgd``, ``rmda``, ``grda`` and ``prox_adam`` all threshold through it,
 so a new penalty is one change here.
 
-The target-sparsity machinery shared by the methods whose threshold is one
-``lambda`` lives here too (:func:`target_lambdas`).
+The penalty arguments the proximal transformations share (``l1``,
+``groups``, ``group_l1`` and the target-sparsity ones), their checks and the
+step-by-step plumbing of a target (``lambda_t`` chosen from an order
+statistic) live here too, in :class:`Penalty`, so each transformation only
+says what its threshold acts on.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from rda_optax import _allocation
 from rda_optax import _common
 from rda_optax import _target
 from rda_optax._common import at_step, guard
-from rda_optax._group import (GroupsOrFn, check_group_args, prox_leaves,
-                              resolve_groups)
+from rda_optax._group import (GroupsOrFn, check_group_args, group_counts,
+                              group_scores, prox_leaves, resolve_groups)
 from rda_optax._masks import MaskOrFn, resolve_mask
 
 
@@ -105,11 +110,14 @@ class Prox(NamedTuple):
     return bool(self.l1_flags[i]) or (
         self.group_l1 is not None and self.specs[i] is not None)
 
-  def __call__(self, leaves: Sequence[Any], scale: Any = None) -> list:
+  def __call__(self, leaves: Sequence[Any], scale: Any = None,
+               keep: Optional[dict] = None) -> list:
     """The proximal map of the leaves (all of them, in leaf order).
 
     ``scale``: ``None`` (1), a scalar, or a list with per leaf a scalar or
-    an array broadcastable to the leaf.
+    an array broadcastable to the leaf. ``keep``: ``{family: bool per
+    group}``, which groups survive, when a target decided it (see
+    ``rda_optax._group.prox_leaves``).
     """
     leaves = list(leaves)
     per_leaf = isinstance(scale, (list, tuple))
@@ -121,11 +129,12 @@ class Prox(NamedTuple):
     else:
       l1, tau = self.l1 * scale, glam * scale
     return prox_leaves(leaves, specs, list(self.l1_flags), l1, tau,
-                       list(scale) if per_leaf else None)
+                       list(scale) if per_leaf else None, keep)
 
 
 def check_penalty(l1: Any, groups: GroupsOrFn, group_l1: Any,
-                  target_sparsity: Any, who: str, l1_name: str = "l1") -> None:
+                  target_sparsity: Any, who: str, l1_name: str = "l1",
+                  target_flops: Any = None, group_costs: Any = None) -> None:
   """The checks every proximal transformation makes on its penalty."""
   if target_sparsity is None:
     if l1 is None:
@@ -135,11 +144,50 @@ def check_penalty(l1: Any, groups: GroupsOrFn, group_l1: Any,
     raise ValueError(f"{who}: pass {l1_name}=None with target_sparsity: the "
                      "threshold is then chosen to reach the target")
   _common.check_hyper(l1_name, l1, positive=False)
-  check_group_args(groups, group_l1)
+  if target_flops is None:
+    check_group_args(groups, group_l1)
+    if group_costs is not None:
+      raise ValueError(f"{who}: group_costs is read only with target_flops")
+  else:
+    check_flops_args(groups, group_l1, target_flops, group_costs, who)
   if groups is not None and target_sparsity is not None:
     # The target picks lambda_t from element-wise scores; a group threshold
     # would then zero other entries than the ones it counted.
     raise ValueError(f"{who}: groups and target_sparsity cannot be combined")
+
+
+def check_flops_args(groups: GroupsOrFn, group_l1: Any, target_flops: Any,
+                     group_costs: Any, who: str) -> None:
+  """``target_flops`` in ``(0, 1]`` (when concrete), with ``groups``, without
+  ``group_l1``, and ``group_costs`` a dict of finite costs >= 0 (a number
+  per family, or one per group; lengths are checked against the params at
+  ``init``)."""
+  if groups is None:
+    raise ValueError(f"{who}: target_flops needs groups= (e.g. "
+                     "rda_optax.channel_groups) and group_costs=")
+  if group_l1 is not None:
+    raise ValueError(f"{who}: pass group_l1=None with target_flops: the "
+                     "group strength is then chosen to reach the target")
+  if not callable(target_flops) and not _common.is_tracer(target_flops):
+    try:
+      f = float(np.asarray(target_flops, np.float64))
+    except (TypeError, ValueError):
+      f = math.nan
+    if not 0 < f <= 1:
+      raise ValueError(f"target_flops must be in (0, 1], got {target_flops!r}")
+  if not isinstance(group_costs, dict) or not group_costs:
+    raise ValueError(f"{who}: target_flops needs group_costs, a dict "
+                     "{family key: cost per group}, got "
+                     f"{type(group_costs).__name__}")
+  for key, c in group_costs.items():
+    try:
+      a = np.asarray(c, np.float64)
+    except (TypeError, ValueError):
+      a = np.asarray(math.nan)
+    if a.ndim > 1 or a.size == 0 or not np.all(np.isfinite(a)) or np.any(
+        a < 0):
+      raise ValueError(f"group_costs[{key!r}] must be a finite cost >= 0 or "
+                       f"a 1-D array of them, got {c!r}")
 
 
 def check_target_args(target_sparsity: Any, sparsity_distribution: str,
@@ -209,3 +257,202 @@ def lambda_state(params: Any, flags: Sequence[bool]) -> Any:
   return jax.tree.unflatten(treedef, [
       jnp.zeros([], jnp.float32) if f else optax.MaskedNode()
       for f in flags])
+
+
+class Penalty(NamedTuple):
+  r"""The penalty arguments of a proximal transformation, checked, and the
+  plumbing every one of them repeats.
+
+  ``rda``, ``rmda``, ``grda`` and ``prox_adam`` each take ``l1`` (or
+  ``target_sparsity``, which chooses it), ``l1_mask``, ``groups`` and
+  ``group_l1``. Each step they need the :class:`Prox` at the step's
+  strengths (:meth:`at`) and, with a target, the thresholds that zero the
+  target's share of the penalized entries (:meth:`targeted`). What differs
+  between them is only what the threshold acts on (the argument ``z`` of
+  the prox) and in which units the threshold is counted, which the caller
+  passes.
+
+  Attributes:
+    who: the transformation's name, for error messages.
+    l1, l1_mask, groups, group_l1, target_sparsity: as the transformation
+      was given them.
+    distribution, every, samples: ``sparsity_distribution``,
+      ``threshold_every`` and ``threshold_samples``.
+    target_flops, group_costs: the cost target of the group term (see
+      :meth:`group_prox`), or ``None``.
+  """
+  who: str
+  l1: Any
+  l1_mask: MaskOrFn
+  groups: GroupsOrFn
+  group_l1: Any
+  target_sparsity: Any
+  distribution: str
+  every: Any
+  samples: Any
+  target_flops: Any = None
+  group_costs: Optional[dict] = None
+
+  @classmethod
+  def checked(cls, who: str, l1: Any, l1_mask: MaskOrFn, groups: GroupsOrFn,
+              group_l1: Any, target_sparsity: Any, distribution: str,
+              every: Any, samples: Any, target_flops: Any = None,
+              group_costs: Optional[dict] = None) -> "Penalty":
+    """Checks the arguments (``ValueError`` naming the bad one)."""
+    check_penalty(l1, groups, group_l1, target_sparsity, who,
+                  target_flops=target_flops, group_costs=group_costs)
+    check_target_args(target_sparsity, distribution, every, samples)
+    return cls(who, l1, l1_mask, groups, group_l1, target_sparsity,
+               distribution, every, samples, target_flops, group_costs)
+
+  def layout(self, params: Any) -> Prox:
+    """The penalty's layout over ``params``: masks and specs resolved (bad
+    specs, and costs that do not fit them, fail here, at ``init``, not
+    mid-training); zero strengths."""
+    prox = Prox.of(params, l1_mask=self.l1_mask, groups=self.groups,
+                   group_l1=None if self.groups is None else 0.0)
+    if self.target_flops is not None:
+      leaves = jax.tree.structure(params).flatten_up_to(params)
+      self.cost_vector(group_counts(leaves, list(prox.specs)), prox.specs)
+    return prox
+
+  def cost_vector(self, counts: dict, specs: Sequence[Any]) -> np.ndarray:
+    """``group_costs`` as one float64 vector over the groups of every
+    family (in ``counts``' order), summing to 1; ``ValueError`` where the
+    costs do not fit the families."""
+    costs = self.group_costs
+    extra = sorted(set(costs) - set(counts))
+    missing = [k for k in counts if k not in costs]
+    if extra or missing:
+      raise ValueError(
+          f"group_costs: keys must be the group families {list(counts)}; "
+          + (f"missing {missing}" if missing else f"unknown {extra}"))
+    for s in specs:
+      if s is not None and s.weight == 0:
+        raise ValueError(f"target_flops: family {s.key!r} has weight 0 (no "
+                         "threshold), so its channels cannot be chosen; "
+                         "leave it out of groups")
+    parts = []
+    for key, n in counts.items():
+      c = np.asarray(costs[key], np.float64)
+      if c.ndim == 1 and c.shape[0] != n:
+        raise ValueError(f"group_costs[{key!r}]: {c.shape[0]} costs for "
+                         f"{n} groups")
+      parts.append(np.broadcast_to(c, (n,)))
+    vec = np.concatenate(parts)
+    if not vec.sum() > 0:
+      raise ValueError("group_costs: the total cost must be > 0")
+    return vec / vec.sum()
+
+  def init_lambda(self, params: Any) -> Any:
+    """The ``lambda_t`` field of a fresh state: ``()`` without a target."""
+    if self.target_sparsity is None:
+      return ()
+    return lambda_state(params, self.layout(params).l1_flags)
+
+  def start(self, params: Any, count: jax.Array) -> tuple[Any, Prox]:
+    """What every ``update`` begins with: the checks on the params it was
+    given (passed, since the closed forms read them, and real floating
+    point), their treedef, and the :class:`Prox` at step ``count``."""
+    if params is None:
+      raise ValueError(_common.NO_PARAMS_MSG)
+    _common.check_float_params(params, self.who)
+    return jax.tree.structure(params), self.at(params, count)
+
+  def at(self, params: Any, count: jax.Array) -> Prox:
+    """The :class:`Prox` at step ``count``, its strengths guarded (a
+    negative traced one is NaN). With a target, ``l1`` is 0 here: the
+    thresholds then come from :meth:`targeted`."""
+    lam = at_step(0.0 if self.l1 is None else self.l1, count)
+    lam = guard(lam, lam >= 0)
+    glam = None
+    if self.target_flops is not None:
+      glam = 0.0  # chosen in group_prox
+    elif self.groups is not None:
+      glam = at_step(self.group_l1, count)
+      glam = guard(glam, glam >= 0)
+    return Prox.of(params, lam, l1_mask=self.l1_mask, groups=self.groups,
+                   group_l1=glam)
+
+  def group_prox(self, prox: Prox, leaves: Sequence[Any], scale: Any,
+                 count: jax.Array) -> list:
+    r"""``prox(leaves, scale)``; with ``target_flops``, at the group
+    strength that keeps the target's share of the groups' cost.
+
+    Each group ``g`` has a score ``r_g = ||S(z)_g|| / (w_g sqrt(|g|) s_g)``
+    (``rda_optax._group.group_scores``: the strength at which this prox
+    zeros it), and the strength is
+
+    .. math::
+      \tau_t = r_{(m^*)}, \quad m^* = \max\{m : \textstyle\sum_{j < m}
+      c_{(j)} \le F_t \sum_g c_g\},
+
+    with the groups in decreasing score order: the longest run of the
+    highest scores whose cost ``c`` (``group_costs``) fits ``F_t``. The
+    groups above ``tau_t`` survive and are shrunk by it, the others are
+    zero. It is the group prox at ``tau_t`` (the smallest strength that
+    meets the budget in that order), so, as with ``target_sparsity``,
+    there is no controller and no lag.
+    """
+    if self.target_flops is None:
+      return prox(leaves, scale)
+    f_t = jnp.asarray(at_step(self.target_flops, count), jnp.float32)
+    f_t = guard(f_t, (f_t > 0) & (f_t <= 1))
+    flags, specs = list(prox.l1_flags), list(prox.specs)
+    if isinstance(scale, (list, tuple)) or scale is None:
+      scores = group_scores(list(leaves), specs, flags, prox.l1, scale)
+    else:
+      # A scalar scale multiplies both thresholds (Prox.__call__).
+      scores = {k: r / scale for k, r in group_scores(
+          list(leaves), specs, flags, prox.l1 * scale).items()}
+    costs = self.cost_vector({k: r.shape[0] for k, r in scores.items()},
+                             specs)
+    tau = _target.cost_threshold(
+        jnp.concatenate([r.astype(jnp.float32) for r in scores.values()]),
+        costs, f_t)
+    keep = {k: ~(r <= tau.astype(r.dtype)) for k, r in scores.items()}
+    return prox._replace(group_l1=tau)(leaves, scale, keep=keep)
+
+  def targeted(self, zs: Sequence[Any], flags: Sequence[bool],
+               lambda_t: Any, treedef: Any, count: jax.Array, *,
+               scales: Optional[Sequence[Any]] = None,
+               unit: Any = None) -> tuple[list, Any]:
+    r"""The target's thresholds applied: ``(outs, lambda_t)``.
+
+    ``zs`` holds, per leaf, the argument of the prox (anything on the
+    leaves whose flag is false: it is passed through as is). A penalized
+    entry is zero exactly when its score ``|z| / s <= lambda`` (``s``: its
+    entry of ``scales``, 1 without), so ``lambda`` is chosen as the order
+    statistic of those scores (:func:`target_lambdas`), and the penalized
+    leaves come back as ``S_{lambda s}(z)``, with a zero wherever the score
+    is at most ``lambda`` (so the zeros are exactly the counted ones, even
+    where ``lambda s`` rounds below ``|z|``). ``unit``: a scalar by which
+    the stored ``lambda_t`` is divided (and the held one multiplied), for a
+    transformation whose threshold is ``unit * lambda`` (rmda's
+    ``alpha_k``). ``lambda_t``: the state's field, of the last step; the
+    returned one has the same structure. ``treedef``: the params'
+    structure (a ``MaskedNode`` is an empty node, not a leaf, of its own).
+    """
+    old = [l for l, f in zip(treedef.flatten_up_to(lambda_t), flags) if f]
+    if unit is not None:
+      old = [l * unit for l in old]
+    sel = [i for i, f in enumerate(flags) if f]
+    if scales is None:
+      scores = [jnp.abs(zs[i]) for i in sel]
+    else:
+      # Scores in units of lambda: |z| / s <= lambda_t is exactly a zero.
+      scores = [jnp.abs(zs[i]) / scales[i] for i in sel]
+    lams = target_lambdas(scores, old, count, self.target_sparsity,
+                          self.distribution, self.every, self.samples)
+    outs, lambdas = list(zs), [optax.MaskedNode()] * len(flags)
+    for i, score, lam in zip(sel, scores, lams):
+      z = zs[i]
+      one = Prox((True,), (None,), lam.astype(z.dtype))
+      if scales is None:
+        outs[i] = one([z])[0]
+      else:
+        shrunk = one([z], [scales[i]])[0]
+        outs[i] = jnp.where(score <= lam.astype(z.dtype), jnp.zeros_like(z),
+                            shrunk)
+      lambdas[i] = lam if unit is None else lam / unit
+    return outs, jax.tree.unflatten(treedef, lambdas)

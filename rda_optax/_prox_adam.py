@@ -10,7 +10,7 @@ import optax
 
 from rda_optax import _common
 from rda_optax import _prox
-from rda_optax._common import NO_PARAMS_MSG, at_step, check_hyper, guard
+from rda_optax._common import at_step, check_hyper, guard
 from rda_optax._group import GroupsOrFn, group_mean_leaves
 from rda_optax._masks import MaskOrFn
 
@@ -47,6 +47,8 @@ def prox_adam(
     sparsity_distribution: str = "global",
     threshold_every: int = 1,
     threshold_samples: Optional[int] = None,
+    target_flops: Optional[optax.ScalarOrSchedule] = None,
+    group_costs: Optional[dict] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Proximal Adam(W): the l1 prox in Adam's diagonal metric (ProxGen).
 
@@ -100,14 +102,17 @@ def prox_adam(
     groups: as in :func:`rda_optax.rda`.
     group_l1: as in :func:`rda_optax.rda`; given exactly when ``groups``
       is.
-    target_sparsity: as in :func:`rda_optax.rda`.
-    sparsity_distribution: as in :func:`rda_optax.rda`.
-    threshold_every: as in :func:`rda_optax.rda`.
-    threshold_samples: as in :func:`rda_optax.rda`.
+    target_sparsity: as in :func:`rda_optax.rda`, and so are
+      ``sparsity_distribution``, ``threshold_every`` and
+      ``threshold_samples``, which say how it is spread and computed.
+    target_flops: as in :func:`rda_optax.rda` (the group strength chosen
+      so that the surviving groups cost at most this share of
+      ``group_costs``'s total).
+    group_costs: as in :func:`rda_optax.rda`.
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs
-    ``params``.
+    An ``optax.GradientTransformationExtraArgs`` with state
+    :class:`rda_optax.ProxAdamState`, whose ``update`` needs ``params``.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -129,9 +134,10 @@ def prox_adam(
     Loshchilov & Hutter, "Decoupled weight decay regularization", ICLR 2019.
   """
   check_hyper("learning_rate", learning_rate, positive=True)
-  _prox.check_penalty(l1, groups, group_l1, target_sparsity, "prox_adam")
-  _prox.check_target_args(target_sparsity, sparsity_distribution,
-                          threshold_every, threshold_samples)
+  pen = _prox.Penalty.checked("prox_adam", l1, l1_mask, groups, group_l1,
+                              target_sparsity, sparsity_distribution,
+                              threshold_every, threshold_samples,
+                              target_flops, group_costs)
   _common.check_range("b1", b1, 0.0, 1.0)
   _common.check_range("b2", b2, 0.0, 1.0)
   check_hyper("eps", eps, positive=False)
@@ -141,21 +147,16 @@ def prox_adam(
     if _common.has_abstract_leaves(params):
       return jax.eval_shape(init_fn, params)
     _common.check_float_params(params, "prox_adam")
-    prox = _prox.Prox.of(params, l1_mask=l1_mask, groups=groups,
-                         group_l1=None if groups is None else 0.0)
+    pen.layout(params)  # bad specs fail here, not mid-training
     zeros = lambda p: jnp.zeros_like(p, dtype=_moment_dtype(p))
-    lambda_t = () if target_sparsity is None else _prox.lambda_state(
-        params, prox.l1_flags)
     return ProxAdamState(count=jnp.zeros([], jnp.int32),
                          mu=jax.tree.map(zeros, params),
-                         nu=jax.tree.map(zeros, params), lambda_t=lambda_t)
+                         nu=jax.tree.map(zeros, params),
+                         lambda_t=pen.init_lambda(params))
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    if params is None:
-      raise ValueError(NO_PARAMS_MSG)
-    _common.check_float_params(params, "prox_adam")
-    treedef = jax.tree.structure(params)
+    treedef, prox = pen.start(params, state.count)
     lr = at_step(learning_rate, state.count)
     lr = guard(lr, lr >= 0)
     beta1, beta2, eps_t, wd = (jnp.asarray(v, jnp.float32)
@@ -163,14 +164,6 @@ def prox_adam(
     ok = ((beta1 >= 0) & (beta1 < 1) & (beta2 >= 0) & (beta2 < 1)
           & (eps_t >= 0) & (wd >= 0))
     lr = guard(lr, ok)
-    lam = at_step(0.0 if l1 is None else l1, state.count)
-    lam = guard(lam, lam >= 0)
-    glam = None
-    if groups is not None:
-      glam = at_step(group_l1, state.count)
-      glam = guard(glam, glam >= 0)
-    prox = _prox.Prox.of(params, lam, l1_mask=l1_mask, groups=groups,
-                         group_l1=glam)
     t = (state.count + 1).astype(jnp.float32)
     c1 = 1 - jnp.power(beta1, t)
     c2 = 1 - jnp.power(beta2, t)
@@ -198,31 +191,12 @@ def prox_adam(
       scales.append(lr.astype(ct) / d)
     lambda_t = ()
     if target_sparsity is None:
-      new_w = prox(half, scales)
+      new_w = pen.group_prox(prox, half, scales, state.count)
     else:
-      flags = prox.l1_flags
-      old = [l for l, f in zip(treedef.flatten_up_to(state.lambda_t), flags)
-             if f]
       # Scores in units of lambda: |h| d / alpha <= lambda_t is exactly a
       # zero, so the zeros are the counted ones.
-      scores = [jnp.abs(h) / s for h, s, f in zip(half, scales, flags) if f]
-      lams = iter(_prox.target_lambdas(
-          scores, old, state.count, target_sparsity, sparsity_distribution,
-          threshold_every, threshold_samples))
-      new_w, lambdas = [], []
-      for h, s, f in zip(half, scales, flags):
-        if f:
-          lam_t = next(lams)
-          score = jnp.abs(h) / s
-          shrunk = _prox.Prox((True,), (None,), lam_t.astype(h.dtype))(
-              [h], [s])[0]
-          new_w.append(jnp.where(score <= lam_t.astype(h.dtype),
-                                 jnp.zeros_like(h), shrunk))
-          lambdas.append(lam_t)
-        else:
-          new_w.append(h)
-          lambdas.append(optax.MaskedNode())
-      lambda_t = jax.tree.unflatten(treedef, lambdas)
+      new_w, lambda_t = pen.targeted(half, prox.l1_flags, state.lambda_t,
+                                     treedef, state.count, scales=scales)
     new_updates = [wn.astype(w.dtype) - w for wn, w in zip(new_w, ws)]
     return jax.tree.unflatten(treedef, new_updates), ProxAdamState(
         count=optax.safe_increment(state.count),

@@ -12,8 +12,8 @@ from jax.typing import DTypeLike
 
 from rda_optax import _common
 from rda_optax import _prox
-from rda_optax._common import NO_PARAMS_MSG, at_step, check_hyper, guard
-from rda_optax._group import GroupsOrFn, resolve_groups
+from rda_optax._common import at_step, check_hyper, guard
+from rda_optax._group import GroupsOrFn
 from rda_optax._masks import MaskOrFn, resolve_mask
 
 _CENTERS = ("zero", "init")
@@ -63,6 +63,8 @@ def rda(
     sparsity_distribution: str = "global",
     threshold_every: int = 1,
     threshold_samples: Optional[int] = None,
+    target_flops: Optional[optax.ScalarOrSchedule] = None,
+    group_costs: Optional[dict] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""l1-regularized dual averaging, Algorithm 2 / equation (13).
 
@@ -185,6 +187,23 @@ def rda(
   entries whose ``|z|`` crosses the held ``lambda``; each entry of
   ``gbar`` moves by at most ``(k/t) max|g - gbar|`` in ``k`` steps).
 
+  Cost target for the groups: with ``groups``, ``group_l1=None``,
+  ``target_flops = F_t`` (a float or schedule in ``(0, 1]``) and
+  ``group_costs`` (per family, the cost of one group: e.g. the FLOPs a
+  channel accounts for), the group strength is chosen each step so that
+  the surviving groups cost at most ``F_t`` of the total. A group is zero
+  exactly when its score ``r_g = ||S_l1(z)_g|| / (w_g sqrt(|g|))`` is at
+  most the strength, so sorting the scores in decreasing order and keeping
+  the longest run whose cumulative cost fits ``F_t`` gives the strength
+  (the score of the first group left out): one sort of the groups (not of
+  the weights) per step. A single strength can only keep the highest
+  scores, so this is the best the group prox can do, not a knapsack
+  optimum. Costs are static and per group: in a network, removing a
+  channel also shrinks its neighbours' layers, so a per-channel cost (the
+  trainer charges each channel its writer's FLOPs per output channel plus
+  its readers' FLOPs per input channel) is a first-order approximation of
+  the FLOPs that go when it goes.
+
   Hyper-parameters: Python numbers and concrete arrays are checked here
   (``ValueError``). A traced value (``optax.inject_hyperparams`` under
   ``jit``) or a schedule's value cannot be checked; ``gamma <= 0``,
@@ -236,6 +255,14 @@ def rda(
       exact for leaves (``"global"``: all penalized entries) of at most
       ``m`` entries, and otherwise off the target by about ``sqrt(s(1-s)/m)``
       (``rda_optax._target.sampled_kth_smallest`` states the tail bound).
+    target_flops: with ``groups`` and ``group_l1=None``: the share of the
+      total ``group_costs`` the surviving groups may cost, in ``(0, 1]``;
+      a float, array or schedule of the step. ``None`` (default): the
+      fixed ``group_l1``.
+    group_costs: with ``target_flops``: ``{family key: cost}``, each cost
+      a number >= 0 (every group of the family) or a 1-D array with one per
+      group; every family of ``groups`` needs one, and the total must be
+      > 0.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs
@@ -275,14 +302,34 @@ def rda(
     >>> state.lambda_t["kernel"]
     Array(0.3, dtype=float32)
 
+    A cost target for the groups: two channel families, ``a`` (two
+    channels costing 1 each) and ``b`` (one channel costing 2); half the
+    total cost keeps the channel of largest norm, ``b``'s (4), shrunk by
+    the next norm (2):
+
+    >>> w = {"a": jnp.ones((1, 2)), "b": jnp.ones((1, 1))}
+    >>> g = {"a": jnp.array([[-1.0, -2.0]]), "b": jnp.array([[-4.0]])}
+    >>> tx = rda_optax.rda(1.0, 0.0, target_flops=0.5, groups={
+    ...     "a": rda_optax.GroupSpec("a"), "b": rda_optax.GroupSpec("b")},
+    ...     group_costs={"a": 1.0, "b": 2.0})
+    >>> updates, _ = tx.update(g, tx.init(w), w)
+    >>> print(optax.apply_updates(w, updates))
+    {'a': Array([[0., 0.]], dtype=float32), 'b': Array([[2.]], dtype=float32)}
+
   References:
     He, Jia, Xu, Zhang, Zhao, "Make l1 regularization effective in training
     sparse CNN", Comput. Optim. Appl. 77 (2020); Xiao, "Dual averaging
     methods for regularized stochastic learning and online optimization",
     JMLR 11 (2010).
   """
-  _check_args(gamma, l1, center, l2, groups, group_l1, target_sparsity,
-              sparsity_distribution, threshold_every, threshold_samples)
+  check_hyper("gamma", gamma, positive=True)
+  pen = _prox.Penalty.checked("rda", l1, l1_mask, groups, group_l1,
+                              target_sparsity, sparsity_distribution,
+                              threshold_every, threshold_samples,
+                              target_flops, group_costs)
+  check_hyper("l2", l2, positive=False)
+  if center not in _CENTERS:
+    raise ValueError(f"center must be one of {_CENTERS}, got {center!r}")
   state_dtype = _common.check_state_dtype(state_dtype, "rda")
 
   def init_fn(params):
@@ -290,8 +337,7 @@ def rda(
       return jax.eval_shape(init_fn, params)
     _common.check_float_params(params, "rda")
     mask = resolve_mask(l1_mask, params)
-    if groups is not None:
-      resolve_groups(groups, params)  # bad specs fail here, not mid-training
+    pen.layout(params)  # bad specs fail here, not mid-training
     _warn_if_all_zero(params, mask)
     # zeros_like, not zeros: the state follows the params' sharding.
     gbar = jax.tree.map(
@@ -301,30 +347,18 @@ def rda(
     init_params = jax.tree.map(
         lambda p, m: jnp.array(p, copy=True) if _keeps_w1(center, m)
         else optax.MaskedNode(), params, mask)
-    lambda_t = () if target_sparsity is None else _prox.lambda_state(
-        params, jax.tree.structure(params).flatten_up_to(mask))
     return RDAState(count=jnp.zeros([], jnp.int32), gbar=gbar,
-                    init_params=init_params, lambda_t=lambda_t)
+                    init_params=init_params,
+                    lambda_t=pen.init_lambda(params))
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    if params is None:
-      raise ValueError(NO_PARAMS_MSG)
-    _common.check_float_params(params, "rda")
-    treedef = jax.tree.structure(params)
+    treedef, prox = pen.start(params, state.count)
     t = (state.count + 1).astype(jnp.float32)
     g_t = at_step(gamma, state.count)
     b = guard(g_t / jnp.sqrt(t), g_t > 0)
-    lam = at_step(0.0 if l1 is None else l1, state.count)
-    lam = guard(lam, lam >= 0)
     l2_t = jnp.asarray(l2, jnp.float32)
     l2_t = guard(l2_t, l2_t >= 0)
-    glam = None
-    if groups is not None:
-      glam = at_step(group_l1, state.count)
-      glam = guard(glam, glam >= 0)
-    prox = _prox.Prox.of(params, lam, l1_mask=l1_mask, groups=groups,
-                         group_l1=glam)
 
     gbar = [_average(g, avg, t) for g, avg in zip(
         treedef.flatten_up_to(updates), treedef.flatten_up_to(state.gbar))]
@@ -332,12 +366,10 @@ def rda(
            for w1 in treedef.flatten_up_to(state.init_params)]
     lambda_t = ()
     if target_sparsity is None:
-      new_w = _iterates(prox, gbar, w1s, b, l2_t, center)
+      new_w = _iterates(pen, prox, gbar, w1s, b, l2_t, center, state.count)
     else:
-      new_w, lambdas = _target_iterates(
-          prox, gbar, w1s, b, l2_t, state, target_sparsity,
-          sparsity_distribution, threshold_every, threshold_samples, treedef)
-      lambda_t = jax.tree.unflatten(treedef, lambdas)
+      new_w, lambda_t = _target_iterates(pen, prox, gbar, w1s, b, l2_t,
+                                         state, treedef)
     # Round the iterate once, then step onto it in the params' dtype.
     new_updates = [w_new.astype(w.dtype) - w
                    for w_new, w in zip(new_w, treedef.flatten_up_to(params))]
@@ -347,18 +379,6 @@ def rda(
         init_params=state.init_params, lambda_t=lambda_t)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _check_args(gamma, l1, center, l2, groups, group_l1, target_sparsity,
-                sparsity_distribution, threshold_every, threshold_samples):
-  """Every check of ``rda``'s arguments that can be made before params."""
-  check_hyper("gamma", gamma, positive=True)
-  _prox.check_penalty(l1, groups, group_l1, target_sparsity, "rda")
-  _prox.check_target_args(target_sparsity, sparsity_distribution,
-                          threshold_every, threshold_samples)
-  check_hyper("l2", l2, positive=False)
-  if center not in _CENTERS:
-    raise ValueError(f"center must be one of {_CENTERS}, got {center!r}")
 
 
 def _gbar_dtype(p, state_dtype):
@@ -389,7 +409,7 @@ def _argument(gbar, w1, b):
   return -avg if w1 is None else b.astype(ct) * w1.astype(ct) - avg
 
 
-def _iterates(prox, gbar, w1s, b, l2, center):
+def _iterates(pen, prox, gbar, w1s, b, l2, center, count):
   """``w_{t+1}`` of every leaf from its average, equation (13).
 
   Penalized leaves: ``prox(z_t) / (b_t + l2)``; the others ``w_1 -
@@ -413,37 +433,29 @@ def _iterates(prox, gbar, w1s, b, l2, center):
     sub = _prox.Prox(tuple(prox.l1_flags[i] for i in joint),
                      tuple(prox.specs[i] for i in joint), prox.l1,
                      prox.group_l1)
-    for i, w in zip(joint, sub([out[i] for i in joint])):
+    for i, w in zip(joint, pen.group_prox(sub, [out[i] for i in joint],
+                                          None, count)):
       out[i] = w / (b + l2).astype(w.dtype)
   return out
 
 
-def _target_iterates(prox, gbar, w1s, b, l2, state, target_sparsity,
-                     distribution, every, samples, treedef):
-  """Chooses ``lambda_t`` per penalized leaf from its ``z = b c - gbar``
-  and returns the iterates ``S_lambda(z) / (b + l2)`` and the
-  ``lambda_t`` leaves."""
+def _target_iterates(pen, prox, gbar, w1s, b, l2, state, treedef):
+  """The iterates ``S_lambda(z) / (b + l2)`` with ``lambda_t`` chosen per
+  penalized leaf from its ``z = b c - gbar``, and the ``lambda_t`` tree."""
   flags = prox.l1_flags
-  zs = [_argument(avg, w1, b) for avg, w1, f in zip(gbar, w1s, flags) if f]
-  held = [l for l, f in zip(treedef.flatten_up_to(state.lambda_t), flags)
-          if f]
-  lams = iter(_prox.target_lambdas([jnp.abs(z) for z in zs], held,
-                                   state.count, target_sparsity,
-                                   distribution, every, samples))
-  zs = iter(zs)
-  out, lambdas = [], []
-  for avg, w1, f in zip(gbar, w1s, flags):
+  zs = [_argument(avg, w1, b) if f else None
+        for avg, w1, f in zip(gbar, w1s, flags)]
+  shrunk, lambda_t = pen.targeted(zs, flags, state.lambda_t, treedef,
+                                  state.count)
+  out = []
+  for avg, w1, f, w in zip(gbar, w1s, flags, shrunk):
     if f:
-      z, lam = next(zs), next(lams)
-      one = _prox.Prox((True,), (None,), lam.astype(z.dtype))
-      out.append(one([z])[0] / (b + l2).astype(z.dtype))
-      lambdas.append(lam)
+      out.append(w / (b + l2).astype(w.dtype))
     else:
       ct = _common.compute_dtype(avg.dtype)
       out.append(closed_form(avg.astype(ct), w1.astype(ct), b.astype(ct),
                              None, None, penalized=False, center="zero"))
-      lambdas.append(optax.MaskedNode())
-  return out, lambdas
+  return out, lambda_t
 
 
 def closed_form(gbar: jax.Array, w1: Optional[jax.Array], b: jax.Array,

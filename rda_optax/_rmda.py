@@ -11,7 +11,7 @@ import optax
 
 from rda_optax import _common
 from rda_optax import _prox
-from rda_optax._common import NO_PARAMS_MSG, at_step, check_hyper, guard
+from rda_optax._common import at_step, check_hyper, guard
 from rda_optax._group import GroupsOrFn
 from rda_optax._masks import MaskOrFn
 
@@ -56,6 +56,8 @@ def rmda(
     sparsity_distribution: str = "global",
     threshold_every: int = 1,
     threshold_samples: Optional[int] = None,
+    target_flops: Optional[optax.ScalarOrSchedule] = None,
+    group_costs: Optional[dict] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Regularized modernized dual averaging (RMDA), Huang & Lee (2022).
 
@@ -107,14 +109,17 @@ def rmda(
     groups: as in :func:`rda_optax.rda`.
     group_l1: as in :func:`rda_optax.rda` (``lambda_g = group_l1 w_g
       sqrt(|g|)``, times ``alpha_k``); given exactly when ``groups`` is.
-    target_sparsity: as in :func:`rda_optax.rda`.
-    sparsity_distribution: as in :func:`rda_optax.rda`.
-    threshold_every: as in :func:`rda_optax.rda`.
-    threshold_samples: as in :func:`rda_optax.rda`.
+    target_sparsity: as in :func:`rda_optax.rda`, and so are
+      ``sparsity_distribution``, ``threshold_every`` and
+      ``threshold_samples``, which say how it is spread and computed.
+    target_flops: as in :func:`rda_optax.rda` (the group strength chosen
+      so that the surviving groups cost at most this share of
+      ``group_costs``'s total).
+    group_costs: as in :func:`rda_optax.rda`.
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs
-    ``params``.
+    An ``optax.GradientTransformationExtraArgs`` with state
+    :class:`rda_optax.RMDAState`, whose ``update`` needs ``params``.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -136,9 +141,10 @@ def rmda(
     (``zihsyuan1214/rmda``).
   """
   check_hyper("learning_rate", learning_rate, positive=True)
-  _prox.check_penalty(l1, groups, group_l1, target_sparsity, "rmda")
-  _prox.check_target_args(target_sparsity, sparsity_distribution,
-                          threshold_every, threshold_samples)
+  pen = _prox.Penalty.checked("rmda", l1, l1_mask, groups, group_l1,
+                              target_sparsity, sparsity_distribution,
+                              threshold_every, threshold_samples,
+                              target_flops, group_costs)
   check_hyper("momentum", momentum, positive=True)
   if not callable(momentum) and not _common.is_tracer(momentum) and np.any(
       np.asarray(momentum, np.float64) > 1):
@@ -148,24 +154,19 @@ def rmda(
     if _common.has_abstract_leaves(params):
       return jax.eval_shape(init_fn, params)
     _common.check_float_params(params, "rmda")
-    prox = _prox.Prox.of(params, l1_mask=l1_mask, groups=groups,
-                         group_l1=None if groups is None else 0.0)
+    pen.layout(params)  # bad specs fail here, not mid-training
     grad_sum = jax.tree.map(
         lambda p: jnp.zeros_like(p, dtype=_sum_dtype(p)), params)
     # A copy, not an alias: callers may donate the params buffer to a step.
     init_params = jax.tree.map(lambda p: jnp.array(p, copy=True), params)
-    lambda_t = () if target_sparsity is None else _prox.lambda_state(
-        params, prox.l1_flags)
     return RMDAState(count=jnp.zeros([], jnp.int32), grad_sum=grad_sum,
                      init_params=init_params,
-                     step_sum=jnp.zeros([], jnp.float32), lambda_t=lambda_t)
+                     step_sum=jnp.zeros([], jnp.float32),
+                     lambda_t=pen.init_lambda(params))
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    if params is None:
-      raise ValueError(NO_PARAMS_MSG)
-    _common.check_float_params(params, "rmda")
-    treedef = jax.tree.structure(params)
+    treedef, prox = pen.start(params, state.count)
     lr = at_step(learning_rate, state.count)
     lr = guard(lr, lr >= 0)
     c = jnp.asarray(at_step(momentum, state.count), jnp.float32)
@@ -174,14 +175,6 @@ def rmda(
     s = lr * beta
     step_sum = state.step_sum + s
     alpha = step_sum / beta
-    lam = at_step(0.0 if l1 is None else l1, state.count)
-    lam = guard(lam, lam >= 0)
-    glam = None
-    if groups is not None:
-      glam = at_step(group_l1, state.count)
-      glam = guard(glam, glam >= 0)
-    prox = _prox.Prox.of(params, lam, l1_mask=l1_mask, groups=groups,
-                         group_l1=glam)
 
     grad_sum, zs = [], []
     for g, v, w0 in zip(treedef.flatten_up_to(updates),
@@ -193,28 +186,12 @@ def rmda(
       zs.append(w0.astype(ct) - v / beta.astype(ct))
     lambda_t = ()
     if target_sparsity is None:
-      tilde = prox(zs, alpha)
+      tilde = pen.group_prox(prox, zs, alpha, state.count)
     else:
-      flags = prox.l1_flags
-      old = [l for l, f in zip(treedef.flatten_up_to(state.lambda_t), flags)
-             if f]
       # Chosen on |z| directly (a threshold tau = alpha lambda), so that
       # the zeros are exactly the counted ones; lambda_t = tau / alpha.
-      taus = iter(_prox.target_lambdas(
-          [jnp.abs(z) for z, f in zip(zs, flags) if f],
-          [l * alpha for l in old], state.count, target_sparsity,
-          sparsity_distribution, threshold_every, threshold_samples))
-      tilde, lambdas = [], []
-      for z, f in zip(zs, flags):
-        if f:
-          tau = next(taus)
-          tilde.append(_prox.Prox((True,), (None,), tau.astype(z.dtype))(
-              [z])[0])
-          lambdas.append(tau / alpha)
-        else:
-          tilde.append(z)
-          lambdas.append(optax.MaskedNode())
-      lambda_t = jax.tree.unflatten(treedef, lambdas)
+      tilde, lambda_t = pen.targeted(zs, prox.l1_flags, state.lambda_t,
+                                     treedef, state.count, unit=alpha)
     ws = treedef.flatten_up_to(params)
     new_updates = []
     for w, wt in zip(ws, tilde):

@@ -178,3 +178,33 @@ def thresholds(scores: Sequence[jax.Array], target: Any, distribution: str,
   if distribution == "global":
     return [select(scores, zeros[0])] * len(scores)
   return [select([s], z) for s, z in zip(scores, zeros)]
+
+
+def cost_threshold(scores: jax.Array, costs: np.ndarray,
+                   fraction: Any) -> jax.Array:
+  r"""The threshold ``T`` on ``scores`` whose survivors (score ``> T``) cost
+  at most ``fraction`` of the total, keeping the highest scores first.
+
+  With the groups in decreasing score order and ``C_m`` the cost of the
+  first ``m`` (``costs`` sum to 1), ``m* = max{m : C_m <= fraction}`` and
+  ``T`` is the score of the first group left out (0 when none is): the
+  longest prefix of the score order that fits the budget. A score tied at
+  ``T`` goes too, so ties only lower the kept cost. One sort of the ``G``
+  scores and a cumulative sum (``O(G log G)``; ``G`` is the number of
+  groups, e.g. channels, not of weights). The cumulative sum is in float32,
+  so the budget holds up to its rounding (about ``G`` float32 ulps of 1);
+  ``fraction = 1`` keeps every group exactly.
+
+  Args:
+    scores: 1-D, one per group (non-negative; NaN poisons ``T``).
+    costs: 1-D numpy, the same length, >= 0, summing to 1 (static, > 0).
+    fraction: the budget, in ``(0, 1]`` (traced or not).
+  """
+  order = jnp.argsort(-scores, stable=True)
+  cum = jnp.cumsum(jnp.asarray(costs, jnp.float32)[order])
+  # Divided by its own last entry, the running share ends at exactly 1, so
+  # fraction = 1 keeps every group whatever the rounding of the sum.
+  kept = jnp.sum(cum / cum[-1] <= jnp.asarray(fraction, jnp.float32))
+  first_out = scores[order][jnp.minimum(kept, scores.shape[0] - 1)]
+  t = jnp.where(kept < scores.shape[0], first_out, jnp.float32(0))
+  return jnp.where(jnp.any(jnp.isnan(scores)), jnp.nan, t)

@@ -212,7 +212,10 @@ class Config:
       lo=0)
   target_flops: Optional[float] = option(
       None, CHANNEL, "net-slim: prune channels until the slim model has at "
-      "most this fraction of the dense FLOPs", lo=0, hi=1, lo_open=True,
+      "most this fraction of the dense FLOPs; rda, rmda, grda, prox-adam "
+      "with --structure: choose the group strength each step so that the "
+      "surviving channels cost at most this fraction of the FLOPs (not with "
+      "--group-l1)", lo=0, hi=1, lo_open=True,
       hi_open=False)
   target_flops_from: Optional[str] = option(
       None, CHANNEL, "net-slim: the FLOPs fraction that run's slim model "

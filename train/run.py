@@ -115,6 +115,7 @@ def build_run(cfg: Config, method: str, splits: data_lib.Splits, *,
   kinit = {} if scale is None else {"kernel_init": rda_optax.scaled_uniform(scale)}
   model = models.get(cfg.model, num_classes=splits.num_classes, dtype=dtype,
                      **kinit)
+  structure.note_input(image_shape, splits.num_classes)
   opt = methods.optimizer(cfg, method, spe, target)
 
   key = jax.random.key(cfg.seed)

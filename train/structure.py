@@ -36,6 +36,9 @@ from train.rundir import summary_value
 STRUCTURES = ("none", "channel", "sparse-group")
 # Methods that take --structure: the ones whose update has a proximal step.
 STRUCTURED_METHODS = ("rda", "prox-sgd", "rmda", "grda", "prox-adam")
+# Those whose group strength --target-flops can choose (rda_optax's
+# target_flops).
+FLOPS_TARGET_METHODS = ("rda", "rmda", "grda", "prox-adam")
 SLIM_FILE = "slim.msgpack"
 SLIM_META = "slim.json"
 # The widths the run trains at after the switch (slim_training).
@@ -89,6 +92,15 @@ def model_units(model_name: str) -> tuple:
   return models.channel_units(models.get(model_name))
 
 
+def flops_target_groups(cfg: Any) -> bool:
+  """Whether ``--target-flops`` chooses the group strength of the grouped
+  methods. With net-slim in the run it stays net-slim's pruning target (as
+  before group targets existed), and the grouped run takes ``--group-l1``."""
+  return (cfg.target_flops is not None and cfg.structure != "none"
+          and "net-slim" not in cfg.methods
+          and any(m in FLOPS_TARGET_METHODS for m in cfg.methods))
+
+
 def check(cfg: Any) -> None:
   """Checks ``--structure``, ``--group-l1`` and net-slim's options."""
   def _check(ok: bool, msg: str) -> None:
@@ -129,8 +141,25 @@ def check(cfg: Any) -> None:
          and cfg.bn_l1 >= 0, f"--bn-l1 must be >= 0, got {cfg.bn_l1}")
   given = [f for f in ("target_flops", "target_flops_from", "prune_channels")
            if getattr(cfg, f) is not None]
-  if given and "net-slim" not in run:
-    _fail(f"--{given[0].replace('_', '-')} is an option of --method net-slim")
+  grouped_target = flops_target_groups(cfg)
+  if grouped_target:
+    # Group RDA & co.: the group strength is chosen each step to keep
+    # --target-flops of the FLOPs (rda_optax's target_flops).
+    bad = [m for m in run if m in STRUCTURED_METHODS
+           and m not in FLOPS_TARGET_METHODS]
+    _check(not bad, "--target-flops with --structure: --method "
+           f"{(bad or [''])[0]} has no FLOPs target; use "
+           + ", ".join(FLOPS_TARGET_METHODS))
+    _check(cfg.group_l1 is None, "--target-flops and --group-l1: give one "
+           "of them (the group strength is chosen to reach the FLOPs target)")
+    _check(cfg.target_sparsity is None and cfg.target_sparsity_from is None,
+           "--target-flops with --structure cannot be combined with a target "
+           "sparsity (one counts channels' FLOPs, the other weights)")
+  if given and "net-slim" not in run and not grouped_target:
+    _fail(f"--{given[0].replace('_', '-')} is an option of --method net-slim"
+          + (" (or of --structure channel with "
+             f"{', '.join(FLOPS_TARGET_METHODS)})"
+             if given[0] == "target_flops" else ""))
   _check(len(given) <= 1, "net-slim: give one of --target-flops, "
          "--target-flops-from, --prune-channels")
   if cfg.target_flops is not None:
@@ -178,12 +207,54 @@ def net_slim_target(cfg: Any, summaries: list[dict]) -> Optional[float]:
 
 # --- optimizers -------------------------------------------------------------
 
+_INPUT: dict[str, Any] = {}
+
+
+def note_input(image_shape, num_classes: int) -> None:
+  """Records the data's image shape and classes, which the channels' FLOPs
+  costs (``--target-flops``) depend on; the run calls it before building
+  the optimizer."""
+  _INPUT.update(shape=tuple(image_shape), classes=int(num_classes))
+
+
+@functools.lru_cache(maxsize=8)
+def channel_costs(model_name: str, image_shape: tuple,
+                  num_classes: int) -> dict[str, float]:
+  """Per channel family, the FLOPs one channel accounts for: the dense
+  model's FLOPs minus those of the slim model without channel 0 of that
+  family. That is the writer's FLOPs per output channel plus the readers'
+  per input channel (a ResNet stream channel: every writer and reader of
+  the stream). A first-order cost: removing two channels of adjacent
+  layers saves less than the sum (their shared product is counted twice),
+  so the FLOPs kept at a target F can be somewhat above F (see
+  rda_optax.rda's cost target)."""
+  model = models.get(model_name, num_classes=num_classes)
+  x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
+  params = jax.tree.map(lambda s: np.ones(s.shape, np.float32), shapes)
+  dense = models.flops(model, image_shape)
+  costs = {}
+  for key in {s.key for s in _spec_flat(params).values()}:
+    one = zero_units(params, Units([key], np.array([0]), np.zeros(1)), 1)
+    costs[key] = float(dense - slim_flops(model, one, image_shape))
+  return costs
+
+
 def group_args(cfg: Any, spe: int) -> dict[str, Any]:
   """``groups=``/``group_l1=`` for ``rda``/``prox_sgd``: the channel groups
   weighted by ``--group-weighting``, with ``--group-l1`` (0 in the
-  ``--debias-epochs``, like l1)."""
+  ``--debias-epochs``, like l1); with ``--target-flops``, ``target_flops=``
+  and the channels' FLOPs as ``group_costs=`` instead of ``group_l1``."""
   if cfg.structure == "none":
     return {}
+  if flops_target_groups(cfg):
+    # Without a noted input (a unit test building an optimizer alone), a
+    # 32x32 RGB image of 10 classes.
+    costs = channel_costs(cfg.model, _INPUT.get("shape", (32, 32, 3)),
+                          _INPUT.get("classes", 10))
+    return dict(groups=functools.partial(rda_optax.channel_groups,
+                                         weighting=cfg.group_weighting),
+                target_flops=cfg.target_flops, group_costs=dict(costs))
   lam = (cfg.group_l1 if cfg.group_l1 is not None
          else DEFAULT_GROUP_L1[cfg.group_weighting])
   return dict(groups=functools.partial(rda_optax.channel_groups,
@@ -540,6 +611,8 @@ def summarize(cfg: Any, method: str, r: Any, state: Any,
   out["channels_per_layer"] = channel_counts(state.params)
   if method == "net-slim":
     out.update(target_sparsity=None, target_flops=target)
+  elif uses_groups(cfg, method) and flops_target_groups(cfg):
+    out.update(target_flops=cfg.target_flops)
   if not slims(cfg, method):
     return out
   variables = {"params": state.params, "batch_stats": state.batch_stats}
