@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from train import cli
-from train import export
+from train import commands
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 _BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
@@ -56,7 +56,7 @@ def test_readme_rda_train_commands_parse():
   for block in _blocks("bash"):
     for argv in _commands(block):
       # Subcommands have their own parser, as cli.main dispatches them.
-      p = export.parser() if argv[:1] and argv[0] in export.COMMANDS else parser
+      p = commands.parser() if argv[:1] and argv[0] in commands.COMMANDS else parser
       try:
         p.parse_args(argv)
       except SystemExit as e:  # argparse's one-line error, exit 2

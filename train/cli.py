@@ -13,7 +13,7 @@ import jax
 from train import checks
 from train import config as config_lib
 from train import data as data_lib
-from train import export
+from train import commands
 from train import methods
 from train import parallel
 from train import report
@@ -133,8 +133,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _main(argv: Optional[Sequence[str]] = None) -> int:
   words = sys.argv[1:] if argv is None else list(argv)
-  if words and words[0] in export.COMMANDS:
-    return export.main(words)
+  if words and words[0] in commands.COMMANDS:
+    return commands.main(words)
   args = parser().parse_args(argv)
   try:
     if args.list_presets:
