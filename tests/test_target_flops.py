@@ -387,30 +387,39 @@ def test_flops_polynomial_is_exact_on_slimmed_models(name, shape):
 
 # --- the trainer ------------------------------------------------------------
 
-def test_trainer_run_reaches_the_flops_target_without_tuning(tmp_path):
-  """``--target-flops 0.5`` with group RDA on digits: the slim model ends
-  at or below half the dense FLOPs, with no --group-l1 given. Tolerance
-  0.02: a channel's cost is first order (two removed neighbours save less
-  than the sum of their costs), so the true slim FLOPs can exceed the
-  costed share; on the small CNN one channel is about 1% of the FLOPs."""
+def _summary(out):
   import json as _json
+  (summary,) = list(out.glob("*/summary.json"))
+  s = _json.loads(summary.read_text())
+  return s[0] if isinstance(s, list) else s
+
+
+def test_trainer_run_reaches_the_flops_target_without_tuning(tmp_path):
+  """``--target-flops 0.5`` with group RDA on digits, no --group-l1: the
+  slim model ends within [0.45, 0.5] of the dense FLOPs, and still
+  classifies. At most 0.5: the cost is the exact FLOPs polynomial of the
+  kept channels (models.flops_polynomial) and the prefix rule keeps only
+  what fits. At least 0.45: the first channel left out would not have
+  fit, and one channel's share of the FLOPs is small (a conv1 channel of
+  the small CNN, the largest, is 18432 + 64 x 128 of 1723648, 1.6%; the
+  0.45 leaves room for ties and for the ramp's last steps moving the
+  order). --group-weighting uniform: with ``size`` weighting a channel's
+  score is the per-entry RMS of its dual average, which is smallest for
+  the 4096-row hidden Dense columns, so the whole hidden layer goes first
+  (measured: 0.494 of the FLOPs at 10% accuracy)."""
   from train import cli
   out = tmp_path / "runs"
   code = cli.main(["--out", str(out), "--batch-size", "64", "--progress",
                    "none", "--checkpoint-every", "9", "--preset",
-                   "digits-demo", "--epochs", "1", "--asr-epochs", "1",
-                   "--structure", "channel", "--target-flops", "0.5"])
+                   "digits-demo", "--epochs", "4", "--asr-epochs", "1",
+                   "--structure", "channel", "--group-weighting", "uniform",
+                   "--target-flops", "0.5"])
   assert code == 0
-  (summary,) = list(out.glob("*/summary.json"))
-  s = _json.loads(summary.read_text())
-  s = s[0] if isinstance(s, list) else s
-  ratio = s["flops"]["ratio"] if "flops" in s else s["runs"][0]["flops"][
-      "ratio"]
-  assert ratio <= 0.5 + 0.02, ratio
-  # Not a collapse of the whole network. The slim FLOPs land well below F
-  # (0.21 measured): a conv's FLOPs are bilinear in its kept input and
-  # output channels, and the per-channel cost is their linearization.
-  assert ratio > 0.1, ratio
+  s = _summary(out)
+  assert 0.45 <= s["flops"]["ratio"] <= 0.5, s["flops"]
+  assert s["target_flops"] == 0.5
+  assert all(n > 0 for n in s["channels_per_layer"].values()), s
+  assert s["test_top1"] > 80, s["test_top1"]  # measured 95.3
 
 
 @pytest.mark.parametrize("args, needle", [
