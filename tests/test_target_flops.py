@@ -387,6 +387,28 @@ def test_flops_polynomial_is_exact_on_slimmed_models(name, shape):
 
 # --- the trainer ------------------------------------------------------------
 
+@pytest.mark.parametrize("method", ["rda", "rmda", "grda", "prox-adam"])
+def test_optimizer_takes_the_flops_polynomial_explicitly(method):
+  """methods.optimizer needs the FLOPs polynomial for --target-flops (no
+  hidden default input), and its families are the groups' (the model's
+  channel units): init on the model's params accepts it."""
+  import models
+  from train import methods, structure
+  from train.config import Config
+  cfg = Config(method=method, structure="channel", target_flops=0.5,
+               model="small_cnn", dataset="digits")
+  with pytest.raises(ValueError, match="FLOPs polynomial"):
+    methods.optimizer(cfg, method, 10)
+  model = models.get("small_cnn")
+  flops = structure.flops_model(cfg, method, model, (8, 8, 1))
+  assert flops == models.flops_polynomial(model, (8, 8, 1))
+  tx = methods.optimizer(cfg, method, 10, flops=flops).tx
+  params = models.init(model, jax.random.key(0), (8, 8, 1))["params"]
+  tx.init(params)  # raises if the cost keys are not the group families
+  no_target = Config(method=method, structure="channel", model="small_cnn")
+  assert structure.flops_model(no_target, method, model, (8, 8, 1)) is None
+
+
 def _summary(out):
   import json as _json
   (summary,) = list(out.glob("*/summary.json"))
