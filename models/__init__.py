@@ -15,7 +15,8 @@ Each declares its channel units (``model.channel_units()``, see
 BatchNorms scale it and which kernels read it. From them
 ``rda_optax.channel_groups`` forms the channel groups and :func:`slim` cuts
 the dead channels (BatchNorm scale and bias both 0) out of a model and its
-variables exactly; :func:`flops` counts multiply-adds from shapes.
+variables exactly; :func:`flops` counts multiply-adds from shapes, and
+:func:`flops_polynomial` writes them as a polynomial of the kept channels.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import numpy as np
 from models._layers import default_kernel_init
 from models._resnet import BasicBlock, ResNet18
 from models._slim import (Slicing, channel_units, dead_channels, flops,
-                          slicer, slim)
+                          flops_polynomial, layer_flops, slicer, slim)
 from models._small_cnn import SmallCNN
 from models._vgg import VGG
 
@@ -103,6 +104,7 @@ def param_count(params: Any) -> int:
 
 __all__ = (
     "BasicBlock", "ResNet18", "SmallCNN", "Slicing", "VGG", "channel_units",
-    "default_kernel_init", "dead_channels", "flops", "get", "init", "names",
+    "default_kernel_init", "dead_channels", "flops", "flops_polynomial",
+    "get", "init", "layer_flops", "names",
     "param_count", "slicer", "slim",
 )

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from rda_optax import ChannelUnit
+from rda_optax import ChannelUnit, FlopsModel
 
 
 def slim(model: nn.Module, variables: Any, *,
@@ -185,7 +185,20 @@ def flops(model: nn.Module, input_shape: Sequence[int]) -> int:
     >>> models.flops(models.get("small_cnn"), (8, 8, 1))
     1723648
   """
-  total = []
+  return int(sum(layer_flops(model, input_shape).values()))
+
+
+def layer_flops(model: nn.Module, input_shape: Sequence[int]
+                ) -> dict[str, int]:
+  """``{kernel path: multiply-adds}`` of each conv and dense layer, as
+  :func:`flops` counts them; the path is the params' (``"conv1/kernel"``).
+
+  Examples:
+    >>> import models
+    >>> models.layer_flops(models.get("small_cnn"), (8, 8, 1))["conv1/kernel"]
+    1179648
+  """
+  total: dict[str, int] = {}
 
   def count(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
@@ -195,14 +208,109 @@ def flops(model: nn.Module, input_shape: Sequence[int]) -> int:
       fan_in = args[0].shape[-1]
       if isinstance(m, nn.Conv):
         fan_in = fan_in * math.prod(m.kernel_size) // m.feature_group_count
-      total.append(math.prod(out.shape[1:]) * fan_in)
+      # The module's scope path names its params (init: no reuse issue).
+      path = "/".join((*m.scope.path, "kernel"))
+      total[path] = total.get(path, 0) + math.prod(out.shape[1:]) * fan_in
     return out
 
   x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
   with nn.intercept_methods(count):
     jax.eval_shape(functools.partial(model.init, train=False),
                    jax.random.key(0), x)
-  return int(sum(total))
+  return total
+
+
+def flops_polynomial(model: nn.Module, input_shape: Sequence[int]
+                     ) -> FlopsModel:
+  r"""FLOPs as an exact polynomial of the kept channels of each unit.
+
+  A kernel layer's multiply-adds are proportional to its input channels
+  times its output channels. With ``n_u`` the channels kept of unit ``u``
+  (``models.channel_units``; width ``w_u``) and ``L`` a layer's FLOPs at
+  full width,
+
+  .. math::
+    \mathrm{FLOPs}(n) = c + \sum_u l_u n_u + \sum_{(a, b)} p_{ab} n_a n_b,
+
+  where a layer that reads unit ``a`` and writes unit ``b`` adds
+  ``L / (w_a w_b)`` to ``p_ab``; one that only writes ``b`` (the first
+  conv, on the image) adds ``L / w_b`` to ``l_b``; one that only reads
+  ``a`` (the classifier; a Dense on a flatten of ``r`` rows per channel
+  too, its FLOPs ``r w_a`` times its outputs) adds ``L / w_a`` to ``l_a``;
+  any other adds ``L`` to ``c``. ``models.flops`` of the model slimmed to
+  ``n`` is this polynomial at ``n`` (exact: each term is an integer
+  there); at ``n = w`` it is ``models.flops(model)``.
+
+  Returns:
+    ``rda_optax.FlopsModel(const, linear, pairwise)``: ``linear`` keyed by
+    unit key, ``pairwise`` by ``(read unit, written unit)``; the form
+    ``rda_optax.rda(..., target_flops=F, group_costs=...)`` takes.
+
+  Raises:
+    TypeError: for a model without ``channel_units()``.
+    ValueError: for a kernel that two units write (or read), or a grouped
+      conv on a unit.
+
+  Examples:
+    >>> import models
+    >>> m = models.get("small_cnn")
+    >>> const, lin, pair = models.flops_polynomial(m, (8, 8, 1))
+    >>> const, lin
+    (0, {'conv0': 576, 'hidden': 10})
+    >>> pair
+    {('conv0', 'conv1'): 576, ('conv1', 'hidden'): 64}
+    >>> n = {"conv0": 32, "conv1": 64, "hidden": 128}  # full widths
+    >>> const + sum(c * n[u] for u, c in lin.items()) + sum(
+    ...     c * n[a] * n[b] for (a, b), c in pair.items()) == models.flops(
+    ...     m, (8, 8, 1))
+    True
+  """
+  units = channel_units(model, "flops_polynomial")
+  writes = _unit_of(units, "writers")
+  reads = _unit_of(units, "readers")
+  widths = _unit_widths(model, input_shape, units)
+  const, lin, pair = 0, {}, {}
+  for path, total in layer_flops(model, input_shape).items():
+    a, b = reads.get(path), writes.get(path)
+    if a is None and b is None:
+      const += total
+    elif a is None or b is None:
+      u = b if a is None else a
+      lin[u] = lin.get(u, 0) + _exact_div(total, widths[u], path)
+    else:
+      pair[a, b] = pair.get((a, b), 0) + _exact_div(
+          total, widths[a] * widths[b], path)
+  return FlopsModel(const, lin, pair)
+
+
+def _unit_of(units, field):
+  """``{kernel path: unit key}`` of the units' writers (or readers)."""
+  out = {}
+  for u in units:
+    for path in getattr(u, field):
+      if path in out:
+        raise ValueError(f"flops_polynomial: {path!r} is one of the {field} "
+                         f"of both {out[path]!r} and {u.key!r}")
+      out[path] = u.key
+  return out
+
+
+def _unit_widths(model, input_shape, units):
+  shapes = jax.eval_shape(functools.partial(model.init, train=False),
+                          jax.random.key(0), jax.ShapeDtypeStruct(
+                              (1, *input_shape), jnp.float32))
+  flat = traverse_util.flatten_dict(shapes["params"], sep="/")
+  return {u.key: flat[u.writers[0]].shape[-1] for u in units}
+
+
+def _exact_div(total, width, path):
+  # Every output (input) channel costs the same, so the share is an
+  # integer; a remainder means the layer is not bilinear in its channels
+  # (a grouped conv), and the polynomial would be wrong.
+  if total % width:
+    raise ValueError(f"flops_polynomial: {path!r}'s {total} FLOPs are not "
+                     f"a multiple of its {width} channels (grouped conv?)")
+  return total // width
 
 
 def _keep(dead: np.ndarray, multiple: int = 1) -> np.ndarray:

@@ -37,6 +37,7 @@ from rda_optax._rmda import RMDAState
 from rda_optax._rmda import rmda
 from rda_optax._rigl import rigl
 from rda_optax._soft_threshold import soft_threshold
+from rda_optax._target import FlopsModel
 from rda_optax._units import ChannelUnit
 from rda_optax._units import trace_channel_units
 from rda_optax._sparsity import LeafSparsity
@@ -47,6 +48,7 @@ __version__ = "0.1.0"
 
 __all__ = (
     "ChannelUnit",
+    "FlopsModel",
     "FreezeZerosState",
     "GROUP_WEIGHTINGS",
     "GMPState",

@@ -50,7 +50,7 @@ def grda(
     threshold_every: int = 1,
     threshold_samples: Optional[int] = None,
     target_flops: Optional[optax.ScalarOrSchedule] = None,
-    group_costs: Optional[dict] = None,
+    group_costs: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Generalized regularized dual averaging (gRDA), Chao et al. (2020).
 

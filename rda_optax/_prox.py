@@ -175,19 +175,49 @@ def check_flops_args(groups: GroupsOrFn, group_l1: Any, target_flops: Any,
       f = math.nan
     if not 0 < f <= 1:
       raise ValueError(f"target_flops must be in (0, 1], got {target_flops!r}")
+  if isinstance(group_costs, _target.FlopsModel):
+    check_flops_model(group_costs)
+    return
   if not isinstance(group_costs, dict) or not group_costs:
     raise ValueError(f"{who}: target_flops needs group_costs, a dict "
-                     "{family key: cost per group}, got "
+                     "{family key: cost per group} or a "
+                     "rda_optax.FlopsModel, got "
                      f"{type(group_costs).__name__}")
-  for key, c in group_costs.items():
-    try:
-      a = np.asarray(c, np.float64)
-    except (TypeError, ValueError):
-      a = np.asarray(math.nan)
+  check_linear_costs(group_costs, "group_costs")
+
+
+def check_linear_costs(costs: dict, name: str) -> None:
+  """Each cost a finite number >= 0 or a 1-D array of them."""
+  for key, c in costs.items():
+    a = _floats(c)
     if a.ndim > 1 or a.size == 0 or not np.all(np.isfinite(a)) or np.any(
         a < 0):
-      raise ValueError(f"group_costs[{key!r}] must be a finite cost >= 0 or "
+      raise ValueError(f"{name}[{key!r}] must be a finite cost >= 0 or "
                        f"a 1-D array of them, got {c!r}")
+
+
+def check_flops_model(m: Any) -> None:
+  """A :class:`rda_optax.FlopsModel`'s coefficients: finite and >= 0 (so
+  the cost never falls as a group is kept, which the prefix rule needs),
+  pairs keyed by 2-tuples of families."""
+  const = _floats(m.const)
+  if const.ndim or not np.isfinite(const) or const < 0:
+    raise ValueError(f"group_costs: FlopsModel.const must be a finite "
+                     f"number >= 0, got {m.const!r}")
+  check_linear_costs(dict(m.linear or {}), "group_costs.linear")
+  for key, c in dict(m.pairwise or {}).items():
+    a = _floats(c)
+    if not (isinstance(key, tuple) and len(key) == 2) or a.ndim or not (
+        np.isfinite(a) and a >= 0):
+      raise ValueError("group_costs.pairwise: keys (family a, family b), "
+                       f"values finite numbers >= 0; got {key!r}: {c!r}")
+
+
+def _floats(c: Any) -> np.ndarray:
+  try:
+    return np.asarray(c, np.float64)
+  except (TypeError, ValueError):
+    return np.asarray(math.nan)
 
 
 def check_target_args(target_sparsity: Any, sparsity_distribution: str,
@@ -250,6 +280,15 @@ def target_lambdas(scores: list, held: list, count: jax.Array,
   return [guard(l, every >= 1) for l in lams]
 
 
+def _per_group(c: Any, key: str, n: int) -> np.ndarray:
+  """A family's linear cost as one float64 per group."""
+  c = np.asarray(c, np.float64)
+  if c.ndim == 1 and c.shape[0] != n:
+    raise ValueError(f"group_costs[{key!r}]: {c.shape[0]} costs for "
+                     f"{n} groups")
+  return np.broadcast_to(c, (n,))
+
+
 def lambda_state(params: Any, flags: Sequence[bool]) -> Any:
   """The per-leaf ``lambda_t`` of a target-sparsity state: float32 scalars
   on the penalized leaves, ``optax.MaskedNode`` elsewhere."""
@@ -291,13 +330,13 @@ class Penalty(NamedTuple):
   every: Any
   samples: Any
   target_flops: Any = None
-  group_costs: Optional[dict] = None
+  group_costs: Any = None
 
   @classmethod
   def checked(cls, who: str, l1: Any, l1_mask: MaskOrFn, groups: GroupsOrFn,
               group_l1: Any, target_sparsity: Any, distribution: str,
               every: Any, samples: Any, target_flops: Any = None,
-              group_costs: Optional[dict] = None) -> "Penalty":
+              group_costs: Any = None) -> "Penalty":
     """Checks the arguments (``ValueError`` naming the bad one)."""
     check_penalty(l1, groups, group_l1, target_sparsity, who,
                   target_flops=target_flops, group_costs=group_costs)
@@ -313,16 +352,22 @@ class Penalty(NamedTuple):
                    group_l1=None if self.groups is None else 0.0)
     if self.target_flops is not None:
       leaves = jax.tree.structure(params).flatten_up_to(params)
-      self.cost_vector(group_counts(leaves, list(prox.specs)), prox.specs)
+      self.prefix_cost(group_counts(leaves, list(prox.specs)), prox.specs)
     return prox
 
-  def cost_vector(self, counts: dict, specs: Sequence[Any]) -> np.ndarray:
-    """``group_costs`` as one float64 vector over the groups of every
-    family (in ``counts``' order), summing to 1; ``ValueError`` where the
-    costs do not fit the families."""
-    costs = self.group_costs
-    extra = sorted(set(costs) - set(counts))
-    missing = [k for k in counts if k not in costs]
+  def prefix_cost(self, counts: dict, specs: Sequence[Any]
+                  ) -> _target.PrefixCost:
+    """``group_costs`` laid out over the groups of every family (in
+    ``counts``' order) and scaled so that keeping every group costs 1
+    (``rda_optax._target.PrefixCost``); ``ValueError`` where the costs do
+    not fit the families."""
+    model = self.group_costs
+    if not isinstance(model, _target.FlopsModel):
+      model = _target.FlopsModel(0.0, model, {})
+    linear, pairwise = dict(model.linear or {}), dict(model.pairwise or {})
+    named = set(linear) | {f for pair in pairwise for f in pair}
+    extra = sorted(map(str, named - set(counts)))
+    missing = [k for k in counts if k not in named]
     if extra or missing:
       raise ValueError(
           f"group_costs: keys must be the group families {list(counts)}; "
@@ -332,17 +377,19 @@ class Penalty(NamedTuple):
         raise ValueError(f"target_flops: family {s.key!r} has weight 0 (no "
                          "threshold), so its channels cannot be chosen; "
                          "leave it out of groups")
-    parts = []
-    for key, n in counts.items():
-      c = np.asarray(costs[key], np.float64)
-      if c.ndim == 1 and c.shape[0] != n:
-        raise ValueError(f"group_costs[{key!r}]: {c.shape[0]} costs for "
-                         f"{n} groups")
-      parts.append(np.broadcast_to(c, (n,)))
-    vec = np.concatenate(parts)
-    if not vec.sum() > 0:
+    lin = np.concatenate([_per_group(linear.get(k, 0.0), k, n)
+                          for k, n in counts.items()])
+    index = {k: i for i, k in enumerate(counts)}
+    family = np.repeat(np.arange(len(counts)), list(counts.values()))
+    pairs = tuple((index[a], index[b], float(p))
+                  for (a, b), p in pairwise.items() if p)
+    full = float(model.const) + lin.sum() + sum(
+        p * counts[a] * counts[b] for (a, b), p in pairwise.items())
+    if not full > 0:
       raise ValueError("group_costs: the total cost must be > 0")
-    return vec / vec.sum()
+    return _target.PrefixCost(lin / full, family,
+                              tuple((a, b, p / full) for a, b, p in pairs),
+                              float(model.const) / full)
 
   def init_lambda(self, params: Any) -> Any:
     """The ``lambda_t`` field of a fresh state: ``()`` without a target."""
@@ -405,7 +452,7 @@ class Penalty(NamedTuple):
       # A scalar scale multiplies both thresholds (Prox.__call__).
       scores = {k: r / scale for k, r in group_scores(
           list(leaves), specs, flags, prox.l1 * scale).items()}
-    costs = self.cost_vector({k: r.shape[0] for k, r in scores.items()},
+    costs = self.prefix_cost({k: r.shape[0] for k, r in scores.items()},
                              specs)
     tau = _target.cost_threshold(
         jnp.concatenate([r.astype(jnp.float32) for r in scores.values()]),

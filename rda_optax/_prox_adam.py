@@ -48,7 +48,7 @@ def prox_adam(
     threshold_every: int = 1,
     threshold_samples: Optional[int] = None,
     target_flops: Optional[optax.ScalarOrSchedule] = None,
-    group_costs: Optional[dict] = None,
+    group_costs: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Proximal Adam(W): the l1 prox in Adam's diagonal metric (ProxGen).
 

@@ -64,7 +64,7 @@ def rda(
     threshold_every: int = 1,
     threshold_samples: Optional[int] = None,
     target_flops: Optional[optax.ScalarOrSchedule] = None,
-    group_costs: Optional[dict] = None,
+    group_costs: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""l1-regularized dual averaging, Algorithm 2 / equation (13).
 
@@ -262,7 +262,10 @@ def rda(
     group_costs: with ``target_flops``: ``{family key: cost}``, each cost
       a number >= 0 (every group of the family) or a 1-D array with one per
       group; every family of ``groups`` needs one, and the total must be
-      > 0.
+      > 0. Or a :class:`rda_optax.FlopsModel`: a cost with products
+      ``p_ab n_a n_b`` of the kept groups of two families (a conv's FLOPs
+      between two channel units, ``models.flops_polynomial``), exact where
+      a per-group cost is only a linearization.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs

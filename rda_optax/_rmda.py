@@ -57,7 +57,7 @@ def rmda(
     threshold_every: int = 1,
     threshold_samples: Optional[int] = None,
     target_flops: Optional[optax.ScalarOrSchedule] = None,
-    group_costs: Optional[dict] = None,
+    group_costs: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Regularized modernized dual averaging (RMDA), Huang & Lee (2022).
 

@@ -16,7 +16,7 @@ when the exact select costs too much (XLA's scatter-add on CPU).
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -180,31 +180,120 @@ def thresholds(scores: Sequence[jax.Array], target: Any, distribution: str,
   return [select([s], z) for s, z in zip(scores, zeros)]
 
 
-def cost_threshold(scores: jax.Array, costs: np.ndarray,
+class FlopsModel(NamedTuple):
+  r"""A cost that is a polynomial of the kept groups of each family:
+
+  .. math::
+    C(n) = c + \sum_f l_f n_f + \sum_{(a, b)} p_{ab} n_a n_b ,
+
+  with ``n_f`` the groups kept of family ``f``: a network's FLOPs as a
+  function of the channels kept per layer (``models.flops_polynomial``),
+  whose conv between units ``a`` and ``b`` costs in proportion to
+  ``n_a n_b``. Pass it as ``group_costs`` with ``target_flops``. A linear
+  entry may also be a 1-D array with one cost per group (the plain
+  ``{family: cost}`` form of ``group_costs`` is ``FlopsModel(0, costs)``).
+
+  Attributes:
+    const: the cost no group carries (>= 0).
+    linear: ``{family key: cost}``, >= 0: a number per group, or a 1-D
+      array, one per group.
+    pairwise: ``{(family a, family b): p_ab}``, numbers >= 0.
+
+  Examples:
+    >>> import rda_optax
+    >>> m = rda_optax.FlopsModel(0, {"a": 2.0}, {("a", "b"): 1.0})
+    >>> const, linear, pairwise = m
+    >>> pairwise[("a", "b")]
+    1.0
+  """
+  const: Any = 0.0
+  linear: Optional[dict] = None
+  pairwise: Optional[dict] = None
+
+
+class PrefixCost(NamedTuple):
+  """A :class:`FlopsModel` laid out over ``G`` groups of ``F`` families
+  (static numpy, scaled so that keeping every group costs 1): ``lin``
+  ``(G,)``, ``family`` ``(G,)`` the family index of each group, ``pairs``
+  ``((a, b, p_ab), ...)`` over family indices, ``const``."""
+  lin: np.ndarray
+  family: np.ndarray
+  pairs: tuple
+  const: float
+
+
+def prefix_costs(order: jax.Array, cost: PrefixCost) -> jax.Array:
+  r"""``C_m`` for ``m = 0..G``: the cost of keeping the first ``m`` groups
+  of ``order`` (float32, shape ``(G + 1,)``).
+
+  The kept counts of every prefix at once: ``n_f(m) = sum_{j < m}
+  [family(order_j) = f]``, the cumulative sum of the one-hot family
+  membership in ``order`` (a ``G x F`` array of exact integers), then
+  ``C_m = c + sum_{j < m} l_{order_j} + sum_{(a,b)} p_ab n_a(m) n_b(m)``.
+  The pairs are a static list (a few per network), so each is one
+  element-wise product, exact (no matmul at reduced precision).
+
+  Examples:
+    >>> import jax.numpy as jnp, numpy as np
+    >>> c = PrefixCost(np.zeros(3), np.array([0, 0, 1]), ((0, 1, 1.0),), 0.)
+    >>> print(prefix_costs(jnp.array([2, 0, 1]), c))
+    [0. 0. 1. 2.]
+  """
+  lin = jnp.asarray(cost.lin, jnp.float32)[order]
+  total = jnp.concatenate([jnp.zeros(1, jnp.float32), jnp.cumsum(lin)])
+  total = total + jnp.float32(cost.const)
+  if cost.pairs:
+    n_fam = int(cost.family.max()) + 1
+    member = jnp.asarray(cost.family, jnp.int32)[order][:, None] == (
+        jnp.arange(n_fam, dtype=jnp.int32))
+    counts = jnp.concatenate([jnp.zeros((1, n_fam), jnp.int32), jnp.cumsum(
+        member.astype(jnp.int32), axis=0)]).astype(jnp.float32)
+    for a, b, p in cost.pairs:
+      total = total + jnp.float32(p) * counts[:, a] * counts[:, b]
+  return total
+
+
+def cost_threshold(scores: jax.Array, costs: Any,
                    fraction: Any) -> jax.Array:
   r"""The threshold ``T`` on ``scores`` whose survivors (score ``> T``) cost
   at most ``fraction`` of the total, keeping the highest scores first.
 
-  With the groups in decreasing score order and ``C_m`` the cost of the
-  first ``m`` (``costs`` sum to 1), ``m* = max{m : C_m <= fraction}`` and
-  ``T`` is the score of the first group left out (0 when none is): the
-  longest prefix of the score order that fits the budget. A score tied at
-  ``T`` goes too, so ties only lower the kept cost. One sort of the ``G``
-  scores and a cumulative sum (``O(G log G)``; ``G`` is the number of
-  groups, e.g. channels, not of weights). The cumulative sum is in float32,
-  so the budget holds up to its rounding (about ``G`` float32 ulps of 1);
-  ``fraction = 1`` keeps every group exactly.
+  With the groups in decreasing score order and ``C_m`` the cost of
+  keeping the first ``m`` (:func:`prefix_costs`), ``m* = max{m : C_m /
+  C_G <= fraction}`` and ``T`` is the score of the first group left out
+  (0 when none is): the longest prefix of the score order that fits the
+  budget. ``C_m`` never falls as ``m`` grows (every coefficient is >= 0),
+  so ``m*`` is the number of prefixes that fit. A score tied at ``T`` goes
+  too, so ties only lower the kept cost. One sort of the ``G`` scores and
+  cumulative sums (``O(G log G + G F)``; ``G`` is the number of groups,
+  e.g. channels, not of weights; ``F`` the families). The sums are in
+  float32, so the budget holds up to their rounding (about ``G`` float32
+  ulps of 1); ``fraction = 1`` keeps every group exactly.
 
   Args:
     scores: 1-D, one per group (non-negative; NaN poisons ``T``).
-    costs: 1-D numpy, the same length, >= 0, summing to 1 (static, > 0).
+    costs: 1-D numpy, the same length, >= 0, summing to 1 (a linear cost),
+      or a :class:`PrefixCost` over the groups (static, total > 0).
     fraction: the budget, in ``(0, 1]`` (traced or not).
+
+  Examples:
+    >>> import jax.numpy as jnp, numpy as np
+    >>> # Two families of 2 groups, cost n_a n_b (a conv between them).
+    >>> c = PrefixCost(np.zeros(4), np.array([0, 0, 1, 1]),
+    ...                ((0, 1, 0.25),), 0.0)
+    >>> s = jnp.array([4.0, 3.0, 2.0, 1.0])
+    >>> # Prefixes cost 0, 0, 0, 2/4, 4/4: a budget of 1/2 keeps 3 groups.
+    >>> float(cost_threshold(s, c, 0.5))
+    1.0
   """
+  if not isinstance(costs, PrefixCost):
+    costs = PrefixCost(np.asarray(costs), np.zeros(len(costs), np.int32),
+                       (), 0.0)
   order = jnp.argsort(-scores, stable=True)
-  cum = jnp.cumsum(jnp.asarray(costs, jnp.float32)[order])
+  cum = prefix_costs(order, costs)
   # Divided by its own last entry, the running share ends at exactly 1, so
   # fraction = 1 keeps every group whatever the rounding of the sum.
-  kept = jnp.sum(cum / cum[-1] <= jnp.asarray(fraction, jnp.float32))
+  kept = jnp.sum(cum[1:] / cum[-1] <= jnp.asarray(fraction, jnp.float32))
   first_out = scores[order][jnp.minimum(kept, scores.shape[0] - 1)]
   t = jnp.where(kept < scores.shape[0], first_out, jnp.float32(0))
   return jnp.where(jnp.any(jnp.isnan(scores)), jnp.nan, t)

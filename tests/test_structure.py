@@ -279,11 +279,36 @@ def test_each_run_of_a_compare_writes_a_config_that_resume_accepts():
                group_l1=2e-3, target_flops=0.6)
   for method, target in (("rda", None), ("net-slim", 0.6), ("sgd", None)):
     raw = dict(dataclasses.asdict(cfg), method=method, compare=None,
-               target_sparsity=target) | structure.config_fields(method,
-                                                                 target)
+               target_sparsity=target) | structure.config_fields(
+                   cfg, method, target)
     validate(Config(**raw))
     assert structure.resume_target(Config(**raw)) == target
-  assert structure.config_fields("rda", None)["target_flops"] is None
+  # With net-slim in the compare, rda takes --group-l1, not the target.
+  assert structure.config_fields(cfg, "rda", None)["target_flops"] is None
+
+
+def test_a_grouped_flops_target_is_written_and_resumed(tmp_path):
+  """--target-flops with --structure (no net-slim): rda's config.json keeps
+  target_flops, so that --resume trains to it (with None it would fall
+  back to --group-l1's default); sgd of the same compare drops it."""
+  import dataclasses
+  from train import resume_checks
+  from train.checks import validate
+  cfg = Config(compare="rda,sgd", structure="channel", target_flops=0.4)
+  raw = dict(dataclasses.asdict(cfg), method="rda", compare=None,
+             target_sparsity=None) | structure.config_fields(cfg, "rda", None)
+  (tmp_path / "config.json").write_text(json.dumps(raw))
+  resumed = resume_checks.load_config(tmp_path, {})
+  validate(resumed)
+  assert resumed.target_flops == 0.4
+  assert structure.flops_target_groups(resumed)
+  assert "target_flops" in structure.group_args(
+      resumed, 10, flops=models.flops_polynomial(models.get("small_cnn"),
+                                                 (8, 8, 1)))
+  sgd = dict(dataclasses.asdict(cfg), method="sgd", compare=None,
+             target_sparsity=None) | structure.config_fields(cfg, "sgd", None)
+  validate(Config(**sgd))
+  assert sgd["target_flops"] is None
 
 
 def test_slim_latency_times_a_trained_run_and_refuses_a_bad_one(

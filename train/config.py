@@ -163,7 +163,9 @@ class Config:
   target_ramp: Optional[float] = option(
       None, SGD, "rda with a target: the target rises on a cubic ramp from 0 "
       "over this fraction of --epochs, is held to the end of --epochs, and "
-      "ASR then runs at l1 = 0, keeping it exactly (default 0.5)",
+      "ASR then runs at l1 = 0, keeping it exactly (default 0.5); with "
+      "--target-flops and --structure, the kept FLOPs fall from 1 to the "
+      "target over the same ramp",
       lo=0, hi=1, hi_open=False)
   threshold_samples: Optional[int] = option(
       None, SGD, "rda with a target: estimate lambda_t from this many "

@@ -36,8 +36,10 @@ class Method(NamedTuple):
   Attributes:
     name: what ``--method`` and ``--compare`` take.
     help: one line for ``--method``'s help.
-    optimizer: ``(cfg, steps_per_epoch, target) -> optim.Optimizer``;
-      ``target`` is the target sparsity (None for methods without one).
+    optimizer: ``(cfg, steps_per_epoch, target, flops) ->
+      optim.Optimizer``; ``target`` is the target sparsity (None for
+      methods without one), ``flops`` the model's FLOPs polynomial for
+      ``--target-flops`` with ``--structure`` (None otherwise).
     phases: the phase names logged during ``--epochs`` and ``--asr-epochs``.
     init_scale: the default ``s`` of the scaled uniform init (29); None keeps
       the model's own init.
@@ -58,7 +60,7 @@ class Method(NamedTuple):
   """
   name: str
   help: str
-  optimizer: Callable[[Config, int, Optional[float]], optim.Optimizer]
+  optimizer: Callable[[Config, int, Optional[float], Any], optim.Optimizer]
   phases: tuple[str, str]
   init_scale: Optional[float] = None
   needs_target: bool = False
@@ -90,10 +92,14 @@ def get(name: str) -> Method:
 
 
 def optimizer(cfg: Config, name: str, spe: int,
-              target: Optional[float] = None) -> optim.Optimizer:
+              target: Optional[float] = None,
+              flops: Optional[rda_optax.FlopsModel] = None
+              ) -> optim.Optimizer:
   """Method ``name``'s optimizer for ``spe`` steps per epoch; ``target``:
-  the target sparsity of the methods that have one."""
-  return get(name).optimizer(cfg, spe, target)
+  the target sparsity of the methods that have one; ``flops``: the model's
+  FLOPs polynomial (``structure.flops_model``), which ``--target-flops``
+  with ``--structure`` needs (a ``ValueError`` without it)."""
+  return get(name).optimizer(cfg, spe, target, flops)
 
 
 def demo() -> str:
@@ -127,11 +133,12 @@ def _fail(msg: str) -> None:
 # --- the optimizers ----------------------------------------------------------
 
 def _rda(cfg: Config, spe: int,
-         target: Optional[float]) -> optim.Optimizer:
+         target: Optional[float],
+         flops: Any = None) -> optim.Optimizer:
   gamma = optim.piecewise(cfg.gamma, cfg.gamma_schedule, "gamma_schedule", spe)
   freeze = rda_optax.freeze_zeros(cfg.epochs * spe, mask=_freeze(cfg))
   if target is None:
-    l1, groups = _penalties(cfg, spe)
+    l1, groups = _penalties(cfg, spe, flops)
     tx = optax.chain(
         rda_optax.rda(gamma, l1, center=cfg.center, l2=cfg.l2, **groups),
         freeze)
@@ -150,10 +157,12 @@ def _rda(cfg: Config, spe: int,
                          logged=optim.target_log(s))
 
 
-def _penalties(cfg: Config, spe: int) -> tuple[optax.Schedule, dict]:
+def _penalties(cfg: Config, spe: int, flops: Any = None
+               ) -> tuple[optax.Schedule, dict]:
   """The l1 schedule and the group arguments of a proximal method; with
-  ``--structure channel`` the group term alone (l1 = 0)."""
-  groups = structure.group_args(cfg, spe)
+  ``--structure channel`` the group term alone (l1 = 0); ``flops``: see
+  :func:`optimizer`."""
+  groups = structure.group_args(cfg, spe, flops)
   if cfg.structure == "channel":
     return optax.constant_schedule(0.0), groups
   return optim.l1_schedule(cfg, spe), groups
@@ -176,12 +185,12 @@ def _proximal(name: str, factory: Callable[..., optax.GradientTransformation],
   prox-adam), as rda's: ``--l1`` (``--debias-epochs``) or a target sparsity,
   channel groups, ASR from ``--epochs`` on; its step size is ``--lr`` on
   ``--lr-schedule``, ``extra(cfg, spe)`` its own options."""
-  def build(cfg: Config, spe: int,
-            target: Optional[float]) -> optim.Optimizer:
+  def build(cfg: Config, spe: int, target: Optional[float],
+            flops: Any = None) -> optim.Optimizer:
     lr = optim.lr_schedule(cfg, cfg.lr, cfg.total_epochs * spe, spe)
     freeze = rda_optax.freeze_zeros(cfg.epochs * spe, mask=_freeze(cfg))
     if target is None:
-      l1, groups = _penalties(cfg, spe)
+      l1, groups = _penalties(cfg, spe, flops)
       tx = optax.chain(factory(lr, l1, **extra(cfg, spe), **groups), freeze)
       return optim.Optimizer(tx, None, optim.host(l1), optim.host(lr))
     s = optim.target_schedule(cfg, target, spe)
@@ -214,18 +223,24 @@ def _check_target_method(name: str) -> Callable[[Config], None]:
         _fail("--structure cannot be combined with a target sparsity for "
               f"--method {name} (the target counts entries, not channels)")
     else:
+      # --target-flops with --structure ramps its FLOPs share the same way.
+      ramps = structure.flops_target_groups(cfg)
       for flag, given in (("--threshold-samples", cfg.threshold_samples),
-                          ("--target-ramp", cfg.target_ramp)):
+                          ("--target-ramp", None if ramps else
+                           cfg.target_ramp)):
         if given is not None:
           _fail(f"{flag} applies to --method {name} with --target-sparsity "
-                "or --target-sparsity-from only")
+                "or --target-sparsity-from only"
+                + (" (--target-ramp: or --target-flops with --structure)"
+                   if flag == "--target-ramp" else ""))
   return check
 
 
 def _prox_sgd(cfg: Config, spe: int,
-              target: Optional[float]) -> optim.Optimizer:
+              target: Optional[float],
+              flops: Any = None) -> optim.Optimizer:
   lr = optim.lr_schedule(cfg, cfg.lr, cfg.total_epochs * spe, spe)
-  l1, groups = _penalties(cfg, spe)
+  l1, groups = _penalties(cfg, spe, flops)
   tx = optax.chain(
       rda_optax.prox_sgd(lr, l1, momentum=cfg.momentum, **groups),
       rda_optax.freeze_zeros(cfg.epochs * spe, mask=_freeze(cfg)))
@@ -233,14 +248,16 @@ def _prox_sgd(cfg: Config, spe: int,
 
 
 def _sgd(cfg: Config, spe: int,
-         target: Optional[float]) -> optim.Optimizer:
+         target: Optional[float],
+         flops: Any = None) -> optim.Optimizer:
   lr = optim.lr_schedule(cfg, cfg.lr, cfg.total_epochs * spe, spe)
   return optim.Optimizer(optax.chain(*optim.dense_sgd(cfg, lr)), None, None,
                          optim.host(lr))
 
 
 def _prune_finetune(cfg: Config, spe: int,
-                    target: Optional[float]) -> optim.Optimizer:
+                    target: Optional[float],
+                    flops: Any = None) -> optim.Optimizer:
   # Dense training for `epochs`, magnitude pruning at the boundary (the
   # before_epoch hook, on the params), then fine-tuning with the zeros
   # frozen and the learning-rate schedule restarted at a lower peak.
@@ -265,7 +282,8 @@ def gmp_steps(cfg: Config, spe: int) -> tuple[int, int]:
   return begin, begin + (end - begin) // cfg.gmp_every * cfg.gmp_every
 
 
-def _gmp(cfg: Config, spe: int, target: Optional[float]) -> optim.Optimizer:
+def _gmp(cfg: Config, spe: int, target: Optional[float],
+         flops: Any = None) -> optim.Optimizer:
   # Zhu & Gupta's cubic schedule around the dense baseline's update and lr
   # schedule: the same SGD as `sgd`, the pruned weights held at 0.
   lr = optim.lr_schedule(cfg, cfg.lr, cfg.total_epochs * spe, spe)
@@ -285,7 +303,8 @@ def _check_gmp(cfg: Config) -> None:
           f"--epochs + --asr-epochs = {cfg.total_epochs}")
 
 
-def _rigl(cfg: Config, spe: int, target: Optional[float]) -> optim.Optimizer:
+def _rigl(cfg: Config, spe: int, target: Optional[float],
+          flops: Any = None) -> optim.Optimizer:
   # Evci et al.'s drop-and-grow around the dense baseline's update and lr
   # schedule, over all epochs (no second phase: the mask stops changing at
   # --rigl-t-end-fraction of the steps).
@@ -305,7 +324,8 @@ def _check_rigl(cfg: Config) -> None:
           "(a global threshold needs trained magnitudes; RigL starts sparse)")
 
 
-def _net_slim(cfg: Config, spe: int, target: Optional[float]) -> optim.Optimizer:
+def _net_slim(cfg: Config, spe: int, target: Optional[float],
+              flops: Any = None) -> optim.Optimizer:
   # Liu et al. (2017): dense SGD with l1 on the BatchNorm scales for
   # `epochs`; channels pruned by |scale| at the boundary (the hook); then
   # fine-tuning without the penalty, the pruned channels' kernels and

@@ -102,6 +102,42 @@ def target_schedule(cfg: Config, target: float, spe: int) -> optax.Schedule:
   return s
 
 
+def flops_schedule(cfg: Config, target: float, spe: int) -> optax.Schedule:
+  r"""The FLOPs share the group strength keeps at each step
+  (``--target-flops F`` with ``--structure``): :func:`target_schedule`'s
+  cubic ramp over the same ``--target-ramp`` of ``--epochs``, from 1 (every
+  channel) down to ``F``, ``F`` until the switch, then 1 in the second
+  phase,
+
+  .. math::
+    F_t = 1 - (1 - F) (1 - (1 - t / T_r)^3) \quad (t < T_r).
+
+  Why a ramp: at ``F`` from step 0 the strength cuts the channels whose
+  scores are lowest at initialization, before the network has learned
+  which ones matter (a digits run at 0.5 from step 0 collapsed). Why 1 in
+  the second phase: the channels removed by then are frozen (ASR), so the
+  strength that keeps every other one is 0, the debiased refit of a
+  target sparsity's second phase; and the slim model that training may
+  switch to would otherwise be cut again to ``F`` of itself.
+
+  Examples:
+    >>> from train.config import Config
+    >>> f = flops_schedule(Config(epochs=2, target_ramp=0.5), 0.5, 10)
+    >>> [round(float(f(t)), 4) for t in (0, 5, 10, 19, 20)]
+    [1.0, 0.5625, 0.5, 0.5, 1.0]
+  """
+  phase2 = cfg.epochs * spe
+  share = DEFAULT_TARGET_RAMP if cfg.target_ramp is None else cfg.target_ramp
+  ramp = int(round(share * phase2))
+
+  def f(step):
+    frac = jnp.minimum(step / max(ramp, 1), 1.0)
+    ramped = 1.0 - (1.0 - target) * (1.0 - (1.0 - frac) ** 3)
+    return jnp.where(step >= phase2, 1.0, jnp.where(step >= ramp, target,
+                                                    ramped))
+  return f
+
+
 def target_log(schedule: optax.Schedule) -> Callable[[Any], dict[str, float]]:
   """For the log, from the optimizer state: the ``lambda_t`` RDA's target
   chose at the last step as ``l1`` (the mean over the penalized leaves, the

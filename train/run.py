@@ -115,8 +115,9 @@ def build_run(cfg: Config, method: str, splits: data_lib.Splits, *,
   kinit = {} if scale is None else {"kernel_init": rda_optax.scaled_uniform(scale)}
   model = models.get(cfg.model, num_classes=splits.num_classes, dtype=dtype,
                      **kinit)
-  structure.note_input(image_shape, splits.num_classes)
-  opt = methods.optimizer(cfg, method, spe, target)
+  opt = methods.optimizer(
+      cfg, method, spe, target,
+      flops=structure.flops_model(cfg, method, model, image_shape))
 
   key = jax.random.key(cfg.seed)
   variables = jax.jit(lambda k: model.init(
@@ -500,7 +501,7 @@ def start_run_dir(cfg: Config, method: str, stamp: str,
   run_dir = rundir.path(cfg, method, stamp)
   rundir.create(run_dir, dict(dataclasses.asdict(cfg), method=method,
                               compare=None, target_sparsity=target)
-                | structure.config_fields(method, target),
+                | structure.config_fields(cfg, method, target),
                 f"run-dir-{method}")
   return run_dir
 

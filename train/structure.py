@@ -207,60 +207,48 @@ def net_slim_target(cfg: Any, summaries: list[dict]) -> Optional[float]:
 
 # --- optimizers -------------------------------------------------------------
 
-_INPUT: dict[str, Any] = {}
+def flops_model(cfg: Any, method: str, model: Any, image_shape
+                ) -> Optional[rda_optax.FlopsModel]:
+  """What ``--target-flops`` counts for a grouped ``method``: ``model``'s
+  FLOPs on ``image_shape`` as an exact polynomial of the channels kept per
+  unit (``models.flops_polynomial``); None when the run has no FLOPs
+  target for its groups (then nothing is computed)."""
+  if not (uses_groups(cfg, method) and method in FLOPS_TARGET_METHODS
+          and flops_target_groups(cfg)):
+    return None
+  return models.flops_polynomial(model, tuple(image_shape))
 
 
-def note_input(image_shape, num_classes: int) -> None:
-  """Records the data's image shape and classes, which the channels' FLOPs
-  costs (``--target-flops``) depend on; the run calls it before building
-  the optimizer."""
-  _INPUT.update(shape=tuple(image_shape), classes=int(num_classes))
-
-
-@functools.lru_cache(maxsize=8)
-def channel_costs(model_name: str, image_shape: tuple,
-                  num_classes: int) -> dict[str, float]:
-  """Per channel family, the FLOPs one channel accounts for: the dense
-  model's FLOPs minus those of the slim model without channel 0 of that
-  family. That is the writer's FLOPs per output channel plus the readers'
-  per input channel (a ResNet stream channel: every writer and reader of
-  the stream). A first-order cost: removing two channels of adjacent
-  layers saves less than the sum (their shared product is counted twice),
-  so the FLOPs kept at a target F can be somewhat above F (see
-  rda_optax.rda's cost target)."""
-  model = models.get(model_name, num_classes=num_classes)
-  x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
-  shapes = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
-  params = jax.tree.map(lambda s: np.ones(s.shape, np.float32), shapes)
-  dense = models.flops(model, image_shape)
-  costs = {}
-  for key in {s.key for s in _spec_flat(params).values()}:
-    one = zero_units(params, Units([key], np.array([0]), np.zeros(1)), 1)
-    costs[key] = float(dense - slim_flops(model, one, image_shape))
-  return costs
-
-
-def group_args(cfg: Any, spe: int) -> dict[str, Any]:
+def group_args(cfg: Any, spe: int,
+               flops: Optional[rda_optax.FlopsModel] = None
+               ) -> dict[str, Any]:
   """``groups=``/``group_l1=`` for ``rda``/``prox_sgd``: the channel groups
   weighted by ``--group-weighting``, with ``--group-l1`` (0 in the
   ``--debias-epochs``, like l1); with ``--target-flops``, ``target_flops=``
-  and the channels' FLOPs as ``group_costs=`` instead of ``group_l1``."""
+  (``optim.flops_schedule``) and ``flops`` (:func:`flops_model`: the
+  model's FLOPs on the data's images) as ``group_costs=`` instead.
+
+  Raises:
+    ValueError: with ``--target-flops`` and no ``flops``: the FLOPs depend
+      on the image shape and classes, which only the run knows.
+  """
   if cfg.structure == "none":
     return {}
+  groups = functools.partial(rda_optax.channel_groups,
+                             units=model_units(cfg.model),
+                             weighting=cfg.group_weighting)
   if flops_target_groups(cfg):
-    # Without a noted input (a unit test building an optimizer alone), a
-    # 32x32 RGB image of 10 classes.
-    costs = channel_costs(cfg.model, _INPUT.get("shape", (32, 32, 3)),
-                          _INPUT.get("classes", 10))
-    return dict(groups=functools.partial(rda_optax.channel_groups,
-                                         weighting=cfg.group_weighting),
-                target_flops=cfg.target_flops, group_costs=dict(costs))
+    if flops is None:
+      raise ValueError(
+          "--target-flops: pass the model's FLOPs polynomial "
+          "(structure.flops_model(cfg, method, model, image_shape), as "
+          "train.run.build_run does) to methods.optimizer(..., flops=)")
+    return dict(groups=groups, group_costs=flops,
+                target_flops=optim.flops_schedule(cfg, cfg.target_flops,
+                                                  spe))
   lam = (cfg.group_l1 if cfg.group_l1 is not None
          else DEFAULT_GROUP_L1[cfg.group_weighting])
-  return dict(groups=functools.partial(rda_optax.channel_groups,
-                                       units=model_units(cfg.model),
-                                       weighting=cfg.group_weighting),
-              group_l1=optim.debiased(lam, cfg, spe))
+  return dict(groups=groups, group_l1=optim.debiased(lam, cfg, spe))
 
 
 def freeze_mask(params: Any, channel_units: Optional[tuple] = None) -> Any:
@@ -577,16 +565,23 @@ def load_slim(run_dir: str | Path, dtype: Any = jnp.float32
   return model, jax.tree.map(jnp.asarray, variables)
 
 
-def config_fields(method: str, target: Optional[float]) -> dict[str, Any]:
+def config_fields(cfg: Any, method: str,
+                  target: Optional[float]) -> dict[str, Any]:
   """What a run directory's config.json says of the structure options:
   only the ones its own method takes, so that ``--resume`` validates it
-  (a ``--compare`` shares one set of flags among methods)."""
+  (a ``--compare`` shares one set of flags among methods) and trains to
+  the same target: net-slim's FLOPs ``target``, or the grouped methods'
+  ``--target-flops``."""
   out: dict[str, Any] = {}
   if method not in STRUCTURED_METHODS:
     out.update(structure="none", group_l1=None, group_weighting="size")
   if method == "net-slim":
     out.update(target_sparsity=None, target_flops=target,
                target_flops_from=None)
+  elif (uses_groups(cfg, method) and method in FLOPS_TARGET_METHODS
+        and flops_target_groups(cfg)):
+    out.update(target_flops=cfg.target_flops, target_flops_from=None,
+               prune_channels=None)
   else:
     out.update(target_flops=None, target_flops_from=None, prune_channels=None)
   return out
