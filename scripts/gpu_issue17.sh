@@ -30,6 +30,12 @@
 #   PART=g  VGG-16bn at TARGET (issue 27 row 3): RDA | global GMP, SEEDS.
 #   PART=h  ResNet-18 dense with the usual recipe (issue 27 row 5): batch
 #           128, lr 0.1, cosine, weight decay 5e-4, SEEDS.
+#   PART=i  VGG-16bn, channel sparsity at FLOPS (default 0.5) of the dense
+#           FLOPs (issue 25; issue 27 row 4): channel-group RDA and RMDA
+#           (lambda_g chosen each step for the FLOPs) | network slimming at
+#           the same --target-flops, SEEDS; every run trains its second
+#           phase on the slim network. Then benchmarks/slim_latency.py on
+#           each trained slim model, on the machine's CPU (RUNS/latency-*).
 # Every run, seed 1 too, is scored on the same validation split (--val-seed 0).
 # DRY=1 prints each run's flags (one line each, "== run NAME: FLAGS")
 # instead of training, for a check of a PART before device time goes in.
@@ -82,8 +88,8 @@ PY=${PYTHON:-python3}
 PART=${PART:-a}
 case "$PART" in
   a|b|c|f|h) M=${MODEL:-resnet18} S=10 ;;
-  d|e|g)     M=${MODEL:-vgg16bn} S=20 ;;  # s per the paper's Table 3
-  *)     echo "gpu_issue17.sh: PART must be a, b, c, d, e, f, g or h, not '$PART'" >&2; exit 2 ;;
+  d|e|g|i)   M=${MODEL:-vgg16bn} S=20 ;;  # s per the paper's Table 3
+  *)     echo "gpu_issue17.sh: PART must be a, b, c, d, e, f, g, h or i, not '$PART'" >&2; exit 2 ;;
 esac
 DATA=${DATA:-.data/train.tar.xz}
 if [ ! -e "$DATA" ]; then
@@ -234,6 +240,25 @@ case "$PART" in
       launch "$M-gmp-global-target${TARGET:-0.95}-$E-s$seed" --model "$M" \
         --method gmp "${DENSE[@]}" "${T[@]}" --sparsity-distribution global \
         --seed "$seed"
+    done
+    ;;
+  i)
+    wave
+    F=(--target-flops "${FLOPS:-0.5}")
+    for seed in ${SEEDS:-0 1}; do
+      launch "$M-rda-channel-flops${FLOPS:-0.5}-$E-s$seed" --model "$M" \
+        "${RDA0[@]}" --init-scale "$S" --structure channel "${F[@]}" --seed "$seed"
+      launch "$M-rmda-channel-flops${FLOPS:-0.5}-$E-s$seed" --model "$M" \
+        --method rmda --batch-size 128 --lr "${NEW_LR:-0.1}" \
+        --structure channel "${F[@]}" --seed "$seed"
+      launch "$M-net-slim-flops${FLOPS:-0.5}-$E-s$seed" --model "$M" \
+        --method net-slim "${DENSE[@]}" "${F[@]}" --seed "$seed"
+    done
+    wave
+    for d in "$R"/"$M"-*-flops*; do
+      [ -f "$d/summary.json" ] || continue
+      JAX_PLATFORMS=cpu "$PY" benchmarks/slim_latency.py --run-dir "$d" \
+        >"$R/latency-$(basename "$d").txt" 2>&1
     done
     ;;
   h)

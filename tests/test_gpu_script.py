@@ -134,7 +134,7 @@ def test_part_e_end_to_end(tmp_path):
   u = config[f"{m}-rda-uchannel-2"]
   assert (u["structure"], u["group_weighting"], u["group_l1"]) == (
       "channel", "uniform", 0.5)
-  assert config[f"{m}-rda-channel-2"]["group_weighting"] == "size"
+  assert config[f"{m}-rda-channel-2"]["group_weighting"] == "auto"  # size
   assert config[f"{m}-rda-sparse-group-2"]["structure"] == "sparse-group"
   for slim, src in (("net-slim", "rda-channel"), ("net-slim-u", "rda-uchannel")):
     assert config[f"{m}-{slim}-2"]["target_flops"] == pytest.approx(
@@ -169,11 +169,13 @@ def test_bad_settings_are_one_line_and_exit_2(tmp_path, env, line):
 
 @pytest.mark.parametrize("part,model,count", [("f", "resnet18", 6),
                                               ("g", "vgg16bn", 4),
-                                              ("h", "resnet18", 2)])
+                                              ("h", "resnet18", 2),
+                                              ("i", "vgg16bn", 6)])
 def test_dry_parts_print_runs_the_trainer_accepts(tmp_path, part, model,
                                                   count):
-  """PARTs f, g and h as DRY=1 prints them: every run's flags pass the
-  trainer's parser and checks, equal sparsity and seeds across methods."""
+  """PARTs f, g, h and i as DRY=1 prints them: every run's flags pass the
+  trainer's parser and checks, equal sparsity (FLOPs for i) and seeds
+  across methods."""
   from train import checks, cli
   data = tmp_path / "train.tar.xz"
   data.write_bytes(b"")  # only its existence is checked before the runs
@@ -181,7 +183,7 @@ def test_dry_parts_print_runs_the_trainer_accepts(tmp_path, part, model,
       ["bash", str(SCRIPT)], cwd=ROOT, capture_output=True, text=True,
       timeout=120, env=dict(os.environ, PYTHON=sys.executable, PART=part,
                             DRY="1", DATA=str(data), NEW="prox-adam",
-                            NEW_LR="0.001", TARGET="0.9"))
+                            NEW_LR="0.001", TARGET="0.9", FLOPS="0.4"))
   runs = [l[len("== run "):].split(": ", 1) for l in done.stdout.splitlines()
           if l.startswith("== run ")]
   assert len(runs) == count, done.stdout + done.stderr
@@ -192,9 +194,11 @@ def test_dry_parts_print_runs_the_trainer_accepts(tmp_path, part, model,
                                     if k in checks.Config.__dataclass_fields__
                                     and v is not None})
     assert cfg.model == model and name.startswith(model)
-    targets.add(cfg.target_sparsity)
+    targets.add(cfg.target_flops if part == "i" else cfg.target_sparsity)
     seeds.setdefault(cfg.method, set()).add(cfg.seed)
-  assert targets == ({None} if part == "h" else {0.9})
+  assert targets == {"h": {None}, "i": {0.4}}.get(part, {0.9})
   assert all(s == {0, 1} for s in seeds.values()), seeds
   if part == "f":
     assert set(seeds) == {"prox-adam", "rda", "gmp"}
+  if part == "i":
+    assert set(seeds) == {"rda", "rmda", "net-slim"}

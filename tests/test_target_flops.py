@@ -425,17 +425,17 @@ def test_trainer_run_reaches_the_flops_target_without_tuning(tmp_path):
   fit, and one channel's share of the FLOPs is small (a conv1 channel of
   the small CNN, the largest, is 18432 + 64 x 128 of 1723648, 1.6%; the
   0.45 leaves room for ties and for the ramp's last steps moving the
-  order). --group-weighting uniform: with ``size`` weighting a channel's
-  score is the per-entry RMS of its dual average, which is smallest for
-  the 4096-row hidden Dense columns, so the whole hidden layer goes first
-  (measured: 0.494 of the FLOPs at 10% accuracy)."""
+  order). No --group-weighting: its default (auto) is uniform with a FLOPs
+  target; with ``size`` weighting a channel's score is the per-entry RMS of
+  its dual average, which is smallest for the 4096-row hidden Dense
+  columns, so the whole hidden layer goes first (measured: 0.494 of the
+  FLOPs at 10% accuracy)."""
   from train import cli
   out = tmp_path / "runs"
   code = cli.main(["--out", str(out), "--batch-size", "64", "--progress",
                    "none", "--checkpoint-every", "9", "--preset",
                    "digits-demo", "--epochs", "4", "--asr-epochs", "1",
-                   "--structure", "channel", "--group-weighting", "uniform",
-                   "--target-flops", "0.5"])
+                   "--structure", "channel", "--target-flops", "0.5"])
   assert code == 0
   s = _summary(out)
   assert 0.45 <= s["flops"]["ratio"] <= 0.5, s["flops"]
@@ -463,3 +463,17 @@ def test_trainer_refuses_bad_combinations(tmp_path, capsys, args, needle):
   assert len(err.splitlines()) == 1 and needle in err, err
   assert err.startswith("rda-train: "), err
   assert not (tmp_path / "runs").exists()
+
+
+def test_auto_weighting_is_uniform_with_a_flops_target_only():
+  from train import structure
+  from train.config import Config
+  base = dict(method="rda", structure="channel")
+  assert structure.weighting(Config(**base)) == "size"
+  assert structure.weighting(Config(**base, target_flops=0.5)) == "uniform"
+  assert structure.weighting(Config(**base, target_flops=0.5,
+                                    group_weighting="size")) == "size"
+  # net-slim keeps --target-flops as its pruning target: no group target.
+  assert structure.weighting(Config(method="rda", compare="rda,net-slim",
+                                    structure="channel",
+                                    target_flops=0.5)) == "size"

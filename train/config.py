@@ -199,10 +199,12 @@ class Config:
       "sqrt(|g|) (default 1.5e-3; 0.06 with --group-weighting uniform)",
       lo=0, lo_open=True)
   group_weighting: str = option(
-      "size", CHANNEL, "--structure: size (lambda_g = group_l1 sqrt(|g|), "
-      "the default) or uniform (lambda_g = group_l1 for every channel, so "
-      "that wide layers are not the first to die)",
-      choices=rda_optax.GROUP_WEIGHTINGS)
+      "auto", CHANNEL, "--structure: size (lambda_g = group_l1 sqrt(|g|)), "
+      "uniform (lambda_g = group_l1 for every channel, so that wide layers "
+      "are not the first to die) or auto (the default: uniform with "
+      "--target-flops, whose ranking under size would spend the whole "
+      "budget on the convs; size otherwise)",
+      choices=("auto",) + rda_optax.GROUP_WEIGHTINGS)
   slim_training: bool = option(
       True, CHANNEL, "--structure, net-slim: at the switch to the second "
       "phase, cut the dead channels out (exact) and train the remaining "

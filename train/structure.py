@@ -92,6 +92,16 @@ def model_units(model_name: str) -> tuple:
   return models.channel_units(models.get(model_name))
 
 
+def weighting(cfg: Any) -> str:
+  """``--group-weighting``; ``auto`` is uniform with a FLOPs target (under
+  size weighting a wide Dense layer's channels rank last, and the target
+  spends the whole budget on the convs: on digits the hidden layer ends
+  empty at 10% top-1) and size otherwise."""
+  if cfg.group_weighting != "auto":
+    return cfg.group_weighting
+  return "uniform" if flops_target_groups(cfg) else "size"
+
+
 def flops_target_groups(cfg: Any) -> bool:
   """Whether ``--target-flops`` chooses the group strength of the grouped
   methods. With net-slim in the run it stays net-slim's pruning target (as
@@ -114,11 +124,11 @@ def check(cfg: Any) -> None:
     _check(any(m in STRUCTURED_METHODS for m in run),
            f"--structure {cfg.structure} needs --method "
            f"{' or '.join(STRUCTURED_METHODS)} (got {', '.join(run)})")
-  _check(cfg.group_weighting in rda_optax.GROUP_WEIGHTINGS,
-         "--group-weighting must be "
+  _check(cfg.group_weighting in ("auto",) + rda_optax.GROUP_WEIGHTINGS,
+         "--group-weighting must be auto or "
          f"{' or '.join(rda_optax.GROUP_WEIGHTINGS)}, "
          f"got {cfg.group_weighting!r}")
-  if cfg.group_weighting != "size":
+  if cfg.group_weighting not in ("auto", "size"):
     _check(cfg.structure != "none",
            "--group-weighting needs --structure channel or sparse-group")
   if cfg.group_l1 is not None:
@@ -236,7 +246,7 @@ def group_args(cfg: Any, spe: int,
     return {}
   groups = functools.partial(rda_optax.channel_groups,
                              units=model_units(cfg.model),
-                             weighting=cfg.group_weighting)
+                             weighting=weighting(cfg))
   if flops_target_groups(cfg):
     if flops is None:
       raise ValueError(
@@ -247,7 +257,7 @@ def group_args(cfg: Any, spe: int,
                 target_flops=optim.flops_schedule(cfg, cfg.target_flops,
                                                   spe))
   lam = (cfg.group_l1 if cfg.group_l1 is not None
-         else DEFAULT_GROUP_L1[cfg.group_weighting])
+         else DEFAULT_GROUP_L1[weighting(cfg)])
   return dict(groups=groups, group_l1=optim.debiased(lam, cfg, spe))
 
 
