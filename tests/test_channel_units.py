@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import models
@@ -292,3 +293,54 @@ def test_the_trainer_groups_the_models_declared_units(monkeypatch):
   assert mask["bn1"]["scale"] and not mask["bn_hidden"]["scale"]
   units = structure.prune_units(params, structure.model_units(cfg.model))
   assert set(units.keys) == {"u_conv0", "u_conv1"}
+
+
+def test_an_nnx_model_is_traced_from_its_pure_params():
+  """Flax NNX: nnx.split gives the params as a pure dict and a pure apply
+  function (in eval mode, so BatchNorm reads its running statistics); the
+  trace finds the residual stream over two convs with arbitrary names, and
+  rda's groups then zero whole channels of both."""
+  from flax import nnx
+
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.first = nnx.Conv(3, 8, (3, 3), rngs=rngs)
+      self.first_norm = nnx.BatchNorm(8, rngs=rngs)
+      self.second = nnx.Conv(8, 8, (3, 3), rngs=rngs)
+      self.second_norm = nnx.BatchNorm(8, rngs=rngs)
+      self.head = nnx.Linear(8, 10, rngs=rngs)
+
+    def __call__(self, x):
+      h = nnx.relu(self.first_norm(self.first(x)))
+      h = nnx.relu(self.second_norm(self.second(h)) + h)
+      return self.head(h.mean(axis=(1, 2)))
+
+  model = Net(nnx.Rngs(0))
+  model.eval()
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  pure = nnx.to_pure_dict(params)
+
+  def apply(p, x):
+    state = nnx.State(params)
+    nnx.replace_by_pure_dict(state, p)
+    return nnx.merge(graphdef, state, rest)(x)
+
+  (unit,) = rda_optax.trace_channel_units(apply, pure,
+                                          jnp.zeros((2, 8, 8, 3)))
+  assert set(unit.writers) == {"first/kernel", "second/kernel"}
+  assert set(unit.norms) == {"first_norm", "second_norm"}
+  assert set(unit.readers) == {"second/kernel", "head/kernel"}
+  specs = rda_optax.channel_groups(pure, units=[unit])
+  assert specs["head"]["kernel"] is None
+  assert rda_optax.group_sizes(pure, specs) == {
+      unit.key: 3 * 3 * 3 + 1 + 3 * 3 * 8 + 1 + 2 + 2}
+  # A group threshold above every channel's norm (about 2 at init): every
+  # channel goes, in every leaf of the unit at once; the head is no group.
+  tx = rda_optax.prox_sgd(0.5, 0.0, groups=specs, group_l1=1.0)
+  g = jax.tree.map(jnp.zeros_like, pure)
+  new = optax.apply_updates(pure, tx.update(g, tx.init(pure), pure)[0])
+  for path in ("first/kernel", "first/bias", "first_norm/scale",
+               "second/kernel", "second_norm/bias"):
+    a, b = path.split("/")
+    assert not np.asarray(new[a][b]).any(), path
+  np.testing.assert_array_equal(new["head"]["kernel"], pure["head"]["kernel"])

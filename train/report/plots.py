@@ -17,8 +17,13 @@ import numbers
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 from matplotlib import ticker
 from matplotlib.figure import Figure
+
+import rda_optax
 
 from train.report.metrics import (PathLike, _read_json, _read_summary,
                                   _run_label, read_metrics, short_layer_name)
@@ -208,12 +213,6 @@ def write_layers(run_dir: PathLike, model: Any, image_shape: Sequence[int],
     in ``metrics.jsonl``'s ``sparsity_per_layer``; None when it could not be
     written (the plot then falls back to the log's order).
   """
-  # pylint: disable=g-import-not-at-top
-  import flax.linen as nn
-  import jax
-  import jax.numpy as jnp
-  import rda_optax
-  # pylint: enable=g-import-not-at-top
   calls: list[tuple[str, ...]] = []
 
   def record(next_fun, args, kwargs, context):
