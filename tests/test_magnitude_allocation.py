@@ -13,7 +13,8 @@ import pytest
 
 import rda_optax
 from rda_optax import _target
-from train import cli
+from train import cli, methods
+from train.config import Config
 
 # Penalized "a" (2x2) and "b" (2x3); "bias" is 1-D (unpenalized) and holds
 # the smallest magnitudes, so counting it would move the allocation.
@@ -193,6 +194,17 @@ def test_refused_where_it_does_not_apply():
                   distribution="magnitude")
   with pytest.raises(ValueError, match="distribution"):
     rda_optax.keep_counts(PARAMS, 0.5, "magnitude")
+
+
+@pytest.mark.parametrize("name", ["rda", "rmda", "grda", "prox-adam"])
+def test_trainer_hands_magnitude_to_the_optimizer(name):
+  """The trainer's optimizer at a target 0.5 reached at once (no ramp):
+  its first step zeros HAND (rmda: at its last step, c = 1)."""
+  cfg = Config(epochs=1, asr_epochs=0, target_ramp=0.0,
+               sparsity_distribution="magnitude")
+  tx = methods.optimizer(cfg, name, 1, 0.5).tx
+  u, _ = jax.jit(tx.update)(_grads(), tx.init(PARAMS), PARAMS)
+  assert _zeros(optax.apply_updates(PARAMS, u)) == HAND
 
 
 def test_trainer_rmda_with_magnitude_reaches_the_target(tmp_path):
