@@ -35,6 +35,13 @@ import numpy as np
 from rda_optax._masks import MaskOrFn, resolve_mask
 
 DISTRIBUTIONS = ("uniform", "erk", "global")
+# The target path of the proximal transformations (``rda(...,
+# target_sparsity=...)``) also takes ``"magnitude"``: per-leaf counts from
+# one global magnitude threshold on the current iterate, recomputed every
+# step (``rda_optax._target.magnitude_zero_counts``). ``keep_counts`` and
+# the pruning wrappers have no iterate of their own to rank, and their
+# ``"global"`` already is that threshold.
+TARGET_DISTRIBUTIONS = DISTRIBUTIONS + ("magnitude",)
 
 
 def _shape(p: Any) -> tuple[int, ...]:
@@ -63,10 +70,11 @@ def check_target(target: Any, name: str = "target") -> float:
   return float(value)
 
 
-def check_distribution(distribution: str) -> str:
-  if distribution not in DISTRIBUTIONS:
+def check_distribution(distribution: str,
+                       allowed: tuple[str, ...] = DISTRIBUTIONS) -> str:
+  if distribution not in allowed:
     raise ValueError(
-        f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
+        f"distribution must be one of {allowed}, got {distribution!r}")
   return distribution
 
 

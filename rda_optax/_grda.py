@@ -176,7 +176,7 @@ def grda(
     else:
       # tau_n itself is the order statistic of |A_n|.
       new_w, lambda_t = pen.targeted(acc, prox.l1_flags, state.lambda_t,
-                                     treedef, state.count)
+                                     treedef, state.count, weights=ws)
     new_acc = [a if prox.penalized(i) else optax.MaskedNode()
                for i, a in enumerate(acc)]
     new_updates = [wn.astype(w.dtype) - w for wn, w in zip(new_w, ws)]

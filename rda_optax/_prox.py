@@ -228,7 +228,8 @@ def check_target_args(target_sparsity: Any, sparsity_distribution: str,
   if not callable(target_sparsity) and not _common.is_tracer(
       target_sparsity):
     _allocation.check_target(target_sparsity, "target_sparsity")
-  _allocation.check_distribution(sparsity_distribution)
+  _allocation.check_distribution(sparsity_distribution,
+                                 _allocation.TARGET_DISTRIBUTIONS)
   check_count("threshold_every", threshold_every)
   if threshold_samples is not None:
     check_count("threshold_samples", threshold_samples)
@@ -253,10 +254,12 @@ def static_samples(threshold_samples: Any) -> Optional[int]:
 
 def target_lambdas(scores: list, held: list, count: jax.Array,
                    target_sparsity: Any, distribution: str,
-                   every: Any, samples: Any) -> list:
+                   every: Any, samples: Any,
+                   weights: Optional[list] = None) -> list:
   """Per penalized leaf, the ``lambda_t`` that zeros the target's share of
   ``scores`` (an entry is zero exactly when its score is ``<= lambda_t``),
-  recomputed every ``every`` steps and ``held`` in between."""
+  recomputed every ``every`` steps and ``held`` in between. ``weights``:
+  per score, the current iterate's leaf, which ``"magnitude"`` ranks."""
 
   def choose():
     s_t = at_step(target_sparsity, count)
@@ -266,7 +269,7 @@ def target_lambdas(scores: list, held: list, count: jax.Array,
     target = (target_sparsity if isinstance(target_sparsity, (int, float))
               else s_t)
     lams = _target.thresholds(scores, target, distribution,
-                              static_samples(samples))
+                              static_samples(samples), weights)
     # A NaN target (guarded above) poisons lambda, hence the iterate.
     return [jnp.where(jnp.isnan(s_t), jnp.nan, l) for l in lams]
 
@@ -463,7 +466,8 @@ class Penalty(NamedTuple):
   def targeted(self, zs: Sequence[Any], flags: Sequence[bool],
                lambda_t: Any, treedef: Any, count: jax.Array, *,
                scales: Optional[Sequence[Any]] = None,
-               unit: Any = None) -> tuple[list, Any]:
+               unit: Any = None,
+               weights: Optional[Sequence[Any]] = None) -> tuple[list, Any]:
     r"""The target's thresholds applied: ``(outs, lambda_t)``.
 
     ``zs`` holds, per leaf, the argument of the prox (anything on the
@@ -479,7 +483,15 @@ class Penalty(NamedTuple):
     ``alpha_k``). ``lambda_t``: the state's field, of the last step; the
     returned one has the same structure. ``treedef``: the params'
     structure (a ``MaskedNode`` is an empty node, not a leaf, of its own).
+    ``weights``: per leaf, the current iterate (the ``params`` given to
+    ``update``), needed by ``sparsity_distribution="magnitude"``: its
+    per-leaf counts are those of one global threshold on ``|weights|``
+    over the penalized leaves, and each leaf's ``lambda`` is then the
+    order statistic of its own scores at its count.
     """
+    if self.distribution == "magnitude" and weights is None:
+      raise ValueError(f"{self.who}: sparsity_distribution='magnitude' "
+                       "ranks the current params; none were passed")
     old = [l for l, f in zip(treedef.flatten_up_to(lambda_t), flags) if f]
     if unit is not None:
       old = [l * unit for l in old]
@@ -489,8 +501,10 @@ class Penalty(NamedTuple):
     else:
       # Scores in units of lambda: |z| / s <= lambda_t is exactly a zero.
       scores = [jnp.abs(zs[i]) / scales[i] for i in sel]
+    ranked = None if weights is None else [weights[i] for i in sel]
     lams = target_lambdas(scores, old, count, self.target_sparsity,
-                          self.distribution, self.every, self.samples)
+                          self.distribution, self.every, self.samples,
+                          ranked)
     outs, lambdas = list(zs), [optax.MaskedNode()] * len(flags)
     for i, score, lam in zip(sel, scores, lams):
       z = zs[i]

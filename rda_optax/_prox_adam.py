@@ -196,7 +196,8 @@ def prox_adam(
       # Scores in units of lambda: |h| d / alpha <= lambda_t is exactly a
       # zero, so the zeros are the counted ones.
       new_w, lambda_t = pen.targeted(half, prox.l1_flags, state.lambda_t,
-                                     treedef, state.count, scales=scales)
+                                     treedef, state.count, scales=scales,
+                                     weights=ws)
     new_updates = [wn.astype(w.dtype) - w for wn, w in zip(new_w, ws)]
     return jax.tree.unflatten(treedef, new_updates), ProxAdamState(
         count=optax.safe_increment(state.count),

@@ -179,7 +179,23 @@ def rda(
   Allocation over the penalized leaves (``rda_optax.keep_counts``):
   ``"global"`` one threshold over all of them, ``k_t = N - round(N(1 -
   s_t))``; ``"uniform"`` each leaf at ``s_t``; ``"erk"`` per-leaf counts
-  from Erdos-Renyi-Kernel densities. The order statistic is a radix select
+  from Erdos-Renyi-Kernel densities; ``"magnitude"`` per-leaf counts
+  from the weights, recomputed each step: those that one global
+  threshold on the current iterate's ``|w_t|`` (the ``params`` given to
+  ``update``, penalized leaves only) would zero, i.e. the allocation
+  global gradual magnitude pruning would choose, each leaf then getting
+  its own ``lambda`` (the order statistic of its own ``|z_t|`` at its
+  count). Why: ``"global"``'s one ``lambda`` ranks the dual variable
+  ``|z_t|``, not the weights; on the trainer's small CIFAR-10 CNN at 0.98
+  it zeroed 0.55-0.60 of the first conv and 0.62-0.72 of the classifier
+  where global GMP (one threshold on the weights) zeroed 0.34 and 0.39,
+  and the dual methods ended 3.5 to 7.5 points of validation accuracy
+  below GMP (``docs/RESULTS.md``, "Issue 24 on CPU"). With
+  ``"magnitude"`` the weights set how many zeros each layer has, and the
+  dual variable which ones. A zero of ``w_t`` is the smallest magnitude, so at a fixed
+  target the counts stay where they are and a rising one takes the new
+  zeros from the smallest kept weights, as GMP's masks do. The order
+  statistic is a radix select
   (two histogram passes, no sort), or, with ``threshold_samples``, an
   estimate from a fixed random sample. ``threshold_every = k > 1``
   recomputes it only every ``k`` steps and holds ``lambda`` in between,
@@ -244,15 +260,24 @@ def rda(
       array, or a schedule of the 0-based step (a traced value outside
       ``[0, 1]`` makes the iterate NaN).
       ``None`` (default): the fixed ``l1``.
-    sparsity_distribution: ``"global"``, ``"uniform"`` or ``"erk"``: how the
-      target is spread over the penalized leaves.
+    sparsity_distribution: how the target is spread over the penalized
+      leaves: ``"global"`` (default; one ``lambda`` for all, on the
+      dual variable), ``"uniform"`` (every leaf at the target), ``"erk"``
+      (Erdos-Renyi-Kernel counts from the shapes), or ``"magnitude"``
+      (each step, the counts one global magnitude threshold on the
+      current ``params`` gives, as global GMP would prune them, then one
+      ``lambda`` per leaf at its count; see "Target sparsity" above: one
+      ``lambda`` on the dual variable over-prunes the first conv and the
+      classifier).
     threshold_every: recompute ``lambda_t`` every this many steps (an int
       >= 1, or an integer array; default 1, exact at every step).
     threshold_samples: ``None`` (default): ``lambda_t`` is the exact order
       statistic. An int ``m``: estimated from ``m`` fixed random entries
-      (per leaf for ``"uniform"``/``"erk"``), a gather of ``m`` values and
-      their radix select instead of two histogram passes over every entry;
-      exact for leaves (``"global"``: all penalized entries) of at most
+      (per leaf for ``"uniform"``, ``"erk"`` and ``"magnitude"``, whose
+      global threshold on ``|w|`` is then estimated from ``m`` entries
+      too, so its counts miss the total by the same sampling error), a
+      gather of ``m`` values and their radix select instead of two
+      histogram passes over every entry; exact for leaves (``"global"``: all penalized entries) of at most
       ``m`` entries, and otherwise off the target by about ``sqrt(s(1-s)/m)``
       (``rda_optax._target.sampled_kth_smallest`` states the tail bound).
     target_flops: with ``groups`` and ``group_l1=None``: the share of the
@@ -372,7 +397,8 @@ def rda(
       new_w = _iterates(pen, prox, gbar, w1s, b, l2_t, center, state.count)
     else:
       new_w, lambda_t = _target_iterates(pen, prox, gbar, w1s, b, l2_t,
-                                         state, treedef)
+                                         state, treedef,
+                                         treedef.flatten_up_to(params))
     # Round the iterate once, then step onto it in the params' dtype.
     new_updates = [w_new.astype(w.dtype) - w
                    for w_new, w in zip(new_w, treedef.flatten_up_to(params))]
@@ -442,14 +468,15 @@ def _iterates(pen, prox, gbar, w1s, b, l2, center, count):
   return out
 
 
-def _target_iterates(pen, prox, gbar, w1s, b, l2, state, treedef):
+def _target_iterates(pen, prox, gbar, w1s, b, l2, state, treedef, ws):
   """The iterates ``S_lambda(z) / (b + l2)`` with ``lambda_t`` chosen per
-  penalized leaf from its ``z = b c - gbar``, and the ``lambda_t`` tree."""
+  penalized leaf from its ``z = b c - gbar``, and the ``lambda_t`` tree
+  (``ws``: the current iterate ``w_t``, which ``"magnitude"`` ranks)."""
   flags = prox.l1_flags
   zs = [_argument(avg, w1, b) if f else None
         for avg, w1, f in zip(gbar, w1s, flags)]
   shrunk, lambda_t = pen.targeted(zs, flags, state.lambda_t, treedef,
-                                  state.count)
+                                  state.count, weights=ws)
   out = []
   for avg, w1, f, w in zip(gbar, w1s, flags, shrunk):
     if f:

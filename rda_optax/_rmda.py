@@ -112,6 +112,9 @@ def rmda(
     target_sparsity: as in :func:`rda_optax.rda`, and so are
       ``sparsity_distribution``, ``threshold_every`` and
       ``threshold_samples``, which say how it is spread and computed.
+      ``"magnitude"`` ranks the params ``W_k``, an average of prox points
+      (dense until ``momentum`` 1 takes the prox point itself): their
+      magnitudes still rank the weights.
     target_flops: as in :func:`rda_optax.rda` (the group strength chosen
       so that the surviving groups cost at most this share of
       ``group_costs``'s total).
@@ -191,7 +194,8 @@ def rmda(
       # Chosen on |z| directly (a threshold tau = alpha lambda), so that
       # the zeros are exactly the counted ones; lambda_t = tau / alpha.
       tilde, lambda_t = pen.targeted(zs, prox.l1_flags, state.lambda_t,
-                                     treedef, state.count, unit=alpha)
+                                     treedef, state.count, unit=alpha,
+                                     weights=treedef.flatten_up_to(params))
     ws = treedef.flatten_up_to(params)
     new_updates = []
     for w, wt in zip(ws, tilde):

@@ -5,6 +5,9 @@ Two parts. :func:`zero_counts` turns a target sparsity into how many entries
 of each penalized leaf must be zero, under the allocations of
 ``rda_optax._allocation`` (``global``, ``uniform``, ``erk``); a traced
 target (a schedule of the step) gets the same counts from jnp arithmetic.
+:func:`magnitude_zero_counts` gives the counts of ``magnitude``: those of
+one global magnitude threshold on the current weights (global GMP's
+allocation), computed in ``jit`` each step, so they are traced ints.
 :func:`kth_smallest` finds the value a threshold must take for exactly that
 many scores to be at or below it, without a sort: a radix select on the
 float32 bit patterns, which order non-negative floats as integers do, in two
@@ -95,6 +98,44 @@ def _erk_keep(shapes: Sequence[tuple[int, ...]], keep: jax.Array) -> list[Any]:
   return [counts[i] for i in range(len(sizes))]
 
 
+def magnitude_zero_counts(weights: Sequence[jax.Array], target: Any,
+                          samples: Optional[int] = None) -> list[jax.Array]:
+  """Per leaf, the entries that ONE magnitude threshold on ``weights``
+  (all the penalized leaves taken together) zeros at sparsity ``target``:
+  the allocation global gradual magnitude pruning would choose from these
+  weights. int32 scalars (traced under ``jit``) that sum to
+  ``zero_counts(shapes, target, "global")``.
+
+  The threshold is the ``Z``-th smallest ``|w|`` (:func:`kth_smallest`, no
+  sort; ``Z`` the global count): every entry below it is counted, and the
+  entries tied at it make up the rest from the LAST position backwards
+  (last leaf first, then the higher flat index), which is what
+  ``_allocation.global_top_k_masks`` leaves out (it keeps the lower index
+  among equal scores). So the counts equal ``size - keep_counts(...,
+  "global")`` of the same weights, ties included (the common tie is at
+  0: the weights already zero). With ``samples``, the threshold is
+  :func:`sampled_kth_smallest`'s estimate and the counts sum to ``Z`` only
+  up to its sampling error (the ties still fill the rest where they can).
+  NaN weights are never counted.
+  """
+  z = zero_counts([tuple(w.shape) for w in weights], target, "global")[0]
+  z = jnp.asarray(z, jnp.int32)
+  mags = [jnp.abs(w).astype(jnp.float32) for w in weights]
+  if samples is None:
+    t = kth_smallest(mags, z)
+  else:
+    t = sampled_kth_smallest(mags, z, samples)
+  below = [jnp.sum(m < t, dtype=jnp.int32) for m in mags]
+  ties = [jnp.sum(m == t, dtype=jnp.int32) for m in mags]
+  need = jnp.maximum(z - sum(below), 0)  # tied entries still to zero
+  counts = [None] * len(mags)
+  after = jnp.zeros([], jnp.int32)  # ties in the leaves after this one
+  for i in reversed(range(len(mags))):
+    counts[i] = below[i] + jnp.clip(need - after, 0, ties[i])
+    after = after + ties[i]
+  return counts
+
+
 def kth_smallest(scores: Sequence[jax.Array], k: Any) -> jax.Array:
   """The ``k``-th smallest entry (1-based) of the non-negative ``scores``
   taken together, as float32; 0 when ``k <= 0``.
@@ -165,12 +206,23 @@ def sampled_kth_smallest(scores: Sequence[jax.Array], k: Any,
 
 
 def thresholds(scores: Sequence[jax.Array], target: Any, distribution: str,
-               samples: Optional[int] = None) -> list[jax.Array]:
+               samples: Optional[int] = None,
+               weights: Optional[Sequence[jax.Array]] = None
+               ) -> list[jax.Array]:
   """Per-leaf threshold ``lambda_l`` such that ``#{|score| <= lambda_l}``
   meets the allocation of ``target`` (one shared value for ``global``):
   exactly (:func:`kth_smallest`), or estimated from ``samples`` entries
-  (:func:`sampled_kth_smallest`)."""
-  zeros = zero_counts([tuple(s.shape) for s in scores], target, distribution)
+  (:func:`sampled_kth_smallest`). ``magnitude`` needs ``weights`` (one per
+  score, the current iterate): its counts are
+  :func:`magnitude_zero_counts`'s, then each leaf's own order statistic."""
+  if distribution == "magnitude":
+    if weights is None or len(weights) != len(scores):
+      raise ValueError("the magnitude distribution needs the weights of "
+                       "every scored leaf")
+    zeros = magnitude_zero_counts(weights, target, samples)
+  else:
+    zeros = zero_counts([tuple(s.shape) for s in scores], target,
+                        distribution)
   if samples is None:
     select = kth_smallest
   else:

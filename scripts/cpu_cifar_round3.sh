@@ -14,6 +14,10 @@
 # harder than global GMP does): METHOD-erk-... spreads the same target over
 # the kernels by Erdos-Renyi-Kernel (--sparsity-distribution erk), e.g.
 #   rmda-erk-lr0.2-s0, grda-erk-lr0.2-s0, rda-erk-g1-s0
+# and METHOD-mag-... by global GMP's per-kernel counts (--sparsity-distribution
+# magnitude: each step, the counts of one magnitude threshold on the current
+# weights, then one lambda per kernel at its count), e.g.
+#   rmda-mag-lr0.2-s0, grda-mag-lr0.2-s0, rda-mag-g1-s0, prox-adam-mag-lr1e-3-s0
 #   bash scripts/cpu_cifar_round3.sh gmp-global-lr0.1-s0 gmp-global-lr0.05-s0
 # Rows run one after another, in the order given: about 20 minutes a row
 # alone on 2 CPU cores; invocations side by side share the cores. Run
@@ -32,6 +36,8 @@ row() {
   local seed=${1##*-s} name=$1 body=${1%-s*} alloc=()
   if [[ $body == *-erk-* ]]; then
     alloc=(--sparsity-distribution erk); body=${body/-erk-/-}
+  elif [[ $body == *-mag-* ]]; then
+    alloc=(--sparsity-distribution magnitude); body=${body/-mag-/-}
   fi
   case $body in
     gmp-global-lr*) train --method gmp --sparsity-distribution global \

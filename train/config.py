@@ -25,7 +25,7 @@ from train.presets import PRESETS
 
 LR_SCHEDULES = ("constant", "cosine", "onecycle")
 # How a target sparsity is spread over the kernels (rda_optax._allocation).
-SPARSITY_DISTRIBUTIONS = ("uniform", "erk", "global")
+SPARSITY_DISTRIBUTIONS = ("uniform", "erk", "global", "magnitude")
 # Decoded images are held in memory as uint8: even 1,000 images of 1024 px
 # take 3 GB. Larger sizes are a typo far more often than an intent.
 MAX_IMAGE_SIZE = 1024
@@ -154,9 +154,14 @@ class Config:
       "Han et al.'s per-layer pruning at one rate) or global (one magnitude "
       "threshold over all kernels)", choices=("layer", "global"))
   sparsity_distribution: str = option(
-      "auto", SGD, "rda, gmp, rigl: how the target is spread over the "
-      "kernels: uniform (every kernel at the target), erk "
-      "(Erdos-Renyi-Kernel) or global (one magnitude threshold; not rigl); "
+      "auto", SGD, "rda, rmda, grda, prox-adam, gmp, rigl: how the target is "
+      "spread over the kernels: uniform (every kernel at the target), erk "
+      "(Erdos-Renyi-Kernel), global (one threshold: on the weights for gmp, "
+      "one l1 on the dual variable for rda and the proximal family; not "
+      "rigl) or magnitude (rda, rmda, grda, prox-adam with a target: each "
+      "step, the per-kernel counts of one magnitude threshold on the "
+      "current weights, as global gmp chooses them, then one l1 per "
+      "kernel); "
       "auto: the method's: global for rda (one l1), erk for gmp and rigl (at "
       "0.99 on digits, uniform leaves the first conv 3 weights)",
       choices=("auto",) + SPARSITY_DISTRIBUTIONS)

@@ -296,6 +296,10 @@ def _gmp(cfg: Config, spe: int, target: Optional[float],
 
 
 def _check_gmp(cfg: Config) -> None:
+  if distribution("gmp", cfg) == "magnitude":
+    _fail("--method gmp: --sparsity-distribution magnitude is for rda, rmda, "
+          "grda and prox-adam with a target (gmp's global already is one "
+          "magnitude threshold on the weights)")
   end = cfg.gmp_end_epoch or cfg.epochs
   if not cfg.gmp_start_epoch <= end <= cfg.total_epochs or end == 0:
     _fail(f"--method gmp prunes from --gmp-start-epoch {cfg.gmp_start_epoch} "
@@ -319,7 +323,7 @@ def _rigl(cfg: Config, spe: int, target: Optional[float],
 
 
 def _check_rigl(cfg: Config) -> None:
-  if distribution("rigl", cfg) == "global":
+  if distribution("rigl", cfg) in ("global", "magnitude"):
     _fail("--method rigl: --sparsity-distribution must be erk or uniform "
           "(a global threshold needs trained magnitudes; RigL starts sparse)")
 
