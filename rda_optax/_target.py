@@ -287,6 +287,7 @@ def prefix_costs(order: jax.Array, cost: PrefixCost) -> jax.Array:
 
   Examples:
     >>> import jax.numpy as jnp, numpy as np
+    >>> from rda_optax._target import PrefixCost, prefix_costs
     >>> c = PrefixCost(np.zeros(3), np.array([0, 0, 1]), ((0, 1, 1.0),), 0.)
     >>> print(prefix_costs(jnp.array([2, 0, 1]), c))
     [0. 0. 1. 2.]
@@ -330,6 +331,7 @@ def cost_threshold(scores: jax.Array, costs: Any,
 
   Examples:
     >>> import jax.numpy as jnp, numpy as np
+    >>> from rda_optax._target import PrefixCost, cost_threshold
     >>> # Two families of 2 groups, cost n_a n_b (a conv between them).
     >>> c = PrefixCost(np.zeros(4), np.array([0, 0, 1, 1]),
     ...                ((0, 1, 0.25),), 0.0)
