@@ -19,7 +19,7 @@ demo: $(VENV)/.installed
 # Two workers, one per core of the machines here: most tests are small
 # single-threaded compiles and steps (1087 tests, 10m11s idle, 2026-12-03).
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --dist worksteal
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/update_overhead.py

@@ -110,15 +110,17 @@ def slicer(model: nn.Module, variables: Any, *, multiple: int = 1) -> Slicing:
   it kept.
 
   Examples:
-    >>> import jax, models
+    >>> import jax, jax.numpy as jnp, models
     >>> m = models.get("small_cnn")
     >>> v = models.init(m, jax.random.key(0), (8, 8, 1))
-    >>> v["params"]["bn0"]["scale"] = v["params"]["bn0"]["scale"].at[:8].set(0)
-    >>> v["params"]["bn0"]["bias"] = v["params"]["bn0"]["bias"].at[:8].set(0)
+    >>> p = v["params"]["bn_hidden"]  # hidden channels 0-99 dead
+    >>> p["scale"], p["bias"] = p["scale"].at[:100].set(0), p["bias"].at[:100].set(0)
     >>> s = models.slicer(m, v)
-    >>> momentum = jax.numpy.ones((3, 3, 32, 64))  # like conv1/kernel
-    >>> s.model.widths, s.cut("conv1/kernel", momentum).shape
-    ((24, 64, 128), (3, 3, 24, 64))
+    >>> momentum = jnp.ones((128, 10))  # like classifier/kernel
+    >>> s.model.widths, s.cut("classifier/kernel", momentum).shape
+    ((32, 64, 28), (28, 10))
+    >>> s.uncut("classifier/kernel", jnp.ones((28, 10)), (128, 10)).sum()
+    np.float32(280.0)
   """
   small, s = _plan(model, variables, multiple)
   return Slicing(small, s.cut, s.uncut)

@@ -314,17 +314,12 @@ def group_mean_leaves(values: list, specs: list) -> list:
   Used to make a per-coordinate metric constant over each group, where the
   group proximal map is closed-form.
   """
-  sums: dict[str, jax.Array] = {}
+  sums = _group_sums(values, specs)
   counts: dict[str, int] = {}
   for v, spec in zip(values, specs):
-    if spec is None:
-      continue
-    ax = None if spec.axis is None else _axis(v, spec)
-    red = tuple(i for i in range(jnp.ndim(v)) if i != ax)
-    s = jnp.sum(v, axis=red).reshape(-1)
-    sums[spec.key] = s if spec.key not in sums else sums[spec.key] + s
-    counts[spec.key] = counts.get(spec.key, 0) + (
-        math.prod(jnp.shape(v)) // _count(v, spec))
+    if spec is not None:
+      counts[spec.key] = counts.get(spec.key, 0) + (
+          math.prod(jnp.shape(v)) // _count(v, spec))
   out = []
   for v, spec in zip(values, specs):
     if spec is None:

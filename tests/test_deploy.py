@@ -16,6 +16,7 @@ import pytest
 import models
 from train import cli, deploy, inputs
 from train import export as export_lib
+from _refusal import assert_refused  # tests/_refusal.py
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "deploy_example.py"
 
@@ -182,16 +183,8 @@ def test_export_slim_bad_input_one_line_exit_2_nothing_written(
     needle = "--slim"
   else:
     argv, needle = argv + ["--width-multiple", "0"], "--width-multiple"
-  before = sorted(p.name for p in tmp_path.rglob("*"))
   run_before = sorted(p.name for p in run_dir.iterdir())
-  try:
-    code = cli.main(argv)
-  except SystemExit as e:  # argparse's own errors
-    code = e.code
-  err = capsys.readouterr().err.strip()
-  assert code == 2
-  assert len(err.splitlines()) == 1 and needle in err, err
-  assert sorted(p.name for p in tmp_path.rglob("*")) == before
+  assert_refused(argv, needle, tmp_path, capsys)
   assert sorted(p.name for p in run_dir.iterdir()) == run_before
   if case in ("exists", "npz_exists"):
     assert all(p.read_bytes() == b"keep" for p in tmp_path.iterdir()

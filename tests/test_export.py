@@ -17,6 +17,7 @@ import rda_optax
 from rda_optax import _export
 from train import cli
 from train import export as export_lib
+from _refusal import assert_refused  # tests/_refusal.py
 
 
 def _bits(a):
@@ -297,16 +298,7 @@ def test_export_evaluate_bad_input_one_line_exit_2(case, run_dir, tmp_path,
   else:
     f.write_bytes(_small_file())
     argv, needle = ["evaluate", str(f), "--run", str(run_dir)], "does not hold"
-  before = sorted(p.name for p in tmp_path.rglob("*"))
-  code = 2
-  try:
-    code = cli.main(argv)
-  except SystemExit as e:  # argparse's own errors
-    code = e.code
-  err = capsys.readouterr().err.strip()
-  assert code == 2
-  assert len(err.splitlines()) == 1 and needle in err, err
-  assert sorted(p.name for p in tmp_path.rglob("*")) == before
+  assert_refused(argv, needle, tmp_path, capsys)
   assert not (run_dir / export_lib.DEFAULT_NAME).exists()
   if case == "exists":
     assert f.read_bytes() == b"keep"

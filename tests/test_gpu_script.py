@@ -150,7 +150,7 @@ def test_part_e_end_to_end(tmp_path):
 
 @pytest.mark.parametrize("env, line", [
     (dict(PART="z"),
-     "gpu_issue17.sh: PART must be a, b, c, d, e, f, g or h, not 'z'"),
+     "gpu_issue17.sh: PART must be a, b, c, d, e, f, g, h or i, not 'z'"),
     (dict(PART="a", PARALLEL="0"),
      "gpu_issue17.sh: PARALLEL must be 1 to 9, not '0'"),
     (dict(PART="b", DATA="/nonexistent/train.tar.xz"),

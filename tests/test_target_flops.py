@@ -67,11 +67,15 @@ def _kept_cost(w):
 ])
 def test_hand_computed_survivors_and_values(target, alive, tau):
   w = _step(target)
+  _check_survivors(w, alive, tau)
+
+
+def _check_survivors(w, alive, tau):
+  """The groups alive are ``alive``'s, and the survivors are shrunk by the
+  chosen strength: the group prox at tau, lambda_g = tau w_g sqrt(|g|)."""
   got = _alive(w)
   for k in G:
     assert got[k].tolist() == [bool(x) for x in alive[k]], (k, got)
-  # The survivors are shrunk by the chosen strength: the group prox at tau,
-  # lambda_g = tau w_g sqrt(|g|).
   want = rda_optax.group_soft_threshold(jax.tree.map(lambda g: -g, G),
                                         SPECS, tau)
   for k in G:
@@ -273,14 +277,7 @@ POLY = rda_optax.FlopsModel(2.0, {"a": 1.0}, {("a", "b"): 1.0,
 ])
 def test_pairwise_cost_hand_computed(target, alive, tau):
   w = _step(target, group_costs=POLY)
-  got = _alive(w)
-  for k in G:
-    assert got[k].tolist() == [bool(x) for x in alive[k]], (k, got)
-  want = rda_optax.group_soft_threshold(jax.tree.map(lambda g: -g, G),
-                                        SPECS, tau)
-  for k in G:
-    np.testing.assert_allclose(np.where(got[k], w[k], 0), want[k],
-                               rtol=1e-6)
+  _check_survivors(w, alive, tau)
 
 
 def test_pairwise_cost_jit_and_eager_agree():

@@ -584,7 +584,7 @@ def config_fields(cfg: Any, method: str,
   ``--target-flops``."""
   out: dict[str, Any] = {}
   if method not in STRUCTURED_METHODS:
-    out.update(structure="none", group_l1=None, group_weighting="size")
+    out.update(structure="none", group_l1=None, group_weighting="auto")
   if method == "net-slim":
     out.update(target_sparsity=None, target_flops=target,
                target_flops_from=None)
