@@ -206,19 +206,19 @@ def rda(
   Cost target for the groups: with ``groups``, ``group_l1=None``,
   ``target_flops = F_t`` (a float or schedule in ``(0, 1]``) and
   ``group_costs`` (per family, the cost of one group: e.g. the FLOPs a
-  channel accounts for), the group strength is chosen each step so that
-  the surviving groups cost at most ``F_t`` of the total. A group is zero
-  exactly when its score ``r_g = ||S_l1(z)_g|| / (w_g sqrt(|g|))`` is at
-  most the strength, so sorting the scores in decreasing order and keeping
-  the longest run whose cumulative cost fits ``F_t`` gives the strength
-  (the score of the first group left out): one sort of the groups (not of
-  the weights) per step. A single strength can only keep the highest
-  scores, so this is the best the group prox can do, not a knapsack
-  optimum. Costs are static and per group: in a network, removing a
-  channel also shrinks its neighbours' layers, so a per-channel cost (the
-  trainer charges each channel its writer's FLOPs per output channel plus
-  its readers' FLOPs per input channel) is a first-order approximation of
-  the FLOPs that go when it goes.
+  channel accounts for), each step keeps the groups of highest score
+  ``r_g = ||S_l1(z)_g|| / (w_g sqrt(|g|))`` whose cost fits ``F_t`` of the
+  total (sorting the scores in decreasing order and keeping the longest
+  run whose cost fits: one sort of the groups, not of the weights) and
+  zeroes the others. The kept groups are not shrunk: this is the
+  projection onto the budget, not a group prox (shrinking every survivor
+  by the score of the first group left out left them near 0, because a
+  layer's channel norms are close to each other: the network stopped
+  learning). A prefix of the score order is not a knapsack optimum.
+  ``group_costs`` may be linear (a cost per group) or a
+  :class:`rda_optax.FlopsModel`, whose pairwise terms give a network's
+  FLOPs exactly (``models.flops_polynomial``: a conv costs its kept
+  inputs times its kept outputs).
 
   Hyper-parameters: Python numbers and concrete arrays are checked here
   (``ValueError``). A traced value (``optax.inject_hyperparams`` under
@@ -332,8 +332,8 @@ def rda(
 
     A cost target for the groups: two channel families, ``a`` (two
     channels costing 1 each) and ``b`` (one channel costing 2); half the
-    total cost keeps the channel of largest norm, ``b``'s (4), shrunk by
-    the next norm (2):
+    total cost keeps the channel of largest norm, ``b``'s (4), unshrunk
+    (RDA's first iterate ``-gbar`` there), and zeroes ``a``:
 
     >>> w = {"a": jnp.ones((1, 2)), "b": jnp.ones((1, 1))}
     >>> g = {"a": jnp.array([[-1.0, -2.0]]), "b": jnp.array([[-4.0]])}
@@ -342,7 +342,7 @@ def rda(
     ...     group_costs={"a": 1.0, "b": 2.0})
     >>> updates, _ = tx.update(g, tx.init(w), w)
     >>> print(optax.apply_updates(w, updates))
-    {'a': Array([[0., 0.]], dtype=float32), 'b': Array([[2.]], dtype=float32)}
+    {'a': Array([[0., 0.]], dtype=float32), 'b': Array([[4.]], dtype=float32)}
 
   References:
     He, Jia, Xu, Zhang, Zhao, "Make l1 regularization effective in training
