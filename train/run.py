@@ -209,7 +209,9 @@ def slim_run(cfg: Config, r: Run, state: engine.TrainState, run_dir: Path
                                      slicing, cfg.width_multiple,
                                      r.images.shape[1:])
   r, state = on_model(r, small, host)
-  line = f"training on the slim model from here: widths {rec['widths_after']}"
+  line = (f"training on the slim model from here: widths "
+          f"{rec['widths_after']} (multiples of --width-multiple "
+          f"{cfg.width_multiple})")
   if "flops_after" in rec:
     line += f", FLOPs {rec['flops_after'] / rec['flops_before']:.4f} of dense"
   return r, state, line
