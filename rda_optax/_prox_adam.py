@@ -102,12 +102,13 @@ def prox_adam(
     groups: as in :func:`rda_optax.rda`.
     group_l1: as in :func:`rda_optax.rda`; given exactly when ``groups``
       is.
-    target_sparsity: as in :func:`rda_optax.rda`, and so are
-      ``sparsity_distribution``, ``threshold_every`` and
-      ``threshold_samples``, which say how it is spread and computed.
-    target_flops: as in :func:`rda_optax.rda` (the group strength chosen
-      so that the surviving groups cost at most this share of
-      ``group_costs``'s total).
+    target_sparsity: the share of zeros to reach, spread over the leaves by
+      ``sparsity_distribution``, recomputed every ``threshold_every``
+      steps, from ``threshold_samples`` entries if given: all as in
+      :func:`rda_optax.rda`, in Adam's metric.
+    target_flops: with ``group_costs``: the groups kept each step are the
+      highest-scoring ones whose cost fits this share, as in
+      :func:`rda_optax.rda`.
     group_costs: as in :func:`rda_optax.rda`.
 
   Returns:
