@@ -497,10 +497,14 @@ def dense_variables(run_dir: str | Path, variables: Any) -> Any:
     scale = _flat(pattern["params"])[f"{bn}/scale"]
     scale[np.asarray(idx, int)] = 1  # alive: kept (and only those)
   s = models.slicer(model, pattern)
-  return {col: traverse_util.unflatten_dict(
-      {p: s.uncut(p, x, _flat(shapes[col])[p].shape)
-       for p, x in _flat(tree).items()}, sep="/")
-          for col, tree in variables.items()}
+
+  def uncut(col, tree):
+    full = _flat(shapes[col])  # once per collection, not per leaf
+    return traverse_util.unflatten_dict(
+        {p: s.uncut(p, x, full[p].shape) for p, x in _flat(tree).items()},
+        sep="/")
+
+  return {col: uncut(col, tree) for col, tree in variables.items()}
 
 
 def train_slim_record(run_dir: str | Path) -> Optional[dict[str, Any]]:
