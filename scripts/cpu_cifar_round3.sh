@@ -18,6 +18,11 @@
 # magnitude: each step, the counts of one magnitude threshold on the current
 # weights, then one lambda per kernel at its count), e.g.
 #   rmda-mag-lr0.2-s0, grda-mag-lr0.2-s0, rda-mag-g1-s0, prox-adam-mag-lr1e-3-s0
+# The schedule levers: METHOD-ramp1-... ramps the target over all of
+# --epochs (--target-ramp 1, global GMP's own schedule) instead of half of
+# it; rmda-crampX-... raises RMDA's momentum weight c linearly to 1 over the
+# last share X of --epochs (--rmda-momentum-ramp X) instead of at the last
+# step, e.g. rmda-ramp1-lr0.4-s0, rmda-cramp0.2-lr0.4-s0, grda-ramp1-lr0.2-s0
 #   bash scripts/cpu_cifar_round3.sh gmp-global-lr0.1-s0 gmp-global-lr0.05-s0
 # Rows run one after another, in the order given: about 20 minutes a row
 # alone on 2 CPU cores; invocations side by side share the cores. Run
@@ -34,10 +39,17 @@ D=(--model small_cnn --dataset folder --data-dir "${DATA:-.data/train.tar.xz}"
 train() { echo "== $*" >&2; "$PY" -m train "${D[@]}" "$@" || echo "== failed: $*" >&2; }
 row() {
   local seed=${1##*-s} name=$1 body=${1%-s*} alloc=()
+  if [[ $body == *-ramp1-* ]]; then
+    alloc+=(--target-ramp 1); body=${body/-ramp1-/-}
+  fi
+  if [[ $body =~ -cramp([0-9.]+)- ]]; then
+    alloc+=(--rmda-momentum-ramp "${BASH_REMATCH[1]}")
+    body=${body/-cramp${BASH_REMATCH[1]}-/-}
+  fi
   if [[ $body == *-erk-* ]]; then
-    alloc=(--sparsity-distribution erk); body=${body/-erk-/-}
+    alloc+=(--sparsity-distribution erk); body=${body/-erk-/-}
   elif [[ $body == *-mag-* ]]; then
-    alloc=(--sparsity-distribution magnitude); body=${body/-mag-/-}
+    alloc+=(--sparsity-distribution magnitude); body=${body/-mag-/-}
   fi
   case $body in
     gmp-global-lr*) train --method gmp --sparsity-distribution global \

@@ -52,6 +52,15 @@ def test_rmda_takes_the_prox_point_at_the_last_step_before_asr():
   assert [float(c(s)) for s in (0, 28, 29, 30, 39)] == [0.25, 0.25, 1, 1, 1]
 
 
+def test_rmda_momentum_ramps_linearly_to_one_over_the_last_share():
+  spe = 10  # 30 steps of --epochs; a ramp of a third: 10 steps, 19 -> 29
+  cfg = Config(epochs=3, asr_epochs=1, rmda_momentum=0.25,
+               rmda_momentum_ramp=1 / 3)
+  c = methods._rmda_momentum(cfg, spe)  # pylint: disable=protected-access
+  got = [float(c(s)) for s in (0, 19, 24, 28, 29, 35)]
+  assert got == pytest.approx([0.25, 0.25, 0.625, 0.925, 1, 1])
+
+
 def test_rmda_momentum_schedule_reaches_the_prox_points_zeros():
   # With c = 1 at a step, the params are the prox point: exact zeros where
   # the l1 threshold holds; with c < 1 they only decay towards 0. Step 0:

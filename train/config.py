@@ -116,6 +116,11 @@ class Config:
       0.1, RDA, "rmda: the weight c of the new prox point in W <- (1 - c) W "
       "+ c W~ (1: no momentum; the authors' default)", lo=0, hi=1,
       lo_open=True, hi_open=False)
+  rmda_momentum_ramp: float = option(
+      0.0, RDA, "rmda: c rises linearly from --rmda-momentum to 1 over this "
+      "fraction of --epochs, ending at the last step before ASR, so the "
+      "params reach the prox point's exact zeros gradually (default 0: c "
+      "jumps to 1 at that last step)", lo=0, hi=1, hi_open=False)
   grda_mu: float = option(
       0.51, RDA, "grda: the threshold grows as n^mu (Chao et al.: mu in "
       "(0.5, 1); their CIFAR-10 runs 0.51)", lo=0, lo_open=True)

@@ -426,14 +426,22 @@ def _rmda_momentum(cfg: Config, spe: int) -> optax.Schedule:
   # RMDA's iterate W is an average of prox points, so a weight whose prox
   # point is 0 only decays towards 0. The last step before ASR takes the
   # prox point itself (c = 1), so ASR freezes exactly the prox point's
-  # zeros; ASR then runs without momentum.
+  # zeros; ASR then runs without momentum. The jump to 1 drops at once
+  # every weight whose prox point is 0; --rmda-momentum-ramp spreads it.
   last = cfg.epochs * spe - 1
-  return lambda step: jnp.where(step >= last, 1.0, cfg.rmda_momentum)
+  ramp = int(round(cfg.rmda_momentum_ramp * cfg.epochs * spe))
+  c0 = cfg.rmda_momentum
+
+  def momentum(step):
+    frac = jnp.clip((step - (last - ramp)) / max(ramp, 1), 0.0, 1.0)
+    return jnp.where(step >= last, 1.0, c0 + (1.0 - c0) * frac)
+  return momentum
 
 
 register(Method(
     "rmda", "RMDA (Huang & Lee 2022): dual averaging with momentum "
-    "(--rmda-momentum; 1 from the last step before ASR), step --lr, then "
+    "(--rmda-momentum; 1 from the last step before ASR, or ramped there over "
+    "--rmda-momentum-ramp), step --lr, then "
     "ASR; l1, a target or channel groups as rda",
     _proximal("rmda", rda_optax.rmda,
               lambda cfg, spe: dict(momentum=_rmda_momentum(cfg, spe))),
