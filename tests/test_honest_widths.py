@@ -73,16 +73,32 @@ def test_rounds_down_then_adds_the_blocks_that_fit():
   assert fit.live_flops == _flops(32, 40, 100)
 
 
+def test_the_start_is_the_live_counts_rounded_down():
+  """Live 32/60/86 at k = 16, F = 0.7 (1206553.6 FLOPs). Rounded down,
+  32/48/80 costs 1149728; conv1 to 64 adds 294912 + 81920 (over), hidden
+  to 96 adds 49312 for its 6 live channels (1199040, fits): 32/48/96 keeps
+  166 live channels at 0.696. Rounding up first (32/64/96, 1592256) and
+  cutting the least score per FLOP saved would drop conv0's 16 channels
+  (599040 saved) and end at 16/64/96: 162 channels at 0.576."""
+  fit = _fit(_scores({"conv0": 32, "conv1": 60, "hidden": 86}), 16, 0.7)
+  assert fit.counts == {"conv0": 32, "conv1": 48, "hidden": 96}
+  assert fit.flops == _flops(32, 48, 96) == 1199040
+  assert fit.live_cut == 12
+
+
 def test_the_block_with_the_most_score_per_flop_comes_back():
   """Live 20/60/128 at k = 16, F = 0.8: from 16/48/128 (846080) either
   conv0 to 32 (4 live channels for 451584 FLOPs) or conv1 to 64 (12 for
   278528) fits, not both. At equal scores conv1's block is worth more per
-  FLOP; with conv0's channels at score 100, conv0's (400 / 451584 >
-  12 / 278528)."""
+  FLOP; with conv0's channels at score 4 too (16 / 451584 < 12 / 278528,
+  though 16 > 12: per FLOP, not the larger block score); with them at
+  score 100, conv0's (400 / 451584 > 12 / 278528)."""
   live = {"conv0": 20, "conv1": 60, "hidden": 128}
   fit = _fit(_scores(live), 16, 0.8)
   assert fit.counts == {"conv0": 16, "conv1": 64, "hidden": 128}
   assert fit.flops == _flops(16, 64, 128)
+  live["conv0"] = np.full(20, 4.0)
+  assert _fit(_scores(live), 16, 0.8).counts == fit.counts
   live["conv0"] = np.full(20, 100.0)
   fit = _fit(_scores(live), 16, 0.8)
   assert fit.counts == {"conv0": 32, "conv1": 48, "hidden": 128}
@@ -94,11 +110,15 @@ def test_over_the_target_cuts_the_cheapest_score_per_flop_saved():
   the switch), F = 0.5. Dropping 16 channels saves 599040 FLOPs in conv0,
   425984 in conv1, 65696 in hidden: at equal scores conv0 goes first
   (16/64/128, 1124608, still over), then conv1 (278528 saved against
-  hidden's 65696): 16/48/128, 846080."""
+  hidden's 65696): 16/48/128, 846080. The same with hidden's channels at
+  half the score: a hidden block loses the least score (8), but per FLOP
+  saved the most (8 / 65696 against 16 / 599040 and 16 / 278528)."""
   fit = _fit(_scores({u: w for u, w in WIDTHS.items()}), 16, 0.5)
   assert fit.counts == {"conv0": 16, "conv1": 48, "hidden": 128}
   assert fit.flops == _flops(16, 48, 128) <= 0.5 * DENSE
   assert fit.live_cut == 32
+  half = _scores({"conv0": 32, "conv1": 64, "hidden": np.full(128, 0.5)})
+  assert _fit(half, 16, 0.5).counts == fit.counts
 
 
 def test_an_unreachable_target_leaves_every_unit_at_k():
