@@ -15,15 +15,20 @@ instead: the final variables of an ``python -m train --structure`` (or
 
 ``--multiple 8 16`` adds each slim model again with its widths rounded up to
 those multiples (the trainer's ``--width-multiple``), timed in the same
-interleaved loop; ``--model small_cnn`` times the small CNN instead of VGG.
+interleaved loop; ``--widths 16/48/128`` adds a slim model at given widths
+(one per channel unit, ``models.channel_units`` order: the widths a trained
+run fits to its FLOPs target, ``train.structure.fit_widths``), its first
+channels kept; ``--model small_cnn`` times the small CNN instead of VGG.
 
   python benchmarks/slim_latency.py [--model vgg16bn|small_cnn]
-      [--fractions 0.5 0.75] [--multiple 8 16] [--repeats 7] [--side 32]
+      [--fractions 0.5 0.75] [--multiple 8 16] [--widths 16/48/128]
+      [--repeats 7] [--side 32]
   python benchmarks/slim_latency.py --run-dir RUN_DIR [--side 32]
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 import statistics
 import sys
@@ -76,6 +81,33 @@ def kill_channels(variables, fraction, rng):
           "batch_stats": variables["batch_stats"]}
 
 
+def kill_to_widths(model, variables, widths):
+  """Sets BatchNorm scale and bias to 0 beyond the first ``widths[i]``
+  channels of unit ``i``, so that ``models.slim`` gives those widths."""
+  units = models.channel_units(model)
+  if len(widths) != len(units):
+    raise ValueError(f"--widths {'/'.join(map(str, widths))}: "
+                     f"{type(model).__name__} has {len(units)} channel units")
+  p = {k: np.array(v) for k, v in traverse_util.flatten_dict(
+      variables["params"], sep="/").items()}
+  for u, w in zip(units, widths):
+    for n in u.norms:
+      p[f"{n}/scale"][w:] = p[f"{n}/bias"][w:] = 0.0
+  return {"params": traverse_util.unflatten_dict(p, sep="/"),
+          "batch_stats": variables["batch_stats"]}
+
+
+def _width_list(text):
+  try:
+    w = tuple(int(x) for x in text.split("/"))
+  except ValueError:
+    w = ()
+  if not w or min(w) < 1:
+    raise argparse.ArgumentTypeError(
+        f"must be widths >= 1 joined by '/' (16/48/128), got {text!r}")
+  return w
+
+
 def as_f32(tree):
   return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), tree)
 
@@ -110,6 +142,10 @@ def main(argv=None):
                   "up to a multiple of each of these, side by side "
                   "(models.slim(..., multiple=); the trainer's "
                   "--width-multiple)")
+  ap.add_argument("--widths", type=_width_list, nargs="+", default=[],
+                  help="also time a slim model at these widths, one per "
+                  "channel unit joined by '/' (small_cnn: conv0/conv1/"
+                  "hidden), its first channels kept (not with --run-dir)")
   ap.add_argument("--model", choices=("vgg16bn", "small_cnn"),
                   default="vgg16bn", help="the random-weight model (not "
                   "with --run-dir)")
@@ -132,6 +168,15 @@ def main(argv=None):
     for f in args.fractions:
       name = f"slim {f:.0%}"
       killed[name] = as_f32(kill_channels(v_dense, f, rng))
+      m, v = models.slim(dense, killed[name])
+      variants[name] = (m, as_f32(v))
+    for w in args.widths:
+      name = "/".join(map(str, w))
+      try:
+        killed[name] = as_f32(kill_to_widths(dense, v_dense, w))
+      except ValueError as e:
+        print(f"slim_latency.py: {e}", file=sys.stderr)
+        return 2
       m, v = models.slim(dense, killed[name])
       variants[name] = (m, as_f32(v))
     what = f"{args.model}, random weights (not trained)"

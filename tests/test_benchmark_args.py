@@ -65,6 +65,7 @@ CASES = [
     ("slim_latency", ["--repeats", "0"], "--repeats", "'0'"),
     ("slim_latency", ["--batch-sizes", "1", "0"], "--batch-sizes", "'0'"),
     ("slim_latency", ["--fractions", "1"], "--fractions", "'1'"),
+    ("slim_latency", ["--widths", "16/0/128"], "--widths", "'16/0/128'"),
 ]
 
 

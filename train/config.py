@@ -239,14 +239,18 @@ class Config:
       "of a FLOPs target", lo=0, hi=1)
   # One field (main's slim training added it with default 1; the measured
   # default is 16): slim training, the written slim model and export --slim
-  # all round up to it.
+  # all use it. With a FLOPs target, rounding up would break the target, so
+  # the widths are fitted to it at the switch (structure.fit_widths).
   width_multiple: int = option(
       16, CHANNEL, "when slimming (slim training, the slim model written, "
-      "export --slim): widths are rounded up to a multiple of "
-      "this (or the layer's full width) by keeping some dead channels, "
-      "which output exact zeros: odd widths such as 22 or 45 ran slower "
-      "than the dense model on a CPU, multiples of 16 faster "
-      "(docs/RESULTS.md); 1 keeps only the alive channels", lo=1)
+      "export --slim): every width is a multiple of this (or the layer's "
+      "full width): odd widths such as 22 or 45 ran slower than the dense "
+      "model on a CPU, multiples of 16 faster (docs/RESULTS.md). With a "
+      "FLOPs target (net-slim, or --target-flops with --structure) the "
+      "widths are fitted at the switch so that they still cost at most the "
+      "target, the lowest-scored live channels cut beyond it; otherwise the "
+      "live channels are rounded up by keeping some dead ones (exact "
+      "zeros). 1 keeps exactly the alive channels", lo=1)
   seed: int = option(
       0, OTHER, "seed of init, shuffling, augmentation and (without "
       "--val-seed) the validation split", lo=_SEEDS[0], hi=_SEEDS[1],

@@ -195,11 +195,13 @@ def on_model(r: Run, model: Any, host_state: engine.TrainState
                     train_epoch=engine.make_train_epoch(spec)), state
 
 
-def slim_run(cfg: Config, r: Run, state: engine.TrainState, run_dir: Path
+def slim_run(cfg: Config, r: Run, state: engine.TrainState, run_dir: Path,
+             fit: Optional[structure.Fit] = None
              ) -> tuple[Run, engine.TrainState, str]:
   """The switch to the slim model: the dead channels cut out of the model,
   the state and the optimizer state (exact), the epoch recompiled for the
-  smaller network, the widths recorded for ``--resume``."""
+  smaller network, the widths recorded for ``--resume`` (with ``fit``,
+  ``structure.fit_widths``' account of them)."""
   slicing, host = structure.slim_state(r.model, jax.device_get(state),
                                        cfg.width_multiple)
   small = slicing.model
@@ -207,7 +209,7 @@ def slim_run(cfg: Config, r: Run, state: engine.TrainState, run_dir: Path
   if parallel.is_main():
     rec = structure.write_train_slim(run_dir, cfg.epochs, r.model, small,
                                      slicing, cfg.width_multiple,
-                                     r.images.shape[1:])
+                                     r.images.shape[1:], fit)
   r, state = on_model(r, small, host)
   line = (f"training on the slim model from here: widths "
           f"{rec['widths_after']} (multiples of --width-multiple "
@@ -403,6 +405,13 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
   r, state, start_epoch = _start_epoch(ckpts, run_dir, r, resume, cfg,
                                          method)
   slim_at = cfg.epochs if structure.slims_in_training(cfg, method) else None
+  # Net-slim and the grouped methods meet their FLOPs target with the live
+  # channels; rounding those up to --width-multiple would train and ship a
+  # bigger model, so at the switch the widths are fitted to the target
+  # instead, with or without --slim-training (the cut channels then stay 0
+  # as every dead one does: the second phase freezes exact zeros).
+  fit_to = structure.width_target(cfg, method, target)
+  fit = None
   progress = report.Progress(
       cfg.total_epochs, desc=method, initial=start_epoch,
       enabled=({"auto": None, "bar": True, "lines": None, "none": False}
@@ -440,8 +449,14 @@ def train_one(cfg: Config, method: str, splits: data_lib.Splits,
       if changed is not None:
         state = state._replace(params=changed[0])
         progress.write(changed[1])
+      if epoch == cfg.epochs and fit_to is not None:
+        params, fit, line = structure.fit_to_flops(
+            r.model, jax.device_get(state.params), r.images.shape[1:], method,
+            cfg.width_multiple, fit_to)
+        state = state._replace(params=params)
+        progress.write(line)
       if epoch == slim_at:
-        r, state, line = slim_run(cfg, r, state, run_dir)
+        r, state, line = slim_run(cfg, r, state, run_dir, fit)
         progress.write(line)
       t0 = time.time()
       timing.take_compile_seconds()

@@ -338,11 +338,17 @@ def prune_units(params: Any, channel_units: Optional[tuple] = None) -> Units:
 def zero_units(params: Any, units: Units, k: int,
                channel_units: Optional[tuple] = None) -> Any:
   """``params`` with the first ``k`` units' whole groups set to exactly 0."""
-  flat, specs = _flat(params), _spec_flat(params, channel_units)
-  out = {p: np.array(v) for p, v in flat.items()}
   by_key: dict[str, list[int]] = {}
   for key, c in zip(units.keys[:k], units.index[:k]):
     by_key.setdefault(key, []).append(int(c))
+  return _zero_groups(params, by_key, channel_units)
+
+
+def _zero_groups(params: Any, by_key: dict[str, list[int]],
+                 channel_units: Optional[tuple] = None) -> Any:
+  """``params`` with the groups ``by_key[family]`` set to exactly 0."""
+  flat, specs = _flat(params), _spec_flat(params, channel_units)
+  out = {p: np.array(v) for p, v in flat.items()}
   for path, s in specs.items():
     if s.key in by_key:
       sl = [slice(None)] * out[path].ndim
@@ -351,8 +357,9 @@ def zero_units(params: Any, units: Units, k: int,
   return jax.tree.map(jnp.asarray, traverse_util.unflatten_dict(out, sep="/"))
 
 
-def slim_flops(model: Any, params: Any, input_shape) -> int:
-  small, _ = models.slim(model, {"params": params})
+def slim_flops(model: Any, params: Any, input_shape,
+               multiple: int = 1) -> int:
+  small, _ = models.slim(model, {"params": params}, multiple=multiple)
   return models.flops(small, input_shape)
 
 
@@ -392,6 +399,196 @@ def prune_fraction(params: Any, fraction: float,
   total = len(units.keys) + len({k for k in units.keys})
   k = min(int(round(fraction * total)), len(units.keys))
   return zero_units(params, units, k, channel_units), k
+
+
+# --- widths that keep the FLOPs target -------------------------------------
+
+class Fit(NamedTuple):
+  """Widths at multiples of ``--width-multiple`` within a FLOPs target
+  (:func:`fit_widths`), per unit key: ``live`` channels (score > 0) before,
+  ``counts`` kept (each a multiple of the multiple or the unit's full
+  width), ``keep`` their indices (the top-scored); ``flops`` those widths'
+  FLOPs (``models.flops``), ``live_flops`` the live channels' (at least
+  one a unit, as ``models.slim`` keeps), ``goal`` the target's;
+  ``reached``: ``flops <= goal`` (False when every unit at its smallest
+  width is still over); ``live_cut``: the live channels left out."""
+  live: dict[str, int]
+  counts: dict[str, int]
+  keep: dict[str, np.ndarray]
+  flops: int
+  live_flops: int
+  goal: float
+  reached: bool
+  live_cut: int
+
+
+def _levels(width: int, multiple: int) -> list[int]:
+  # Below the full width only multiples run fast; the full width is always
+  # allowed (it runs as the dense layer does).
+  return sorted({*range(multiple, width, multiple), width})
+
+
+def fit_widths(model: Any, input_shape, scores: dict[str, Any],
+               multiple: int, target: float) -> Fit:
+  """Per-unit widths, multiples of ``multiple`` (or the unit's full width),
+  whose FLOPs are at most ``target`` times the dense model's, keeping the
+  top-scored channels of each unit.
+
+  ``scores[unit key]``: one score per channel, 0 for a dead one. Each
+  unit starts at its live count (score > 0) rounded down to a multiple (at
+  least ``multiple``). While that is over the target, the block of
+  ``multiple`` channels whose removal loses the least score per FLOP saved
+  goes (a unit at its smallest width stays). Then, while a block fits, the
+  block of next-best channels with the most score per FLOP added comes
+  back (only blocks with some live channel). The greedy rule of the
+  fractional knapsack: score is what the method says a channel is worth,
+  FLOPs what it costs, and a block's cost depends on its neighbours'
+  widths, so each step is priced at the current widths (the exact FLOPs
+  polynomial, ``models.flops_polynomial``). Ties go to the earlier unit.
+  """
+  units = models.channel_units(model, "fit_widths")
+  const, lin, pair = models.flops_polynomial(model, tuple(input_shape))
+  goal = target * models.flops(model, tuple(input_shape))
+  keys = [u.key for u in units]
+  sc = {u: np.asarray(scores[u], np.float64) for u in keys}
+  order = {u: np.lexsort((np.arange(sc[u].size), -sc[u])) for u in keys}
+  # Score of the top-n channels of each unit, for every n.
+  top = {u: np.concatenate([[0.0], np.cumsum(sc[u][order[u]])]) for u in keys}
+  levels = {u: _levels(sc[u].size, multiple) for u in keys}
+  live = {u: int(np.count_nonzero(sc[u] > 0)) for u in keys}
+  at = {u: max((i for i, n in enumerate(levels[u]) if n <= live[u]),
+               default=0) for u in keys}
+
+  def widths(moved=None, by=0):
+    return {u: levels[u][at[u] + (by if u == moved else 0)] for u in keys}
+
+  def cost(n):
+    return (const + sum(c * n[u] for u, c in lin.items())
+            + sum(c * n[a] * n[b] for (a, b), c in pair.items()))
+
+  def step(u, by):
+    """Score and FLOPs that moving unit ``u`` by ``by`` levels adds."""
+    now, new = widths(), widths(u, by)
+    return top[u][new[u]] - top[u][now[u]], cost(new) - cost(now)
+
+  while cost(widths()) > goal:
+    best = None
+    for i, u in enumerate(keys):
+      if at[u] > 0:
+        lost, saved = (-d for d in step(u, -1))
+        rank = (lost / saved if saved > 0 else np.inf, i)
+        best = min(best or (rank, u), (rank, u))
+    if best is None:
+      break
+    at[best[1]] -= 1
+  while True:
+    best = None
+    for i, u in enumerate(keys):
+      if at[u] + 1 < len(levels[u]):
+        gain, added = step(u, 1)
+        if gain > 0 and cost(widths()) + added <= goal:
+          rank = (-gain / added if added > 0 else -np.inf, i)
+          best = min(best or (rank, u), (rank, u))
+    if best is None:
+      break
+    at[best[1]] += 1
+  counts = widths()
+  keep = {u: np.sort(order[u][:counts[u]]) for u in keys}
+  return Fit(live, counts, keep, cost(counts),
+             cost({u: max(n, 1) for u, n in live.items()}), goal,
+             cost(counts) <= goal,
+             sum(live[u] - int(np.count_nonzero(sc[u][keep[u]] > 0))
+                 for u in keys))
+
+
+def width_target(cfg: Any, method: str, target: Optional[float]
+                 ) -> Optional[float]:
+  """The FLOPs target the widths after the switch keep (:func:`fit_widths`),
+  or None where the widths are the live counts rounded up as before: no
+  FLOPs target (net-slim's ``target``, or the grouped methods'
+  ``--target-flops``), ``--width-multiple 1``, or no slim model."""
+  if cfg.width_multiple <= 1 or not slims(cfg, method):
+    return None
+  if method == "net-slim":
+    return target
+  if method in FLOPS_TARGET_METHODS and flops_target_groups(cfg):
+    return cfg.target_flops
+  return None
+
+
+def channel_scores(params: Any, channel_units: tuple, method: str
+                   ) -> dict[str, np.ndarray]:
+  """``{unit key: score per channel}``, what the method ranks channels by:
+  net-slim the largest ``|scale|`` of the unit's BatchNorms (as
+  :func:`prune_units`), the grouped methods the l2 norm of the channel's
+  whole group (its writers' kernel columns and biases, its BatchNorms'
+  scale and bias), which their group penalty shrinks. Dead channels
+  (``models.dead_channels``) score 0."""
+  scale, sumsq = _group_stats(params, channel_units)
+  dead = _dead_units(params, channel_units, sumsq)
+  # A unit without a BatchNorm scale is scored by its group in any case.
+  return {u.key: np.where(dead[u.key], 0.0, scale[u.key]
+                          if method == "net-slim" and u.key in scale
+                          else np.sqrt(sumsq[u.key]))
+          for u in channel_units}
+
+
+def _group_stats(params: Any, channel_units: tuple
+                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+  """Per unit key and channel: the largest ``|scale|`` of its BatchNorms,
+  and the sum of squares of its whole group."""
+  flat, specs = _flat(params), _spec_flat(params, channel_units)
+  scale: dict[str, np.ndarray] = {}
+  sumsq: dict[str, np.ndarray] = {}
+  for path, s in specs.items():
+    x = np.moveaxis(np.asarray(flat[path], np.float64), s.axis, -1)
+    x = x.reshape(-1, x.shape[-1])
+    if path.endswith("/scale"):
+      a = np.abs(x).max(0)
+      scale[s.key] = a if s.key not in scale else np.maximum(scale[s.key], a)
+    sq = np.square(x).sum(0)
+    sumsq[s.key] = sq if s.key not in sumsq else sumsq[s.key] + sq
+  return scale, sumsq
+
+
+def _dead_units(params: Any, channel_units: tuple, sumsq=None
+                ) -> dict[str, np.ndarray]:
+  """``{unit key: dead per channel}`` as ``models.slim`` sees it: every
+  BatchNorm of the unit dead; without one, the whole group at 0."""
+  dead = models.dead_channels({"params": params})
+  if sumsq is None and not all(u.norms for u in channel_units):
+    sumsq = _group_stats(params, channel_units)[1]
+  return {u.key: (np.logical_and.reduce([dead[n] for n in u.norms])
+                  if u.norms else sumsq[u.key] == 0) for u in channel_units}
+
+
+def fit_to_flops(model: Any, params: Any, input_shape, method: str,
+                 multiple: int, target: float) -> tuple[Any, Fit, str]:
+  """``params`` with the channels :func:`fit_widths` leaves out set to 0
+  (whole groups, as net-slim prunes), so that slimming with ``multiple``
+  gives those widths and the slim model equals this masked one; the fit;
+  and the line the run logs at the switch."""
+  units = models.channel_units(model)
+  scores = channel_scores(params, units, method)
+  fit = fit_widths(model, input_shape, scores, multiple, target)
+  # Every channel that still outputs something and is not kept, so that
+  # slimming keeps exactly fit.counts (a BatchNorm with scale 0 and bias
+  # != 0 scores 0 under net-slim, yet is alive).
+  dead = _dead_units(params, units)
+  cut = {u.key: np.setdiff1d(np.flatnonzero(~dead[u.key]),
+                             fit.keep[u.key]).tolist() for u in units}
+  out = _zero_groups(params, cut, units)
+  dense = models.flops(model, input_shape)
+  show = lambda d: "/".join(str(d[u.key]) for u in units)  # noqa: E731
+  line = (f"widths for --target-flops {target} at multiples of "
+          f"--width-multiple {multiple}: live channels {show(fit.live)} "
+          f"(FLOPs {fit.live_flops / dense:.4f} of dense) -> "
+          f"{show(fit.counts)} (FLOPs {fit.flops / dense:.4f}); the rounding "
+          f"cut {fit.live_cut} live channels")
+  if not fit.reached:
+    line += (f"; {target} is out of reach: every unit is at its smallest "
+             f"width ({multiple} channels, or its full width)")
+  return out, fit, line
 
 
 # --- training on the slim model ---------------------------------------------
@@ -450,11 +647,15 @@ def full_sparsity(params: Any, dense: Any) -> tuple[float, dict[str, float]]:
 
 
 def write_train_slim(run_dir: Path, epoch: int, before: Any, after: Any,
-                     slicing: Any, multiple: int, input_shape) -> dict[str, Any]:
+                     slicing: Any, multiple: int, input_shape,
+                     fit: Optional[Fit] = None) -> dict[str, Any]:
   """Records the switch to the slim model in ``train_slim.json``: the
   widths ``--resume`` rebuilds after the switch, and the kept channels of
   each BatchNorm, from which :func:`dense_variables` puts the trained slim
-  variables back into the full-width model. Returns the record."""
+  variables back into the full-width model; with ``fit``
+  (:func:`fit_to_flops`), the target the widths keep and the live channels
+  they cut. ``flops_after`` is always that of the widths that train.
+  Returns the record."""
   keep = {bn: slicing.cut(f"{bn}/scale", np.arange(n)).tolist()
           for bn, n in _bn_widths(before, input_shape).items()}
   rec = dict(epoch=epoch, multiple=multiple, input_shape=list(input_shape),
@@ -463,6 +664,10 @@ def write_train_slim(run_dir: Path, epoch: int, before: Any, after: Any,
              widths_after=jax.tree.map(int, after.widths),
              flops_before=models.flops(before, input_shape),
              flops_after=models.flops(after, input_shape), keep=keep)
+  if fit is not None:
+    rec["fit"] = dict(flops_goal=fit.goal, reached=fit.reached,
+                      live=fit.live, live_flops=fit.live_flops,
+                      live_cut=fit.live_cut)
   (run_dir / TRAIN_SLIM).write_text(json.dumps(rec))
   return rec
 
@@ -535,13 +740,13 @@ def channel_counts(params: Any) -> dict[str, int]:
 
 
 def flops_row(model: Any, params: Any, input_shape,
-              dense_model: Any = None) -> dict[str, Any]:
-  """FLOPs of the dense model, of ``model`` with ``params`` slimmed, and
-  their ratio (``dense_model``: the full-width model when ``model`` is
-  already slim)."""
+              dense_model: Any = None, multiple: int = 1) -> dict[str, Any]:
+  """FLOPs of the dense model, of ``model`` with ``params`` slimmed (widths
+  rounded up to ``multiple``), and their ratio (``dense_model``: the
+  full-width model when ``model`` is already slim)."""
   dense = models.flops(model if dense_model is None else dense_model,
                        input_shape)
-  small = slim_flops(model, params, input_shape)
+  small = slim_flops(model, params, input_shape, multiple)
   return dict(dense=dense, slim=small, ratio=small / dense)
 
 
@@ -615,8 +820,15 @@ def summarize(cfg: Any, method: str, r: Any, state: Any,
   run; for the structured ones, the slim model's widths, parameters and
   val/test top-1, evaluated after writing it and reading it back."""
   shape = r.images.shape[1:]
-  out: dict[str, Any] = dict(flops=flops_row(r.model, state.params, shape,
-                                             r.dense_model))
+  # The row the tables and --target-flops-from read. With fitted widths
+  # (width_target) it is the FLOPs of the model that trains and ships, its
+  # widths rounded to --width-multiple (equal to the live channels' unless
+  # channels died after the switch); otherwise, as before fitted widths
+  # existed, that of the live channels alone.
+  fitted = width_target(cfg, method, target) is not None
+  out: dict[str, Any] = dict(flops=flops_row(
+      r.model, state.params, shape, r.dense_model,
+      cfg.width_multiple if fitted else 1))
   out["channels_per_layer"] = channel_counts(state.params)
   if method == "net-slim":
     out.update(target_sparsity=None, target_flops=target)
@@ -625,9 +837,10 @@ def summarize(cfg: Any, method: str, r: Any, state: Any,
   if not slims(cfg, method):
     return out
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  # flops["slim"] above counts the alive channels (what the method removed,
-  # comparable across runs); the written model rounds its widths up to
-  # --width-multiple so that it runs fast, and its own FLOPs go in the row.
+  # Without fitted widths flops["slim"] above counts the alive channels;
+  # the written model rounds its widths up to --width-multiple so that it
+  # runs fast, and its own FLOPs go in this row (with fitted widths, the
+  # same FLOPs as flops["slim"]).
   small, sv = models.slim(r.model, jax.device_get(variables),
                           multiple=cfg.width_multiple)
   if main:
