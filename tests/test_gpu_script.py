@@ -52,8 +52,12 @@ def _tiny_part(tmp_path, **env):
                       RUNS=str(runs), OUT=str(out),
                       RDA_OPTAX_CACHE=str(tmp_path / "cache"),
                       # A later wave reuses the first's small programs
-                      # (init, evaluation, statistics): ~10 s of CPU less.
-                      JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax-cache"),
+                      # (init, evaluation, statistics): ~10 s of CPU less;
+                      # the session's cache (tests/conftest.py) also lets
+                      # PART e reuse PART a's, and the other way round.
+                      JAX_COMPILATION_CACHE_DIR=os.environ.get(
+                          "JAX_COMPILATION_CACHE_DIR",
+                          str(tmp_path / "jax-cache")),
                       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                       JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", **env))
   assert done.returncode == 0, done.stderr[-3000:]

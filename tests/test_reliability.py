@@ -51,37 +51,10 @@ PY = sys.executable
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
 SMALL = ["--batch-size", "64", "--progress", "none"]
 # Most runs below share this shape (1 RDA + N ASR epochs of the small CNN on
-# digits, seed 0), so they share one compiled training step (see
-# _compile_cache): only the first run of the module compiles it.
+# digits, seed 0), so they share one compiled training step: the session's
+# persistent compilation cache (tests/conftest.py), which ENV passes on to
+# the subprocesses, cuts each run after the first from ~7 s to ~2 s.
 RDA1 = ["--epochs", "1", "--asr-epochs"]
-
-_CACHE_FLAGS = {"jax_compilation_cache_dir": None,
-                "jax_persistent_cache_min_compile_time_secs": 0,
-                "jax_persistent_cache_min_entry_size_bytes": 0}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _compile_cache(tmp_path_factory):
-  """Most tests here train the same small CNN on digits, in this process and
-  in subprocesses; a persistent compilation cache (for this module only)
-  cuts each run after the first from ~7 s to ~2 s. It changes no result."""
-  try:
-    from jax._src import compilation_cache  # to apply the change mid-session
-    reset = compilation_cache.reset_cache
-  except (ImportError, AttributeError):
-    reset = lambda: None
-  path = str(tmp_path_factory.mktemp("jax-cache"))
-  old = {k: getattr(jax.config, k) for k in _CACHE_FLAGS}
-  for k, v in _CACHE_FLAGS.items():
-    jax.config.update(k, path if v is None else v)
-  reset()
-  ENV.update(JAX_COMPILATION_CACHE_DIR=path,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  yield
-  for k, v in old.items():
-    jax.config.update(k, v)
-  reset()
 
 
 def _main(argv) -> tuple[object, str]:

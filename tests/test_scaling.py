@@ -5,6 +5,7 @@ when JAX starts. Sampling does not depend on the device count (one global
 permutation per epoch), so only the order of the gradient reduction differs.
 """
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -151,6 +152,10 @@ def test_eight_devices_match_one(tmp_path):
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8",
          "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT),
          "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+  # The session's compilation cache (tests/conftest.py): the runs above
+  # share their evaluation and, on one device, their training programs.
+  env.update({k: v for k, v in os.environ.items()
+              if k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))})
   r = subprocess.run([sys.executable, "-c", _SCRIPT, str(tmp_path / "runs")],
                      capture_output=True, text=True, env=env, timeout=600,
                      cwd=tmp_path)
