@@ -44,9 +44,27 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 _CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
 
 
+# JAX writes a cache entry in place, not by a rename: a process that looks
+# up the same program while another writes it reads a truncated entry, warns
+# "Error reading persistent compilation cache entry" and compiles it itself
+# (the same result, as on a miss). That warning would be a stray line in the
+# stderr some tests read, so the subprocesses ignore it; pyproject's
+# filterwarnings does the same in the workers. Not set before the workers
+# start: a PYTHONWARNINGS of their own would change pytest's default filters.
+_RACE_FILTER = "ignore:Error reading persistent compilation cache entry"
+
+
+def _ignore_the_race_in_subprocesses():
+  os.environ["PYTHONWARNINGS"] = ",".join(
+      f for f in (os.environ.get("PYTHONWARNINGS"), _RACE_FILTER) if f)
+
+
 def pytest_configure(config):
   if hasattr(config, "workerinput"):  # an xdist worker: the controller's dir
+    _ignore_the_race_in_subprocesses()
     return
+  if not getattr(config.option, "numprocesses", None):  # runs the tests
+    _ignore_the_race_in_subprocesses()
   path = tempfile.mkdtemp(prefix="rda-optax-jax-cache-")
   config._rda_jax_cache = path  # pylint: disable=protected-access
   os.environ[_CACHE_ENV] = path
