@@ -25,6 +25,8 @@ import models
 from train import cli, structure
 from train.checkpoint import Checkpoints
 
+from _runs import resume_from  # tests/_runs.py
+
 SHAPE = (8, 8, 1)
 WIDTHS = {"conv0": 32, "conv1": 64, "hidden": 128}
 DENSE = 1723648
@@ -301,15 +303,8 @@ def _same_end(a, b):
 def test_resume_after_the_fitted_switch_is_bit_identical(runs, tmp_path):
   """Killed after the first slim epoch: the fitted widths come back from
   train_slim.json and the run ends bit for bit where it did."""
-  full, cut = runs["net-slim"], tmp_path / "cut"
-  shutil.copytree(full, cut)
-  shutil.rmtree(cut / "checkpoints" / "5")
-  (cut / "summary.json").unlink()
-  rows = (full / "metrics.jsonl").read_text().splitlines()
-  (cut / "metrics.jsonl").write_text("\n".join(rows[:4]) + "\n")
-  assert Checkpoints(cut).latest() == 4
-  assert cli.main(["--resume", str(cut), "--progress", "none"]) == 0
-  _same_end(full, cut)
+  full = runs["net-slim"]
+  _same_end(full, resume_from(full, tmp_path / "cut", 4))
 
 
 def test_resume_before_the_fitted_switch_is_bit_identical(runs, tmp_path,

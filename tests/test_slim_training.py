@@ -11,7 +11,6 @@ that export gives the full-width variables back.
 """
 
 import json
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +22,8 @@ import models
 import rda_optax
 from train import cli, engine, export, structure
 from train.checkpoint import Checkpoints
+
+from _runs import resume_from  # tests/_runs.py
 
 SHAPE = (8, 8, 1)
 
@@ -185,14 +186,8 @@ def test_slim_run_equals_the_full_width_run(runs):
 def test_resume_after_the_switch_is_bit_identical(runs, tmp_path):
   """Killed after the first slim epoch: the run resumes into the slim
   model from train_slim.json and ends bit for bit where it would have."""
-  full, cut = runs / "slim", tmp_path / "cut"
-  shutil.copytree(full, cut)
-  shutil.rmtree(cut / "checkpoints" / "5")
-  (cut / "summary.json").unlink()
-  rows = (full / "metrics.jsonl").read_text().splitlines()
-  (cut / "metrics.jsonl").write_text("\n".join(rows[:4]) + "\n")
-  assert Checkpoints(cut).latest() == 4
-  assert cli.main(["--resume", str(cut), "--progress", "none"]) == 0
+  full = runs / "slim"
+  cut = resume_from(full, tmp_path / "cut", 4)
   jax.tree.map(np.testing.assert_array_equal, _final(full), _final(cut))
   assert _summary(cut)["test_top1"] == _summary(full)["test_top1"]
 
