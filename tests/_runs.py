@@ -3,6 +3,8 @@
 import shutil
 from pathlib import Path
 
+import jax
+
 from train import cli
 from train.checkpoint import Checkpoints
 
@@ -22,3 +24,12 @@ def resume_from(full: Path, cut: Path, epoch: int) -> Path:
   assert Checkpoints(cut).latest() == epoch
   assert cli.main(["--resume", str(cut), "--progress", "none"]) == 0
   return cut
+
+
+def final_state(run_dir: Path, epoch: int):
+  """The host copy of the train state checkpointed after ``epoch``."""
+  ck = Checkpoints(run_dir)
+  try:
+    return jax.device_get(ck.restore_local(epoch))
+  finally:
+    ck.close()

@@ -25,7 +25,7 @@ import models
 from train import cli, structure
 from train.checkpoint import Checkpoints
 
-from _runs import resume_from  # tests/_runs.py
+from _runs import final_state, resume_from  # tests/_runs.py
 
 SHAPE = (8, 8, 1)
 WIDTHS = {"conv0": 32, "conv1": 64, "hidden": 128}
@@ -286,11 +286,7 @@ def test_full_width_fine_tuning_ships_the_same_widths(runs):
 
 
 def _final(run_dir, epoch=5):
-  ck = Checkpoints(run_dir)
-  try:
-    return jax.device_get(ck.restore_local(epoch))
-  finally:
-    ck.close()
+  return final_state(run_dir, epoch)
 
 
 def _same_end(a, b):

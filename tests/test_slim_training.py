@@ -21,9 +21,8 @@ import pytest
 import models
 import rda_optax
 from train import cli, engine, export, structure
-from train.checkpoint import Checkpoints
 
-from _runs import resume_from  # tests/_runs.py
+from _runs import final_state, resume_from  # tests/_runs.py
 
 SHAPE = (8, 8, 1)
 
@@ -131,11 +130,7 @@ def runs(tmp_path_factory):
 
 
 def _final(run_dir, epoch=5):
-  ck = Checkpoints(run_dir)
-  try:
-    return jax.device_get(ck.restore_local(epoch))
-  finally:
-    ck.close()
+  return final_state(run_dir, epoch)
 
 
 def _summary(run_dir):
